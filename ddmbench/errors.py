@@ -1,0 +1,21 @@
+"""User-facing errors. The CLI prints each as one line and exits with code 2."""
+
+
+class DDMBenchError(Exception):
+    """Base class: the message names the input, the value and how to fix it."""
+
+
+class ConfigError(DDMBenchError):
+    """params.yaml (or a CLI override) is invalid."""
+
+
+class DataError(DDMBenchError):
+    """A dataset file is missing, truncated or fails its checksum."""
+
+
+class ArtifactError(DDMBenchError):
+    """An upstream output (checkpoint, samples, metrics) is missing or unreadable."""
+
+
+class TrainingError(DDMBenchError):
+    """Training diverged or could not run."""

@@ -1,0 +1,82 @@
+"""Velocity fields the solvers integrate: a single model, or a router + experts + policy (a DDM).
+
+A field is any callable (x (B, C, H, W), t (B,)) -> v (B, C, H, W). ``RoutedField`` evaluates each expert
+only on the rows whose weight for it is nonzero (sparse dispatch) and counts every evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ddmbench.policies import PolicySpec, RoutingContext
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ModelField:
+    """One velocity model as a field (the monolith, or a single expert), with an evaluation counter."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.evals = 0  # rows evaluated
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.evals += x.shape[0]
+        return self.model(x, t)
+
+
+class RoutedField:
+    """DDM velocity: v(x, t) = sum_j w_j(x, t) * expert_j(x, t), w = policy(softmax(router(x, t))).
+
+    experts: K velocity models. router: (x, t) -> logits (B, K), or None for policies that ignore it.
+    ``begin_batch`` sets the per-sample generators (sample-k) and drawn clusters (oracle) for a batch.
+    Counters: ``expert_evals[j]`` rows evaluated by expert j, ``router_evals`` rows seen by the router.
+    """
+
+    def __init__(self, experts: Sequence[Model], router: Model | None, policy: PolicySpec) -> None:
+        if policy.uses_router and router is None:
+            raise ValueError(f"policy '{policy.label}' needs a router")
+        self.experts = list(experts)
+        self.router = router
+        self.policy = policy
+        self.expert_evals = [0] * len(self.experts)
+        self.router_evals = 0
+        self.generators: list[torch.Generator] | None = None
+        self.cluster: torch.Tensor | None = None
+        self.step = 0
+
+    def begin_batch(self, generators: list[torch.Generator] | None = None, cluster: torch.Tensor | None = None) -> None:
+        self.generators, self.cluster, self.step = generators, cluster, 0
+
+    def probabilities(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Router probabilities (B, K); uniform when the policy does not use the router."""
+        k = len(self.experts)
+        if not self.policy.uses_router:
+            return torch.full((x.shape[0], k), 1.0 / k, device=x.device)
+        self.router_evals += x.shape[0]
+        return torch.softmax(self.router(x, t).float(), dim=1)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        p = self.probabilities(x, t)                                             # (B, K)
+        ctx = RoutingContext(t=t, step=self.step, generators=self.generators, cluster=self.cluster)
+        w = self.policy.weights(p, ctx)                                          # (B, K)
+        self.step += 1
+        v = torch.zeros_like(x)
+        for j, expert in enumerate(self.experts):
+            rows = torch.nonzero(w[:, j] > 0).squeeze(1)                         # rows routed to expert j
+            if rows.numel() == 0:
+                continue
+            self.expert_evals[j] += rows.numel()
+            v_j = expert(x[rows], t[rows])                                       # (R, C, H, W)
+            v.index_add_(0, rows, w[rows, j].view(-1, 1, 1, 1).to(v.dtype) * v_j)
+        return v
+
+
+def as_eval(module: nn.Module) -> nn.Module:
+    """Put a network in inference mode with frozen weights."""
+    return module.eval().requires_grad_(False)

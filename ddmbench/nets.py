@@ -1,0 +1,145 @@
+"""Plain ``nn.Module`` networks and their presets. Images are (B, 1, 28, 28) in [-1, 1]; t is (B,) in [0, 1]."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t (B,) in [0, 1] -> (B, dim) (as in DiT / ADM, on 1000 * t)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class TimeEmbed(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.dim))  # (B, dim)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the time embedding added in between."""
+
+    def __init__(self, c_in: int, c_out: int, t_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(8, c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.temb = nn.Linear(t_dim, c_out)
+        self.norm2 = nn.GroupNorm(min(8, c_out), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(nn.functional.silu(self.norm1(x)))  # (B, c_out, H, W)
+        h = h + self.temb(temb)[:, :, None, None]
+        h = self.conv2(nn.functional.silu(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class UNet(nn.Module):
+    """A two-level UNet velocity network: (x_t (B, 1, 28, 28), t (B,)) -> v (B, 1, 28, 28)."""
+
+    def __init__(self, channels: int = 32, t_dim: int = 64, in_channels: int = 1) -> None:
+        super().__init__()
+        c = channels
+        self.temb = TimeEmbed(t_dim)
+        self.inc = nn.Conv2d(in_channels, c, 3, padding=1)
+        self.down1 = ResBlock(c, c, t_dim)                        # 28x28
+        self.pool1 = nn.Conv2d(c, c, 3, stride=2, padding=1)      # -> 14x14
+        self.down2 = ResBlock(c, 2 * c, t_dim)
+        self.pool2 = nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)  # -> 7x7
+        self.mid = ResBlock(2 * c, 2 * c, t_dim)
+        self.up2 = ResBlock(4 * c, 2 * c, t_dim)                  # 14x14, with skip
+        self.up1 = ResBlock(3 * c, c, t_dim)                      # 28x28, with skip
+        self.out = nn.Sequential(nn.GroupNorm(min(8, c), c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.temb(t)                                    # (B, t_dim)
+        h1 = self.down1(self.inc(x), temb)                     # (B, c, 28, 28)
+        h2 = self.down2(self.pool1(h1), temb)                  # (B, 2c, 14, 14)
+        h = self.mid(self.pool2(h2), temb)                     # (B, 2c, 7, 7)
+        h = nn.functional.interpolate(h, size=h2.shape[-2:], mode="nearest")
+        h = self.up2(torch.cat([h, h2], dim=1), temb)          # (B, 2c, 14, 14)
+        h = nn.functional.interpolate(h, size=h1.shape[-2:], mode="nearest")
+        h = self.up1(torch.cat([h, h1], dim=1), temb)          # (B, c, 28, 28)
+        return self.out(h)                                     # (B, 1, 28, 28)
+
+
+class Router(nn.Module):
+    """Noisy-input cluster classifier: (x_t (B, 1, 28, 28), t (B,)) -> logits (B, K)."""
+
+    def __init__(self, num_experts: int, channels: int = 32, t_dim: int = 64) -> None:
+        super().__init__()
+        c = channels
+        self.temb = TimeEmbed(t_dim)
+        self.inc = nn.Conv2d(1, c, 3, padding=1)
+        self.block1 = ResBlock(c, c, t_dim)
+        self.pool1 = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)  # -> 14x14
+        self.block2 = ResBlock(2 * c, 2 * c, t_dim)
+        self.pool2 = nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)  # -> 7x7
+        self.block3 = ResBlock(2 * c, 2 * c, t_dim)
+        self.head = nn.Sequential(nn.GroupNorm(8, 2 * c), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(2 * c, num_experts))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.temb(t)
+        h = self.block1(self.inc(x), temb)
+        h = self.block2(self.pool1(h), temb)
+        h = self.block3(self.pool2(h), temb)
+        return self.head(h)  # (B, K)
+
+
+class Classifier(nn.Module):
+    """Digit classifier whose penultimate layer is the FID/KID feature space.
+
+    ``features(x)`` maps (B, 1, 28, 28) in [-1, 1] to (B, num_features); ``forward`` gives (B, classes) logits.
+    """
+
+    def __init__(self, num_classes: int = 10, channels: int = 32, num_features: int = 128) -> None:
+        super().__init__()
+        c = channels
+        self.num_features = num_features
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),                                                     # 14x14
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),                                                     # 7x7
+            nn.Flatten(), nn.Linear(2 * c * 7 * 7, num_features), nn.ReLU(),
+        )
+        self.head = nn.Linear(num_features, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)  # (B, num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, classes)
+
+
+UNET_PRESETS: dict[str, dict[str, int]] = {
+    "unet-xs": {"channels": 16, "t_dim": 32},
+    "unet-s": {"channels": 32, "t_dim": 64},
+    "unet-m": {"channels": 64, "t_dim": 128},
+}
+
+
+def build_velocity_net(preset: str) -> UNet:
+    return UNet(**UNET_PRESETS[preset])
+
+
+def build_router(preset: str, num_experts: int) -> Router:
+    assert preset == "router-s", preset
+    return Router(num_experts, channels=32, t_dim=64)
+
+
+def build_classifier(preset: str, num_classes: int = 10) -> Classifier:
+    assert preset == "classifier-s", preset
+    return Classifier(num_classes, channels=32, num_features=128)

@@ -1,0 +1,73 @@
+"""The one place artefact paths are spelled. Everything is relative to the repo root (where params.yaml is)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    # prepare
+    @property
+    def dataset(self) -> Path:
+        return self.root / "outputs" / "prepare" / "dataset.pt"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "outputs" / "prepare" / "manifest.json"
+
+    # cluster
+    @property
+    def clusters(self) -> Path:
+        return self.root / "outputs" / "cluster" / "clusters.pt"
+
+    @property
+    def cluster_metrics(self) -> Path:
+        return self.root / "metrics" / "cluster.json"
+
+    # training
+    def expert(self, k: int) -> Path:
+        return self.root / "outputs" / "experts" / f"expert-{k}.pt"
+
+    def expert_metrics(self, k: int) -> Path:
+        return self.root / "metrics" / "experts" / f"expert-{k}.json"
+
+    def model(self, name: str) -> Path:
+        """name in {router, evaluator, monolith}."""
+        return self.root / "outputs" / f"{name}.pt"
+
+    def model_metrics(self, name: str) -> Path:
+        return self.root / "metrics" / f"{name}.json"
+
+    # sampling and evaluation, one folder per policy label
+    def samples(self, label: str) -> Path:
+        return self.root / "outputs" / "samples" / f"{label}.pt"
+
+    def sample_metrics(self, label: str) -> Path:
+        return self.root / "metrics" / "sample" / f"{label}.json"
+
+    def eval_metrics(self, label: str) -> Path:
+        return self.root / "metrics" / "evaluate" / f"{label}.json"
+
+    # report
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def report_md(self) -> Path:
+        return self.reports / "report.md"
+
+    def sample_grid(self, label: str) -> Path:
+        return self.reports / "samples" / f"{label}.png"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def lightning_dir(self) -> Path:
+        return self.root / "outputs" / "lightning"

@@ -1,0 +1,47 @@
+"""Stage `evaluate`: FID/KID of one policy's samples against the test split, in evaluator feature space."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ddmbench.checkpoints import load_classifier
+from ddmbench.config import Config, config_to_dict
+from ddmbench.data import load_prepared, to_model_space
+from ddmbench.errors import ArtifactError
+from ddmbench.io import load_tensors, read_json, write_json
+from ddmbench.metrics import classifier_stats, fid_kid
+from ddmbench.paths import Paths
+from ddmbench.policies import PolicySpec
+from ddmbench.tracking import mirror
+
+
+def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
+    torch.set_grad_enabled(False)
+    what = f"ddmbench sample --policy {spec.label}"
+    samples = load_tensors(paths.samples(spec.label), what)
+    if "images" not in samples or samples["images"].dim() != 3:
+        raise ArtifactError(f"{paths.samples(spec.label)} holds no (N, 28, 28) images; re-run `{what}`")
+    fake = to_model_space(samples["images"])
+    ds = load_prepared(paths.dataset)
+    real = to_model_space(ds["test_x"][:cfg.evaluate.n_real])
+    classifier = load_classifier(paths.model("evaluator"))
+    kid_kwargs = {"kid_subset_size": cfg.evaluate.kid_subset_size, "kid_subsets": cfg.evaluate.kid_subsets, "seed": cfg.seed}
+    quality = fid_kid(classifier, real, fake, **kid_kwargs)
+    # The floor of this estimator at this N: real training images scored exactly like the samples.
+    g = torch.Generator().manual_seed(cfg.seed)
+    reference = to_model_space(ds["train_x"][torch.randperm(len(ds["train_x"]), generator=g)[:len(fake)]])
+    floor = fid_kid(classifier, real, reference, **kid_kwargs)
+    metrics = {
+        "policy": spec.label, "n_fake": len(fake), "n_real": len(real), **quality,
+        "fid_reference_train": floor["fid"], "kid_reference_train": floor["kid"],
+        **classifier_stats(classifier, fake),
+    }
+    cost = read_json(paths.sample_metrics(spec.label), what)
+    metrics["cost"] = {k: cost[k] for k in ("expert_evals_per_image", "router_evals_per_image", "nfe_per_sample",
+                                            "wall_time_s", "images_per_s")}
+    write_json(paths.eval_metrics(spec.label), metrics)
+    mirror(cfg, paths, f"evaluate@{spec.label}", "evaluate", {"evaluate": config_to_dict(cfg)["evaluate"],
+           "policy": spec.label}, metrics, [paths.eval_metrics(spec.label)], tags={"policy": spec.label})
+    return metrics

@@ -1,0 +1,64 @@
+"""`ddmbench run`: bring one policy's results up to date by running the missing upstream stages in order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from ddmbench.config import Config
+from ddmbench.console import console, is_rank_zero
+from ddmbench.paths import Paths
+from ddmbench.policies import PolicySpec
+
+
+def plan(cfg: Config, paths: Paths, spec: PolicySpec) -> list[tuple[str, Path, Callable[[], Any]]]:
+    """(stage name, output that proves it ran, how to run it) for every stage this policy needs."""
+    from ddmbench.stages import cluster, prepare, train_evaluator, train_expert, train_monolith, train_router
+
+    steps: list[tuple[str, Path, Callable[[], Any]]] = [
+        ("prepare", paths.dataset, lambda: prepare.run(cfg, paths)),
+        ("cluster", paths.clusters, lambda: cluster.run(cfg, paths)),
+        ("train-evaluator", paths.model("evaluator"), lambda: train_evaluator.run(cfg, paths)),
+    ]
+    if spec.uses_router:
+        steps.append(("train-router", paths.model("router"), lambda: train_router.run(cfg, paths)))
+    if spec.uses_experts:
+        for k in cfg.experts:
+            steps.append((f"train-expert@{k}", paths.expert(k), lambda k=k: train_expert.run(cfg, paths, k)))
+    else:
+        steps.append(("train-monolith", paths.model("monolith"), lambda: train_monolith.run(cfg, paths)))
+    return steps
+
+
+def run_policy(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any] | None:
+    """Train what is missing, then sample and evaluate. Under DDP only rank zero samples and evaluates."""
+    from ddmbench.stages import evaluate, sample
+
+    for name, output, step in plan(cfg, paths, spec):
+        if not output.exists():
+            if is_rank_zero():
+                console.print(f"[bold]{name}[/]: {output.relative_to(paths.root)} is missing, running it")
+            step()
+    if not is_rank_zero():
+        return None
+    sample.run(cfg, paths, spec)
+    return evaluate.run(cfg, paths, spec)
+
+
+def print_result(spec: PolicySpec, m: dict[str, Any]) -> None:
+    table = Table(title=f"policy {spec.label}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [("FID", f"{m['fid']:.2f}"), ("KID ×10³", f"{1e3 * m['kid']:.2f} ± {1e3 * m['kid_std']:.2f}"),
+            ("FID floor (real train images)", f"{m['fid_reference_train']:.2f}"),
+            ("expert evals / image", f"{m['cost']['expert_evals_per_image']:.1f}"),
+            ("router evals / image", f"{m['cost']['router_evals_per_image']:.1f}"),
+            ("sampling wall time (s)", f"{m['cost']['wall_time_s']:.1f}"),
+            ("images / s", f"{m['cost']['images_per_s']:.1f}"),
+            ("classifier confidence", f"{m['confidence']:.3f}"), ("class entropy (nats)", f"{m['class_entropy']:.3f}")]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

@@ -1,0 +1,39 @@
+"""Stage `prepare`: fetch and verify MNIST, write uint8 tensors and a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ddmbench import data
+from ddmbench.config import Config, config_to_dict
+from ddmbench.io import save_tensors, write_json
+from ddmbench.paths import Paths
+from ddmbench.tracking import mirror
+
+
+def _resolve(paths: Paths, p: str) -> Path:
+    return Path(p) if Path(p).is_absolute() else paths.root / p
+
+
+def run(cfg: Config, paths: Paths) -> dict[str, Any]:
+    root = _resolve(paths, cfg.data.root)
+    checksums = data.read_checksums(_resolve(paths, cfg.data.checksums) if cfg.data.checksums else None)
+    source, digests = data.ensure_mnist(root, list(cfg.data.sources), checksums, cfg.data.download_timeout_s)
+    tensors = data.load_mnist_tensors(root)
+    if cfg.data.train_limit:
+        tensors["train_x"], tensors["train_y"] = tensors["train_x"][:cfg.data.train_limit], tensors["train_y"][:cfg.data.train_limit]
+    if cfg.data.test_limit:
+        tensors["test_x"], tensors["test_y"] = tensors["test_x"][:cfg.data.test_limit], tensors["test_y"][:cfg.data.test_limit]
+    save_tensors(paths.dataset, tensors)
+    manifest = {
+        "dataset": cfg.data.dataset, "source": source,
+        "files": {name: {"sha256": digest, "bytes": (root / "MNIST" / "raw" / name).stat().st_size}
+                  for name, digest in digests.items()},
+        "n_train": len(tensors["train_x"]), "n_test": len(tensors["test_x"]),
+        "image_shape": list(tensors["train_x"].shape[1:]),
+    }
+    write_json(paths.manifest, manifest)
+    mirror(cfg, paths, "prepare", "prepare", {"data": config_to_dict(cfg)["data"]},
+           {"n_train": manifest["n_train"], "n_test": manifest["n_test"]}, [paths.manifest])
+    return manifest

@@ -1,0 +1,70 @@
+"""Stage `sample`: N samples under one routing policy with one ODE solver; images and cost counters saved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ddmbench.checkpoints import load_router, load_velocity_net
+from ddmbench.config import Config, config_to_dict
+from ddmbench.console import progress
+from ddmbench.data import to_uint8
+from ddmbench.errors import ArtifactError
+from ddmbench.field import ModelField, RoutedField
+from ddmbench.io import save_tensors, write_json
+from ddmbench.paths import Paths
+from ddmbench.policies import PolicySpec
+from ddmbench.sampling import draw_clusters, generate
+from ddmbench.stages.cluster import load_clusters
+from ddmbench.tracking import mirror
+
+
+def sample_seeds(cfg: Config) -> list[int]:
+    """The same seeds for every policy, so policies are compared image for image."""
+    base = cfg.seed * 1_000_000
+    return list(range(base, base + cfg.sample.n))
+
+
+def build_field(cfg: Config, paths: Paths, spec: PolicySpec) -> ModelField | RoutedField:
+    if not spec.uses_experts:
+        return ModelField(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith"))
+    experts = []
+    for k in range(cfg.cluster.k):
+        experts.append(load_velocity_net(paths.expert(k), "expert", f"ddmbench train-expert --expert {k}"))
+    router = load_router(paths.model("router")) if spec.uses_router else None
+    if router is not None and router.head[-1].out_features != cfg.cluster.k:
+        raise ArtifactError(f"{paths.model('router')} routes to {router.head[-1].out_features} experts but "
+                            f"cluster.k={cfg.cluster.k}; re-run `ddmbench train-router`")
+    return RoutedField(experts, router, spec)
+
+
+def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
+    torch.set_grad_enabled(False)
+    seeds = sample_seeds(cfg)
+    field = build_field(cfg, paths, spec)
+    cluster = None
+    if spec.name == "oracle":
+        cluster = draw_clusters(seeds, load_clusters(paths)["sizes"].double())
+    with progress(f"sample {spec.label}", len(seeds)) as advance:
+        result = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver,
+                          batch_size=cfg.sample.batch_size, cluster=cluster, progress=advance)
+    n = len(seeds)
+    images = to_uint8(result.images)
+    save_tensors(paths.samples(spec.label), {
+        "images": images, "seeds": torch.tensor(seeds),
+        "cluster": cluster if cluster is not None else torch.full((n,), -1, dtype=torch.long),
+    })
+    metrics = {
+        "policy": spec.label, "n": n, "solver": cfg.sample.solver, "nfe_steps": cfg.sample.nfe_steps,
+        "nfe_per_sample": result.nfe_per_sample,
+        "expert_evals_per_image": sum(result.expert_evals) / n,
+        "expert_evals_by_expert": result.expert_evals,
+        "router_evals_per_image": result.router_evals / n,
+        "wall_time_s": result.seconds, "images_per_s": n / result.seconds,
+    }
+    write_json(paths.sample_metrics(spec.label), metrics)
+    mirror(cfg, paths, f"sample@{spec.label}", "sample", {"sample": config_to_dict(cfg)["sample"],
+           "policy": spec.label, **{f"policy_{k}": v for k, v in spec.params.items()}}, metrics,
+           [paths.sample_metrics(spec.label)], tags={"policy": spec.label})
+    return metrics

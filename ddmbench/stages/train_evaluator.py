@@ -1,0 +1,45 @@
+"""Stage `train-evaluator`: a digit classifier whose penultimate layer is the FID/KID feature extractor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ddmbench import nets
+from ddmbench.checkpoints import save_weights
+from ddmbench.config import Config, config_to_dict
+from ddmbench.data import load_prepared, to_model_space
+from ddmbench.io import write_json
+from ddmbench.lit import ClassifierTraining
+from ddmbench.paths import Paths
+from ddmbench.tracking import mirror
+from ddmbench.training import fit, seed_everything, seed_for, summarise, train_loader
+
+
+@torch.no_grad()
+def test_accuracy(net: nets.Classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    correct = sum(int((net(x).argmax(1) == y).sum()) for x, y in zip(images.split(1000), labels.split(1000)))
+    return correct / max(1, len(images))
+
+
+def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
+    ds = load_prepared(paths.dataset)
+    seed = seed_for(cfg, 0)
+    seed_everything(seed)
+    net = nets.build_classifier(cfg.evaluator.net, num_classes=10)
+    module = ClassifierTraining(net, lr=cfg.evaluator.lr, weight_decay=cfg.evaluator.weight_decay)
+    loader = train_loader((to_model_space(ds["train_x"]), ds["train_y"]), cfg.evaluator.batch_size, seed)
+    result = fit(module, loader, cfg, paths, max_steps=cfg.evaluator.steps, run_name="train-evaluator",
+                 stage="train-evaluator")
+    if not result.is_global_zero:
+        return None
+    net.eval()
+    metrics = summarise(result, {"steps": cfg.evaluator.steps,
+                                 "test_acc": test_accuracy(net, to_model_space(ds["test_x"]), ds["test_y"]),
+                                 "num_features": net.num_features})
+    save_weights(paths.model("evaluator"), net, {"kind": "evaluator", "net": cfg.evaluator.net, "num_classes": 10})
+    write_json(paths.model_metrics("evaluator"), metrics)
+    mirror(cfg, paths, "train-evaluator", "train-evaluator", {"evaluator": config_to_dict(cfg)["evaluator"], "seed": seed},
+           metrics, [paths.model_metrics("evaluator")], run_id=result.run_id)
+    return metrics

@@ -1,0 +1,74 @@
+"""Stage `train-expert`: one flow-matching expert on one cluster (EMA weights saved for sampling).
+
+``train_flow`` also serves `train-monolith` (the same recipe on all data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddmbench import flow, nets
+from ddmbench.checkpoints import save_weights
+from ddmbench.config import Config, FlowTrainConfig, config_to_dict
+from ddmbench.data import load_prepared, to_model_space
+from ddmbench.errors import ConfigError
+from ddmbench.io import write_json
+from ddmbench.lit import FlowMatching, ema_callback
+from ddmbench.paths import Paths
+from ddmbench.stages.cluster import load_clusters
+from ddmbench.tracking import mirror
+from ddmbench.training import fit, seed_everything, seed_for, summarise, train_loader
+
+HELDOUT_MAX = 2000
+
+
+@torch.no_grad()
+def heldout_loss(net: torch.nn.Module, images: torch.Tensor, seed: int) -> float:
+    """Flow-matching MSE of ``net`` on held-out images (N, 1, 28, 28) with fixed t and noise draws."""
+    if len(images) == 0:
+        return float("nan")
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for x0 in images[:HELDOUT_MAX].split(500):
+        x_t, t, target = flow.sample_training_pair(x0, generator=g)
+        losses.append(((net(x_t, t) - target) ** 2).mean(dim=(1, 2, 3)))
+    return float(torch.cat(losses).mean())
+
+
+def train_flow(cfg: Config, paths: Paths, *, kind: str, run_name: str, section: FlowTrainConfig, steps: int,
+               images: torch.Tensor, heldout: torch.Tensor, seed: int, out: Path, metrics_path: Path,
+               meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Train a velocity net on uint8 images (N, 28, 28); rank zero writes weights and metrics."""
+    seed_everything(seed)
+    net = nets.build_velocity_net(section.net)
+    module = FlowMatching(net, lr=section.lr, weight_decay=section.weight_decay)
+    loader = train_loader((to_model_space(images),), section.batch_size, seed)
+    result = fit(module, loader, cfg, paths, max_steps=steps, run_name=run_name, stage=run_name.split("@")[0],
+                 callbacks=[ema_callback(section.ema_decay)])
+    if not result.is_global_zero:
+        return None
+    net.eval()
+    metrics = summarise(result, {"steps": steps, "n_train": len(images), "params": sum(p.numel() for p in net.parameters()),
+                                 "heldout_loss": heldout_loss(net, to_model_space(heldout), seed)})
+    save_weights(out, net, {"kind": kind, "net": section.net, **meta})
+    write_json(metrics_path, metrics)
+    mirror(cfg, paths, run_name, run_name.split("@")[0], {kind: section.model_dump(mode="json"), "seed": seed,
+           "trainer": config_to_dict(cfg)["trainer"]}, metrics, [metrics_path], run_id=result.run_id)
+    return metrics
+
+
+def run(cfg: Config, paths: Paths, k: int) -> dict[str, Any] | None:
+    if k not in cfg.experts:
+        raise ConfigError(f"expert {k} is not in params.yaml experts {cfg.experts}; choose one of them")
+    ds = load_prepared(paths.dataset)
+    clusters = load_clusters(paths)
+    if int(clusters["centroids"].shape[0]) != cfg.cluster.k:
+        raise ConfigError(f"outputs/cluster has {clusters['centroids'].shape[0]} clusters but cluster.k={cfg.cluster.k}; "
+                          "re-run `ddmbench cluster`")
+    images = ds["train_x"][clusters["assignments"] == k]
+    heldout = ds["test_x"][clusters["test_assignments"] == k]
+    return train_flow(cfg, paths, kind="expert", run_name=f"train-expert@{k}", section=cfg.expert, steps=cfg.expert.steps,
+                      images=images, heldout=heldout, seed=seed_for(cfg, 10 + k), out=paths.expert(k),
+                      metrics_path=paths.expert_metrics(k), meta={"k": k, "num_experts": cfg.cluster.k})

@@ -1,0 +1,58 @@
+"""Stage `train-router`: cross-entropy on noisy (x_t, t) -> cluster of x_0."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ddmbench import flow, nets
+from ddmbench.checkpoints import save_weights
+from ddmbench.config import Config, config_to_dict
+from ddmbench.data import load_prepared, to_model_space
+from ddmbench.io import write_json
+from ddmbench.lit import RouterTraining
+from ddmbench.paths import Paths
+from ddmbench.stages.cluster import load_clusters
+from ddmbench.tracking import mirror
+from ddmbench.training import fit, seed_everything, seed_for, summarise, train_loader
+
+T_GRID = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+@torch.no_grad()
+def accuracy_by_t(router: torch.nn.Module, images: torch.Tensor, clusters: torch.Tensor, seed: int
+                  ) -> dict[str, float]:
+    """Held-out routing accuracy at fixed t: images (N, 1, 28, 28), clusters (N,)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for t_val in T_GRID:
+        correct = 0
+        for x0, c in zip(images.split(1000), clusters.split(1000)):
+            eps = torch.randn(x0.shape, generator=g)
+            t = torch.full((len(x0),), t_val)
+            correct += int((router(flow.interpolate(x0, eps, t), t).argmax(1) == c).sum())
+        out[f"acc_t{t_val:g}"] = correct / max(1, len(images))
+    return out
+
+
+def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
+    ds = load_prepared(paths.dataset)
+    clusters = load_clusters(paths)
+    seed = seed_for(cfg, 1)
+    seed_everything(seed)
+    k = cfg.cluster.k
+    net = nets.build_router(cfg.router.net, k)
+    module = RouterTraining(net, lr=cfg.router.lr, weight_decay=cfg.router.weight_decay)
+    loader = train_loader((to_model_space(ds["train_x"]), clusters["assignments"]), cfg.router.batch_size, seed)
+    result = fit(module, loader, cfg, paths, max_steps=cfg.router.steps, run_name="train-router", stage="train-router")
+    if not result.is_global_zero:
+        return None
+    net.eval()
+    heldout = accuracy_by_t(net, to_model_space(ds["test_x"][:2000]), clusters["test_assignments"][:2000], seed)
+    metrics = summarise(result, {"steps": cfg.router.steps, "heldout": heldout})
+    save_weights(paths.model("router"), net, {"kind": "router", "net": cfg.router.net, "num_experts": k})
+    write_json(paths.model_metrics("router"), metrics)
+    mirror(cfg, paths, "train-router", "train-router", {"router": config_to_dict(cfg)["router"], "seed": seed},
+           metrics, [paths.model_metrics("router")], run_id=result.run_id)
+    return metrics
