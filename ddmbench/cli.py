@@ -22,7 +22,7 @@ from ddmbench.policies import LABEL_FORMS, PolicySpec, make_policy, parse_policy
 app = typer.Typer(help="Benchmark harness for Decentralized Diffusion Models (DDMs) on MNIST.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Params file (the repo root is its folder).")]
+ParamsOption = Annotated[Path, typer.Option("--params", help="Params file. Outputs go under the current folder (the repo root).")]
 PolicyOption = Annotated[str, typer.Option("--policy", help=f"Policy label or name: {LABEL_FORMS}.")]
 KOption = Annotated[Optional[int], typer.Option("--k", help="k for --policy top / sample.")]
 TauOption = Annotated[Optional[float], typer.Option("--tau", help="tau for --policy threshold.")]
@@ -32,7 +32,7 @@ TempOption = Annotated[Optional[float], typer.Option("--temperature", help="Temp
 
 def _context(params: Path) -> tuple[Config, Paths]:
     cfg = load_config(params)
-    return cfg, Paths(params.resolve().parent)
+    return cfg, Paths(Path.cwd())
 
 
 def _policy(cfg: Config, policy: str, k: int | None, tau: float | None, p: float | None,

@@ -8,6 +8,7 @@ frozen, never in an optimizer).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from ddmbench.nets import Classifier
+
+
+warnings.filterwarnings("ignore", message=r".*will save all extracted features in buffer.*")
 
 
 class EvaluatorFeatures(nn.Module):

@@ -8,7 +8,9 @@ rate is not rescaled. Every rank gets the same seed (identical initial weights);
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,15 @@ from ddmbench.config import Config
 from ddmbench.errors import TrainingError
 from ddmbench.paths import Paths
 from ddmbench.tracking import lightning_logger
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 
 
 @dataclass
