@@ -6,7 +6,6 @@ so `--help` and config errors answer fast.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -14,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ddmbench.config import Config, load_config
-from ddmbench.console import console, err_console, is_rank_zero
+from ddmbench.console import console, err_console
 from ddmbench.errors import ConfigError, DDMBenchError
 from ddmbench.paths import Paths
 from ddmbench.policies import LABEL_FORMS, PolicySpec, make_policy, parse_policy

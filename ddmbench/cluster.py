@@ -38,7 +38,8 @@ def fit_clusters(images: np.ndarray, k: int, pca_dim: int, n_init: int, max_iter
     x = pixel_features(images)
     if k > len(x):
         raise ValueError(f"cluster.k={k} is larger than the number of training images ({len(x)})")
-    pca = PCA(n_components=min(pca_dim, x.shape[1], len(x)), random_state=seed, svd_solver="full" if len(x) < 2000 else "randomized")
+    solver = "full" if len(x) < 2000 else "randomized"
+    pca = PCA(n_components=min(pca_dim, x.shape[1], len(x)), random_state=seed, svd_solver=solver)
     feats = pca.fit_transform(x).astype(np.float32)  # (N, d)
     km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed)
     assignments = km.fit_predict(feats).astype(np.int64)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -196,8 +196,8 @@ def parse_config(raw: Any, source: str = "params.yaml") -> Config:
         raise ConfigError(_format_error(exc, source)) from None
 
 
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read and validate a params file; ``overrides`` maps dotted keys to values."""
+def load_config(path: Path) -> Config:
+    """Read and validate a params file."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: params file not found; pass --params PATH or run from the repo root")
@@ -207,15 +207,6 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
-    for dotted, value in (overrides or {}).items():
-        node = raw.setdefault if isinstance(raw, dict) else None
-        if node is None:
-            break
-        parts = dotted.split(".")
-        cur = raw
-        for part in parts[:-1]:
-            cur = cur.setdefault(part, {})
-        cur[parts[-1]] = value
     return parse_config(raw, str(path.name))
 
 

@@ -147,7 +147,8 @@ def ensure_mnist(root: Path, sources: list[str], checksums: dict[str, str], time
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     tried = "; ".join(failures) if failures else f"no local files in {raw}"
-    raise DataError(f"could not obtain MNIST ({tried}); put the four raw idx files in {raw} or allow another source in data.sources")
+    raise DataError(f"could not obtain MNIST ({tried}); put the four raw idx files in {raw} "
+                    "or allow another source in data.sources")
 
 
 def load_mnist_tensors(root: Path) -> dict[str, torch.Tensor]:

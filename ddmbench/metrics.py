@@ -17,7 +17,6 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from ddmbench.nets import Classifier
 
-
 warnings.filterwarnings("ignore", message=r".*will save all extracted features in buffer.*")
 
 

@@ -102,6 +102,8 @@ class Classifier(nn.Module):
     """Digit classifier whose penultimate layer is the FID/KID feature space.
 
     ``features(x)`` maps (B, 1, 28, 28) in [-1, 1] to (B, num_features); ``forward`` gives (B, classes) logits.
+    ``feature_scale`` (a buffer set after training) makes the features' mean per-dimension variance 1 on the
+    training set, so FID and KID come out in comparable units rather than in the arbitrary ReLU scale.
     """
 
     def __init__(self, num_classes: int = 10, channels: int = 32, num_features: int = 128) -> None:
@@ -116,12 +118,20 @@ class Classifier(nn.Module):
             nn.Flatten(), nn.Linear(2 * c * 7 * 7, num_features), nn.ReLU(),
         )
         self.head = nn.Linear(num_features, num_classes)
+        self.register_buffer("feature_scale", torch.ones(()))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)  # (B, num_features)
+        return self.body(x) * self.feature_scale  # (B, num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))  # (B, classes)
+        return self.head(self.body(x))  # (B, classes)
+
+    @torch.no_grad()
+    def calibrate_feature_scale(self, x: torch.Tensor) -> float:
+        """Set ``feature_scale`` so features of x (N, 1, 28, 28) have mean per-dimension variance 1."""
+        feats = torch.cat([self.body(chunk) for chunk in x.split(1000)])
+        self.feature_scale.fill_(float(feats.var(dim=0).mean().clamp_min(1e-12).rsqrt()))
+        return float(self.feature_scale)
 
 
 UNET_PRESETS: dict[str, dict[str, int]] = {

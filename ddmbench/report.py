@@ -27,8 +27,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-POLICY_TABLE_HEADERS = ("policy", "FID ↓", "KID×10³ ↓", "expert evals / image", "router evals / image",
-                        "wall time (s)", "images / s", "confidence", "class entropy")
+POLICY_TABLE_HEADERS = ("policy", "FID ↓", "KID ↓", "expert evals/img", "router evals/img", "time (s)", "img/s",
+                        "confidence", "class H")
 
 
 def policy_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
@@ -36,7 +36,7 @@ def policy_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
     rows = []
     for label, m in results.items():
         c = m["cost"]
-        rows.append([label, fmt(m["fid"]), f"{1e3 * m['kid']:.2f} ± {1e3 * m['kid_std']:.2f}",
+        rows.append([label, fmt(m["fid"]), f"{m['kid']:.4f} ± {m['kid_std']:.4f}",
                      fmt(c["expert_evals_per_image"], 1), fmt(c["router_evals_per_image"], 1),
                      fmt(c["wall_time_s"], 1), fmt(c["images_per_s"], 1), fmt(m["confidence"], 3),
                      fmt(m["class_entropy"], 3)])

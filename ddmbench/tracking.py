@@ -11,7 +11,6 @@ import math
 import os
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any

@@ -17,8 +17,8 @@ from ddmbench.policies import PolicySpec
 from ddmbench.tracking import mirror
 
 
+@torch.no_grad()
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
-    torch.set_grad_enabled(False)
     what = f"ddmbench sample --policy {spec.label}"
     samples = load_tensors(paths.samples(spec.label), what)
     if "images" not in samples or samples["images"].dim() != 3:

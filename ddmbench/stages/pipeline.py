@@ -52,7 +52,7 @@ def print_result(spec: PolicySpec, m: dict[str, Any]) -> None:
     table = Table(title=f"policy {spec.label}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = [("FID", f"{m['fid']:.2f}"), ("KID ×10³", f"{1e3 * m['kid']:.2f} ± {1e3 * m['kid_std']:.2f}"),
+    rows = [("FID", f"{m['fid']:.2f}"), ("KID", f"{m['kid']:.4f} ± {m['kid_std']:.4f}"),
             ("FID floor (real train images)", f"{m['fid_reference_train']:.2f}"),
             ("expert evals / image", f"{m['cost']['expert_evals_per_image']:.1f}"),
             ("router evals / image", f"{m['cost']['router_evals_per_image']:.1f}"),

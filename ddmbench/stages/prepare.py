@@ -21,10 +21,9 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     checksums = data.read_checksums(_resolve(paths, cfg.data.checksums) if cfg.data.checksums else None)
     source, digests = data.ensure_mnist(root, list(cfg.data.sources), checksums, cfg.data.download_timeout_s)
     tensors = data.load_mnist_tensors(root)
-    if cfg.data.train_limit:
-        tensors["train_x"], tensors["train_y"] = tensors["train_x"][:cfg.data.train_limit], tensors["train_y"][:cfg.data.train_limit]
-    if cfg.data.test_limit:
-        tensors["test_x"], tensors["test_y"] = tensors["test_x"][:cfg.data.test_limit], tensors["test_y"][:cfg.data.test_limit]
+    for split, limit in (("train", cfg.data.train_limit), ("test", cfg.data.test_limit)):
+        if limit:
+            tensors[f"{split}_x"], tensors[f"{split}_y"] = tensors[f"{split}_x"][:limit], tensors[f"{split}_y"][:limit]
     save_tensors(paths.dataset, tensors)
     manifest = {
         "dataset": cfg.data.dataset, "source": source,

@@ -40,7 +40,6 @@ def build_field(cfg: Config, paths: Paths, spec: PolicySpec) -> ModelField | Rou
 
 
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
-    torch.set_grad_enabled(False)
     seeds = sample_seeds(cfg)
     field = build_field(cfg, paths, spec)
     cluster = None

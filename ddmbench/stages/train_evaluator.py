@@ -35,7 +35,10 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     if not result.is_global_zero:
         return None
     net.eval()
-    metrics = summarise(result, {"steps": cfg.evaluator.steps,
+    g = torch.Generator().manual_seed(seed)
+    calibration = to_model_space(ds["train_x"][torch.randperm(len(ds["train_x"]), generator=g)[:5000]])
+    feature_scale = net.calibrate_feature_scale(calibration)
+    metrics = summarise(result, {"steps": cfg.evaluator.steps, "feature_scale": feature_scale,
                                  "test_acc": test_accuracy(net, to_model_space(ds["test_x"]), ds["test_y"]),
                                  "num_features": net.num_features})
     save_weights(paths.model("evaluator"), net, {"kind": "evaluator", "net": cfg.evaluator.net, "num_classes": 10})

@@ -1,0 +1,146 @@
+"""The `ddmbench` command: help everywhere, and user errors as one `error:` line with exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from conftest import Project
+from ddmbench.cli import app
+from ddmbench.config import config_to_dict
+
+COMMANDS = sorted(get_command(app).commands)  # type: ignore[attr-defined]
+POLICY_COMMANDS = ("sample", "evaluate", "run")
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200", "TYPER_USE_RICH": "0"})
+
+
+def _one_error_line(output: str) -> str:
+    assert "Traceback" not in output, output
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and len(lines) == 1, f"expected exactly one 'error:' line, got {output!r}"
+    return errors[0]
+
+
+def test_stage_commands_are_registered() -> None:
+    expected = {"prepare", "cluster", "train-expert", "train-router", "train-evaluator", "train-monolith",
+                "sample", "evaluate", "report", "run", "show-config"}
+    assert expected <= set(COMMANDS)
+
+
+def test_app_help(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    for name in COMMANDS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_subcommand_help(runner: CliRunner, command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--params" in result.output
+    if command in POLICY_COMMANDS:
+        assert "--policy" in result.output
+    if command == "train-expert":
+        assert "--expert" in result.output
+
+
+def test_unknown_key_is_one_error_line(runner: CliRunner, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.update(expert={"stpes": 3})
+    monkeypatch.chdir(project.root)
+    result = runner.invoke(app, ["show-config", "--params", str(project.params)])
+    assert result.exit_code == 2
+    line = _one_error_line(result.output)
+    assert "expert.stpes" in line and "allowed keys here:" in line and "steps" in line
+
+
+@pytest.mark.parametrize("command", ["prepare", "cluster", "train-router", "report", "show-config"])
+def test_bad_value_fails_every_stage_before_work(runner: CliRunner, project: Project, command: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    project.update(cluster={"k": 3})  # experts [0, 1] no longer match
+    monkeypatch.chdir(project.root)
+    result = runner.invoke(app, [command, "--params", str(project.params)])
+    assert result.exit_code == 2
+    assert "cluster.k=3" in _one_error_line(result.output)
+    assert not (project.root / "outputs").exists()
+
+
+def test_missing_params_file(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["prepare", "--params", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2
+    line = _one_error_line(result.output)
+    assert "missing.yaml" in line and "not found" in line
+
+
+def test_default_params_path_is_cwd(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["cluster"])
+    assert result.exit_code == 2
+    assert "params.yaml" in _one_error_line(result.output)
+
+
+def test_error_line_keeps_bracketed_text(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages are printed through rich: text such as a folder named `[ci]` must not be eaten as markup."""
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "runs[ci]" / "params.yaml"
+    result = runner.invoke(app, ["prepare", "--params", str(missing)])
+    assert result.exit_code == 2
+    assert str(missing) in _one_error_line(result.output)
+
+
+def test_show_config_prints_resolved_config(runner: CliRunner, project: Project,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project.root)
+    result = runner.invoke(app, ["show-config", "--params", str(project.params)])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout) == config_to_dict(project.config())
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--policy", "bogus"], "valid forms"),
+    (["--policy", "top-3"], "k <= number of experts (2)"),
+    (["--policy", "top", "--k", "5"], "k <= number of experts (2)"),
+    (["--policy", "top"], "top-<k>"),
+    (["--policy", "threshold", "--tau", "1.5"], "tau must be in [0, 1]"),
+    (["--policy", "nucleus", "--p", "0.9", "--temperature", "0"], "temperature must be > 0"),
+])
+def test_bad_policy_option(runner: CliRunner, project: Project, monkeypatch: pytest.MonkeyPatch,
+                           args: list[str], needle: str) -> None:
+    monkeypatch.chdir(project.root)
+    result = runner.invoke(app, ["sample", "--params", str(project.params), *args])
+    assert result.exit_code == 2
+    line = _one_error_line(result.output)
+    assert line.startswith("error: --policy:") and needle in line
+    assert not (project.root / "outputs").exists()
+
+
+def test_missing_upstream_output_is_one_line(runner: CliRunner, project: Project,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project.root)
+    result = runner.invoke(app, ["cluster", "--params", str(project.params)])
+    assert result.exit_code == 2
+    line = _one_error_line(result.output)
+    assert "dataset.pt is missing" in line and "ddmbench prepare" in line
+
+
+def test_expert_not_in_experts(runner: CliRunner, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project.root)
+    result = runner.invoke(app, ["train-expert", "--expert", "5", "--params", str(project.params)])
+    assert result.exit_code == 2
+    assert "expert 5" in _one_error_line(result.output)
+
+
+def test_no_args_shows_help(runner: CliRunner) -> None:
+    result = runner.invoke(app, [])
+    assert result.exit_code == 2  # typer's no_args_is_help exits 2 (ECOSYSTEM section 6)
+    assert "prepare" in result.output

@@ -1,0 +1,260 @@
+"""Routing policies: one shared battery over every registered policy, then each policy's defining identities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddmbench.policies import POLICIES, RoutingContext, make_policy, parse_policy
+
+K = 4
+B = 64
+# Every label form, with k = K variants; the battery covers every name in the registry (test below).
+LABELS = ["full", "uniform", "oracle", "top-1", "top-2", f"top-{K}", "sample-1", "sample-2", f"sample-{K}",
+          "threshold-0.05", "threshold-0", "threshold-1", "nucleus-p0.9-T0.5", "nucleus-p1-T1", "nucleus-p0.5-T2"]
+
+
+def router_probs(seed: int = 0, b: int = B, k: int = K) -> torch.Tensor:
+    """(b, k) softmax probabilities with awkward rows: ties, near one-hot, and exact zeros (underflow)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 3.0 * torch.randn(b, k, generator=g)
+    logits[0] = 0.0                                   # exact ties
+    logits[1] = torch.tensor([30.0, -30.0, 0.0, 1.0])[:k]
+    logits[2] = torch.tensor([100.0, -100.0, -100.0, -100.0])[:k]  # exp underflows: exact zeros in float32
+    logits[3, :2] = 5.0                               # a tie at the top
+    return torch.softmax(logits, dim=1)
+
+
+def generators(n: int, base: int = 100) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(base + i) for i in range(n)]
+
+
+def context(b: int = B, base: int = 100) -> RoutingContext:
+    cluster = torch.arange(b) % K
+    return RoutingContext(t=torch.full((b,), 0.5), step=3, generators=generators(b, base), cluster=cluster)
+
+
+def weights(label: str, p: torch.Tensor, ctx: RoutingContext | None = None) -> torch.Tensor:
+    return parse_policy(label).weights(p, ctx if ctx is not None else context(len(p)))
+
+
+# ----------------------------------------------------------------------------------------------
+# the shared battery (STYLE habit 10)
+# ----------------------------------------------------------------------------------------------
+
+def test_battery_covers_the_registry() -> None:
+    names = {parse_policy(label).name for label in LABELS}
+    assert names == set(POLICIES) - {"monolith"}
+
+
+@pytest.mark.parametrize("label", LABELS)
+class TestEveryPolicy:
+    def test_shape_dtype_nonnegative_rows_sum_to_one(self, label: str) -> None:
+        p = router_probs()
+        w = weights(label, p)
+        assert w.shape == p.shape and w.dtype == p.dtype
+        assert torch.isfinite(w).all()
+        assert (w >= 0).all()
+        torch.testing.assert_close(w.sum(dim=1), torch.ones(B), rtol=0, atol=1e-6)
+
+    def test_pure_and_replayable(self, label: str) -> None:
+        p = router_probs()
+        w1 = weights(label, p, context())
+        w2 = weights(label, p, context())  # fresh generators with the same seeds
+        assert torch.equal(w1, w2)
+        assert torch.equal(p, router_probs())  # p is not modified in place
+
+    def test_rows_do_not_depend_on_the_batch(self, label: str) -> None:
+        p = router_probs()
+        full_batch = weights(label, p, context())
+        rows = slice(5, 12)
+        sub = RoutingContext(t=torch.full((7,), 0.5), step=3, generators=generators(B)[rows],
+                             cluster=(torch.arange(B) % K)[rows])
+        assert torch.equal(weights(label, p[rows], sub), full_batch[rows])
+
+    def test_label_round_trips(self, label: str) -> None:
+        spec = parse_policy(label)
+        assert spec.label == label
+        assert parse_policy(spec.label) == spec
+
+    def test_check_accepts_k_equal_K(self, label: str) -> None:
+        parse_policy(label).check(K)
+
+
+# ----------------------------------------------------------------------------------------------
+# identities (STYLE "The three contracts of sampling")
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("label", [f"top-{K}", "threshold-0", "nucleus-p1-T1", f"sample-{K}"])
+def test_degenerate_sparse_policies_equal_full(label: str) -> None:
+    p = router_probs(seed=7)
+    full = weights("full", p)
+    w = weights(label, p)
+    if label.startswith("nucleus"):  # tempered in float64 then cast back: equal to rounding
+        torch.testing.assert_close(w, full, rtol=1e-6, atol=1e-7)
+    else:
+        assert torch.equal(w, full)
+
+
+def test_full_is_p() -> None:
+    p = router_probs()
+    torch.testing.assert_close(weights("full", p), p, rtol=1e-6, atol=1e-7)
+
+
+def test_uniform_ignores_p() -> None:
+    assert torch.equal(weights("uniform", router_probs(1)), torch.full((B, K), 1.0 / K))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_top_k_keeps_the_k_largest(k: int) -> None:
+    p = router_probs(seed=3)[4:]  # rows without ties or exact zeros
+    w = weights(f"top-{k}", p)
+    kept = w > 0
+    assert (kept.sum(1) == k).all()
+    smallest_kept = torch.where(kept, p, torch.inf).min(1).values
+    largest_dropped = torch.where(kept, -torch.inf, p).max(1).values
+    assert (smallest_kept >= largest_dropped).all()
+    torch.testing.assert_close(w, torch.where(kept, p, 0) / torch.where(kept, p, 0).sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.2, 0.5, 0.99])
+def test_threshold_keeps_p_above_tau_and_the_top_1(tau: float) -> None:
+    p = router_probs(seed=4)
+    kept = weights(f"threshold-{tau:g}", p) > 0
+    expected = (p >= tau) & (p > 0)
+    expected[torch.arange(B), p.argmax(1)] = True
+    assert torch.equal(kept, expected)
+
+
+@pytest.mark.parametrize(("mass", "temp"), [(0.5, 1.0), (0.9, 0.5), (0.9, 2.0), (0.3, 1.0)])
+def test_nucleus_keeps_smallest_set_reaching_the_mass(mass: float, temp: float) -> None:
+    p = router_probs(seed=5)[4:]
+    w = weights(f"nucleus-p{mass:g}-T{temp:g}", p)
+    q = p.double() ** (1.0 / temp)
+    q = q / q.sum(1, keepdim=True)
+    kept = w > 0
+    kept_mass = torch.where(kept, q, 0).sum(1)
+    assert (kept_mass >= mass - 1e-9).all()
+    # dropping the smallest kept expert would fall below the mass
+    smallest = torch.where(kept, q, torch.inf).min(1).values
+    assert ((kept_mass - smallest < mass) | (kept.sum(1) == 1)).all()
+    # weights are the tempered probabilities renormalised over the kept set
+    ref = torch.where(kept, q, 0)
+    torch.testing.assert_close(w.double(), ref / ref.sum(1, keepdim=True), rtol=1e-5, atol=1e-7)
+
+
+def test_nucleus_low_temperature_is_top_1() -> None:
+    p = router_probs(seed=6)[4:]
+    assert torch.equal(weights("nucleus-p0.9-T0.01", p), weights("top-1", p))
+
+
+def test_oracle_is_one_hot_on_the_drawn_cluster() -> None:
+    p = router_probs()
+    ctx = context()
+    w = weights("oracle", p, ctx)
+    assert torch.equal(w, torch.nn.functional.one_hot(ctx.cluster, K).float())
+    with pytest.raises(ValueError, match="ctx.cluster"):
+        weights("oracle", p, RoutingContext(t=ctx.t))
+
+
+def test_sample_k_replays_with_reseeded_generators_and_varies_with_seed() -> None:
+    p = torch.full((B, K), 1.0 / K)
+    a = weights("sample-2", p, context(base=100))
+    b = weights("sample-2", p, context(base=100))
+    c = weights("sample-2", p, context(base=999))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert ((a > 0).sum(1) == 2).all()
+
+
+def test_sample_k_consumes_its_generators_step_by_step() -> None:
+    """A trajectory re-run with re-seeded generators replays every step's draws, not only the first."""
+    p = torch.full((B, K), 1.0 / K)
+    ctx1, ctx2 = context(), context()
+    run1 = [weights("sample-1", p, ctx1) for _ in range(5)]
+    run2 = [weights("sample-1", p, ctx2) for _ in range(5)]
+    assert all(torch.equal(x, y) for x, y in zip(run1, run2))
+    assert not all(torch.equal(run1[0], x) for x in run1[1:])  # the draws advance
+
+
+def test_sample_1_draws_follow_p() -> None:
+    n = 4000
+    probs = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    p = probs.expand(n, K).clone()
+    w = weights("sample-1", p, RoutingContext(t=torch.zeros(n), generators=generators(n, base=5)))
+    freq = (w > 0).float().mean(0)
+    torch.testing.assert_close(freq, probs, rtol=0, atol=0.03)
+
+
+def test_sample_k_never_picks_zero_probability_experts_when_avoidable() -> None:
+    p = torch.tensor([[0.5, 0.5, 0.0, 0.0]]).expand(200, K).clone()
+    w = weights("sample-2", p, context(200))
+    assert ((w[:, :2] > 0).all()) and (w[:, 2:] == 0).all()
+
+
+def test_sample_k_needs_generators() -> None:
+    with pytest.raises(ValueError, match="generator"):
+        weights("sample-1", router_probs(), RoutingContext(t=torch.zeros(B)))
+
+
+def test_monolith_has_no_weights() -> None:
+    spec = parse_policy("monolith")
+    assert not spec.uses_experts and not spec.uses_router
+    with pytest.raises(ValueError, match="monolith"):
+        spec.weights(router_probs(), context())
+
+
+@pytest.mark.parametrize(("label", "router"), [("full", True), ("top-2", True), ("sample-1", True),
+                                               ("threshold-0.1", True), ("nucleus-p0.9-T1", True),
+                                               ("uniform", False), ("oracle", False)])
+def test_uses_router(label: str, router: bool) -> None:
+    spec = parse_policy(label)
+    assert spec.uses_experts and spec.uses_router is router
+
+
+# ----------------------------------------------------------------------------------------------
+# labels
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("given", "canonical"), [("top-02", "top-2"), (" full ", "full"),
+                                                  ("threshold-0.050", "threshold-0.05"),
+                                                  ("nucleus-p0.90-T0.5", "nucleus-p0.9-T0.5"),
+                                                  ("threshold-1e-3", "threshold-0.001")])
+def test_labels_canonicalise(given: str, canonical: str) -> None:
+    assert parse_policy(given).label == canonical
+
+
+@pytest.mark.parametrize("label", ["", "bogus", "Full", "top", "top-", "top-k", "top-1.5", "top_2", "sample",
+                                   "threshold", "threshold-x", "nucleus-p0.9", "nucleus-T0.5", "nucleus-0.9-0.5"])
+def test_malformed_labels_list_valid_forms(label: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_policy(label)
+    message = str(info.value)
+    assert "valid forms" in message
+    for form in ("full", "top-<k>", "sample-<k>", "threshold-<tau>", "nucleus-p<mass>-T<temperature>", "oracle"):
+        assert form in message
+
+
+@pytest.mark.parametrize(("label", "needle"), [("top-0", "positive integer"), ("sample-0", "positive integer"),
+                                               ("threshold-1.5", "tau must be in [0, 1]"),
+                                               ("nucleus-p0-T1", "p must be in (0, 1]"),
+                                               ("nucleus-p1.5-T1", "p must be in (0, 1]"),
+                                               ("nucleus-p0.9-T0", "temperature must be > 0")])
+def test_out_of_range_parameters(label: str, needle: str) -> None:
+    with pytest.raises(ValueError, match="policy") as info:
+        parse_policy(label)
+    assert needle in str(info.value)
+
+
+def test_make_policy_matches_labels() -> None:
+    assert make_policy("top", k=2) == parse_policy("top-2")
+    assert make_policy("nucleus", p_mass=0.9, temperature=0.5) == parse_policy("nucleus-p0.9-T0.5")
+    with pytest.raises(ValueError, match="valid policies"):
+        make_policy("topk", k=2)
+    with pytest.raises(ValueError, match="needs tau"):
+        make_policy("threshold")
+
+
+def test_check_rejects_k_above_K() -> None:
+    with pytest.raises(ValueError, match=r"k <= number of experts \(4\)"):
+        parse_policy("sample-5").check(K)
