@@ -6,6 +6,7 @@ so `--help` and config errors answer fast.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -106,30 +107,30 @@ def train_monolith(params: ParamsOption = Path("params.yaml")) -> None:
     _guard(lambda: stage.run(*_context(params)))
 
 
+def _policy_stage(module: str, params: Path, policy: str, k: int | None, tau: float | None, p: float | None,
+                  temperature: float | None) -> None:
+    """Run ``ddmbench.stages.<module>.run(cfg, paths, spec)`` for one policy."""
+
+    def body() -> None:
+        cfg, paths = _context(params)
+        spec = _policy(cfg, policy, k, tau, p, temperature)
+        importlib.import_module(f"ddmbench.stages.{module}").run(cfg, paths, spec)
+
+    _guard(body)
+
+
 @app.command()
 def sample(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
            tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:
     """Sample sample.n images under one routing policy."""
-    from ddmbench.stages import sample as stage
-
-    def body() -> None:
-        cfg, paths = _context(params)
-        stage.run(cfg, paths, _policy(cfg, policy, k, tau, p, temperature))
-
-    _guard(body)
+    _policy_stage("sample", params, policy, k, tau, p, temperature)
 
 
 @app.command()
 def evaluate(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
              tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:
     """FID/KID (evaluator features) of one policy's samples against the test split."""
-    from ddmbench.stages import evaluate as stage
-
-    def body() -> None:
-        cfg, paths = _context(params)
-        stage.run(cfg, paths, _policy(cfg, policy, k, tau, p, temperature))
-
-    _guard(body)
+    _policy_stage("evaluate", params, policy, k, tau, p, temperature)
 
 
 @app.command()

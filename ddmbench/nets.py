@@ -75,27 +75,27 @@ class UNet(nn.Module):
 
 
 class Router(nn.Module):
-    """Noisy-input cluster classifier: (x_t (B, 1, 28, 28), t (B,)) -> logits (B, K)."""
+    """Noisy-input cluster classifier: (x_t (B, 1, 28, 28), t (B,)) -> logits (B, K).
 
-    def __init__(self, num_experts: int, channels: int = 32, t_dim: int = 64) -> None:
+    It downsamples at once so that it costs a small fraction of an expert (the router runs at every step
+    for every policy that uses it, so its cost is the floor under Top-1's)."""
+
+    def __init__(self, num_experts: int, channels: int = 16, t_dim: int = 32) -> None:
         super().__init__()
         c = channels
         self.temb = TimeEmbed(t_dim)
-        self.inc = nn.Conv2d(1, c, 3, padding=1)
+        self.inc = nn.Conv2d(1, c, 3, stride=2, padding=1)           # -> 14x14
         self.block1 = ResBlock(c, c, t_dim)
-        self.pool1 = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)  # -> 14x14
+        self.pool = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)      # -> 7x7
         self.block2 = ResBlock(2 * c, 2 * c, t_dim)
-        self.pool2 = nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)  # -> 7x7
-        self.block3 = ResBlock(2 * c, 2 * c, t_dim)
         self.head = nn.Sequential(nn.GroupNorm(8, 2 * c), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(2 * c, num_experts))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.temb(t)
-        h = self.block1(self.inc(x), temb)
-        h = self.block2(self.pool1(h), temb)
-        h = self.block3(self.pool2(h), temb)
-        return self.head(h)  # (B, K)
+        temb = self.temb(t)                                  # (B, t_dim)
+        h = self.block1(self.inc(x), temb)                   # (B, c, 14, 14)
+        h = self.block2(self.pool(h), temb)                  # (B, 2c, 7, 7)
+        return self.head(h)                                  # (B, K)
 
 
 class Classifier(nn.Module):
@@ -147,7 +147,7 @@ def build_velocity_net(preset: str) -> UNet:
 
 def build_router(preset: str, num_experts: int) -> Router:
     assert preset == "router-s", preset
-    return Router(num_experts, channels=32, t_dim=64)
+    return Router(num_experts, channels=16, t_dim=32)
 
 
 def build_classifier(preset: str, num_classes: int = 10) -> Classifier:

@@ -27,7 +27,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-POLICY_TABLE_HEADERS = ("policy", "FID ↓", "KID ↓", "expert evals/img", "router evals/img", "time (s)", "img/s",
+POLICY_TABLE_HEADERS = ("policy", "FID ↓", "KID ↓", "expert evals/img", "router evals/img", "GFLOPs/img", "time (s)", "img/s",
                         "confidence", "class H")
 
 
@@ -38,6 +38,7 @@ def policy_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
         c = m["cost"]
         rows.append([label, fmt(m["fid"]), f"{m['kid']:.4f} ± {m['kid_std']:.4f}",
                      fmt(c["expert_evals_per_image"], 1), fmt(c["router_evals_per_image"], 1),
+                     fmt(c["gflops_per_image"], 3),
                      fmt(c["wall_time_s"], 1), fmt(c["images_per_s"], 1), fmt(m["confidence"], 3),
                      fmt(m["class_entropy"], 3)])
     return rows

@@ -38,6 +38,12 @@ N_TRAIN = 240
 N_TEST = 80
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Lightning 2.6 on torch 2.14 warns on every fit; ddmbench.training filters it at import, but pytest
+    # resets warning filters per test.
+    config.addinivalue_line("filterwarnings", "ignore:.*LeafSpec.*")
+
+
 # ----------------------------------------------------------------------------------------------
 # synthetic MNIST
 # ----------------------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         **classifier_stats(classifier, fake),
     }
     cost = read_json(paths.sample_metrics(spec.label), what)
-    metrics["cost"] = {k: cost[k] for k in ("expert_evals_per_image", "router_evals_per_image", "nfe_per_sample",
-                                            "wall_time_s", "images_per_s")}
+    cost_keys = ("expert_evals_per_image", "router_evals_per_image", "gflops_per_image", "nfe_per_sample",
+                 "wall_time_s", "images_per_s")
+    metrics["cost"] = {k: cost[k] for k in cost_keys}
     write_json(paths.eval_metrics(spec.label), metrics)
     mirror(cfg, paths, f"evaluate@{spec.label}", "evaluate", {"evaluate": config_to_dict(cfg)["evaluate"],
            "policy": spec.label}, metrics, [paths.eval_metrics(spec.label)], tags={"policy": spec.label})

@@ -56,6 +56,7 @@ def print_result(spec: PolicySpec, m: dict[str, Any]) -> None:
             ("FID floor (real train images)", f"{m['fid_reference_train']:.2f}"),
             ("expert evals / image", f"{m['cost']['expert_evals_per_image']:.1f}"),
             ("router evals / image", f"{m['cost']['router_evals_per_image']:.1f}"),
+            ("GFLOPs / image", f"{m['cost']['gflops_per_image']:.3f}"),
             ("sampling wall time (s)", f"{m['cost']['wall_time_s']:.1f}"),
             ("images / s", f"{m['cost']['images_per_s']:.1f}"),
             ("classifier confidence", f"{m['confidence']:.3f}"), ("class entropy (nats)", f"{m['class_entropy']:.3f}")]

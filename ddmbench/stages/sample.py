@@ -9,6 +9,7 @@ import torch
 from ddmbench.checkpoints import load_router, load_velocity_net
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import progress
+from ddmbench.cost import flops_per_image, gflops_per_image
 from ddmbench.data import to_uint8
 from ddmbench.errors import ArtifactError
 from ddmbench.field import ModelField, RoutedField
@@ -49,6 +50,9 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         result = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver,
                           batch_size=cfg.sample.batch_size, cluster=cluster, progress=advance)
     n = len(seeds)
+    models = field.experts if isinstance(field, RoutedField) else [field.model]
+    model_flops = flops_per_image(models[0])  # experts share one architecture
+    router_flops = flops_per_image(field.router) if isinstance(field, RoutedField) and field.router is not None else 0.0
     images = to_uint8(result.images)
     save_tensors(paths.samples(spec.label), {
         "images": images, "seeds": torch.tensor(seeds),
@@ -60,6 +64,9 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         "expert_evals_per_image": sum(result.expert_evals) / n,
         "expert_evals_by_expert": result.expert_evals,
         "router_evals_per_image": result.router_evals / n,
+        "gflops_per_image": gflops_per_image(sum(result.expert_evals) / n, model_flops, result.router_evals / n,
+                                             router_flops),
+        "expert_gflops_per_eval": model_flops / 1e9, "router_gflops_per_eval": router_flops / 1e9,
         "wall_time_s": result.seconds, "images_per_s": n / result.seconds,
     }
     write_json(paths.sample_metrics(spec.label), metrics)

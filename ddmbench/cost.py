@@ -1,0 +1,26 @@
+"""Compute cost: FLOPs of one forward pass measured with ``torch.utils.flop_counter`` (GFLOPs as in
+McAllister et al. Table 1), turned into GFLOPs per generated image from the evaluation counters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddmbench.sampling import IMAGE_SHAPE
+
+
+@torch.no_grad()
+def flops_per_image(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: int = 8) -> float:
+    """FLOPs of one forward pass on one (1, 28, 28) image at some t (the count does not depend on t)."""
+    x = torch.zeros(batch, *IMAGE_SHAPE)
+    t = torch.full((batch,), 0.5)
+    with FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return counter.get_total_flops() / batch
+
+
+def gflops_per_image(expert_evals_per_image: float, expert_flops: float, router_evals_per_image: float,
+                     router_flops: float) -> float:
+    return (expert_evals_per_image * expert_flops + router_evals_per_image * router_flops) / 1e9

@@ -1,0 +1,178 @@
+"""End to end on the tiny synthetic project: `ddmbench run` trains what is missing, samples and evaluates;
+sampling is reproducible; sparse policies cost what they should; experts' saved EMA weights are trained."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import Project, make_project
+from ddmbench import nets
+from ddmbench.checkpoints import load_velocity_net
+from ddmbench.cli import app
+from ddmbench.data import load_prepared, to_model_space
+from ddmbench.io import load_tensors
+from ddmbench.paths import Paths
+from ddmbench.stages.train_expert import heldout_loss
+from ddmbench.training import seed_everything, seed_for
+
+pytestmark = pytest.mark.slow
+
+RUNNER = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"})
+
+
+def invoke(root: Path, *args: str) -> str:
+    """Run the CLI in-process from the repo root (outputs go under the cwd); assert success."""
+    old = Path.cwd()
+    os.chdir(root)
+    try:
+        result = RUNNER.invoke(app, [*args, "--params", str(root / "params.yaml")])
+    finally:
+        os.chdir(old)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, str]]:
+    """`ddmbench run --policy full` from scratch (prepare, cluster, evaluator, router, 2 experts, sample, evaluate)."""
+    project = make_project(tmp_path_factory.mktemp("e2e") / "repo")
+    output = invoke(project.root, "run", "--policy", "full")
+    yield project, output
+
+
+@pytest.fixture
+def copy_of(trained: tuple[Project, str], tmp_path: Path) -> Project:
+    """A private copy of the trained project, so a test's outputs never leak into another's."""
+    project, _ = trained
+    root = tmp_path / "repo"
+    shutil.copytree(project.root, root)
+    return Project(root, project.raw)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_run_full_trains_everything_and_evaluates(trained: tuple[Project, str]) -> None:
+    project, output = trained
+    paths = project.paths
+    for stage in ("prepare", "cluster", "train-evaluator", "train-router", "train-expert@0", "train-expert@1"):
+        assert f"{stage}:" in output, stage
+    assert "train-monolith" not in output  # `full` needs no monolith
+    for path in (paths.dataset, paths.clusters, paths.model("evaluator"), paths.model("router"),
+                 paths.expert(0), paths.expert(1), paths.samples("full")):
+        assert path.exists(), path
+    m = _json(paths.eval_metrics("full"))
+    assert m["policy"] == "full" and m["n_fake"] == 32 and m["n_real"] == 40
+    for key in ("fid", "kid", "kid_std", "fid_reference_train", "confidence", "class_entropy"):
+        assert math.isfinite(m[key]), key
+    assert m["fid"] >= 0 and m["fid_reference_train"] >= 0
+    assert "FID" in output and "policy full" in output  # the rich table
+
+
+def test_full_costs_K_expert_evaluations_per_step(trained: tuple[Project, str]) -> None:
+    project, _ = trained
+    cost = _json(project.paths.sample_metrics("full"))
+    assert cost["nfe_per_sample"] == 3
+    assert cost["expert_evals_per_image"] == 2 * 3 and cost["expert_evals_by_expert"] == [32 * 3, 32 * 3]
+    assert cost["router_evals_per_image"] == 3
+    assert _json(project.paths.eval_metrics("full"))["cost"]["expert_evals_per_image"] == 6
+
+
+def test_samples_file_contents(trained: tuple[Project, str]) -> None:
+    project, _ = trained
+    blob = load_tensors(project.paths.samples("full"), "sample")
+    assert blob["images"].shape == (32, 28, 28) and blob["images"].dtype == torch.uint8
+    assert blob["seeds"].tolist() == list(range(32))
+    assert (blob["cluster"] == -1).all()
+    assert blob["images"].float().std() > 0  # not a constant image
+
+
+def test_sample_twice_is_byte_identical(copy_of: Project, trained: tuple[Project, str]) -> None:
+    first_run = load_tensors(trained[0].paths.samples("full"), "sample")
+    blobs = []
+    for _ in range(2):
+        invoke(copy_of.root, "sample", "--policy", "full")
+        blobs.append(load_tensors(copy_of.paths.samples("full"), "sample"))
+    for key in ("images", "seeds", "cluster"):
+        assert torch.equal(blobs[0][key], blobs[1][key]), key
+        assert torch.equal(blobs[0][key], first_run[key]), key
+
+
+def test_seed_changes_the_samples(copy_of: Project, trained: tuple[Project, str]) -> None:
+    copy_of.update(seed=1)
+    invoke(copy_of.root, "sample", "--policy", "full")
+    blob = load_tensors(copy_of.paths.samples("full"), "sample")
+    assert blob["seeds"].tolist() == list(range(1_000_000, 1_000_032))
+    assert not torch.equal(blob["images"], load_tensors(trained[0].paths.samples("full"), "sample")["images"])
+
+
+def test_sparse_and_oracle_policies_cost_one_expert_per_step(copy_of: Project) -> None:
+    invoke(copy_of.root, "sample", "--policy", "top-1")
+    top = _json(copy_of.paths.sample_metrics("top-1"))
+    assert top["expert_evals_per_image"] == 3 and top["router_evals_per_image"] == 3
+    invoke(copy_of.root, "sample", "--policy", "sample", "--k", "1")
+    sampled = _json(copy_of.paths.sample_metrics("sample-1"))
+    assert sampled["expert_evals_per_image"] == 3
+    invoke(copy_of.root, "sample", "--policy", "oracle")
+    oracle = _json(copy_of.paths.sample_metrics("oracle"))
+    assert oracle["expert_evals_per_image"] == 3 and oracle["router_evals_per_image"] == 0
+    blob = load_tensors(copy_of.paths.samples("oracle"), "sample")
+    assert set(blob["cluster"].tolist()) <= {0, 1}
+    assert oracle["expert_evals_by_expert"] == [3 * int((blob["cluster"] == j).sum()) for j in (0, 1)]
+
+
+def test_report_after_all_policies(copy_of: Project) -> None:
+    invoke(copy_of.root, "sample", "--policy", "top-1")
+    invoke(copy_of.root, "evaluate", "--policy", "top-1")
+    output = invoke(copy_of.root, "report")
+    report = copy_of.paths.report_md.read_text()
+    assert "| full |" in report and "| top-1 |" in report
+    assert copy_of.paths.sample_grid("full").exists() and copy_of.paths.sample_grid("top-1").exists()
+    assert "report.md" in output
+
+
+def test_run_again_trains_nothing(copy_of: Project) -> None:
+    weights = {p: p.stat().st_mtime_ns for p in (copy_of.root / "outputs").rglob("*.pt") if "samples" not in p.parts}
+    output = invoke(copy_of.root, "run", "--policy", "top-1")
+    assert "is missing, running it" not in output
+    assert {p: p.stat().st_mtime_ns for p in weights} == weights
+    assert math.isfinite(_json(copy_of.paths.eval_metrics("top-1"))["fid"])
+
+
+def test_monolith_policy_trains_only_the_monolith(copy_of: Project) -> None:
+    output = invoke(copy_of.root, "run", "--policy", "monolith")
+    assert "train-monolith:" in output and "train-expert" not in output and "train-router" not in output
+    cost = _json(copy_of.paths.sample_metrics("monolith"))
+    assert cost["expert_evals_per_image"] == 3 and cost["router_evals_per_image"] == 0
+    assert _json(copy_of.paths.model_metrics("monolith"))["steps"] == 20
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_saved_expert_ema_weights_are_trained(trained: tuple[Project, str], k: int) -> None:
+    """The weights written by train-expert (the EMA) fit held-out data far better than the initial network."""
+    project, _ = trained
+    cfg, paths = project.config(), Paths(project.root)
+    ds = load_prepared(paths.dataset)
+    clusters = load_tensors(paths.clusters, "cluster")
+    heldout = to_model_space(ds["test_x"][clusters["test_assignments"] == k])
+    assert len(heldout) >= 10
+    seed = seed_for(cfg, 10 + k)
+    seed_everything(seed)
+    initial = nets.build_velocity_net(cfg.expert.net).eval()  # the network training started from
+    saved = load_velocity_net(paths.expert(k), "expert", "train-expert")
+    initial_loss, saved_loss = heldout_loss(initial, heldout, seed), heldout_loss(saved, heldout, seed)
+    metrics = _json(paths.expert_metrics(k))
+    assert saved_loss == pytest.approx(metrics["heldout_loss"], rel=1e-5)
+    assert saved_loss < 0.5 * initial_loss, (saved_loss, initial_loss)
+    assert metrics["steps"] == 30 and metrics["world_size"] == 1
+    assert metrics["n_train"] == int((clusters["assignments"] == k).sum())
