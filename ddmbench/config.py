@@ -95,6 +95,10 @@ class SampleConfig(Section):
     nfe_steps: int = Field(20, ge=1, description="Solver steps over the time grid.")
     solver: Literal["euler", "heun"] = Field("euler", description="ODE solver.")
     batch_size: int = Field(250, ge=1, description="Samples per sampling batch.")
+    trace: bool = Field(False, description="Record per-step router probabilities and expert weights of every "
+                                           "sample (stored with the samples; routed policies only).")
+    probe_n: int = Field(0, ge=0, description="With trace: also record the states and every expert's prediction "
+                                              "for the first probe_n samples (extra evaluations, not in the cost).")
 
 
 class EvaluateConfig(Section):
@@ -145,6 +149,8 @@ class Config(Section):
                 parse_policy(label).check(k)
             except ValueError as exc:
                 raise ValueError(f"policies: {exc}") from None
+        if self.sample.probe_n > self.sample.n:
+            raise ValueError(f"sample.probe_n={self.sample.probe_n} exceeds sample.n={self.sample.n}")
         if self.evaluate.kid_subset_size > self.sample.n:
             raise ValueError(f"evaluate.kid_subset_size={self.evaluate.kid_subset_size} exceeds sample.n={self.sample.n}; "
                              "use a subset size <= sample.n")

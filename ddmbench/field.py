@@ -7,9 +7,9 @@ only on the rows whose weight for it is nonzero (sparse dispatch) and counts eve
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
-from torch import nn
 
 from ddmbench.policies import PolicySpec, RoutingContext
 
@@ -33,8 +33,13 @@ class RoutedField:
     """DDM velocity: v(x, t) = sum_j w_j(x, t) * expert_j(x, t), w = policy(softmax(router(x, t))).
 
     experts: K velocity models. router: (x, t) -> logits (B, K), or None for policies that ignore it.
-    ``begin_batch`` sets the per-sample generators (sample-k) and drawn clusters (oracle) for a batch.
-    Counters: ``expert_evals[j]`` rows evaluated by expert j, ``router_evals`` rows seen by the router.
+    ``begin_batch`` sets the per-sample generators (sample-k), drawn clusters (oracle) and the probe rows
+    for a batch. Counters: ``expert_evals[j]`` rows evaluated by expert j, ``router_evals`` rows seen by
+    the router; ``probe_evals`` counts the extra evaluations made only for traces (not part of the cost).
+
+    ``on_step``, if set, receives after every evaluation a record with ``step``, ``t`` (B,), ``p`` and
+    ``w`` (B, K), ``x`` and ``v`` (B, C, H, W), and for the probe rows ``probe`` (R,) row indices and
+    ``v_experts`` (K, R, C, H, W) every expert's prediction (for the alignment / accuracy analyses).
     """
 
     def __init__(self, experts: Sequence[Model], router: Model | None, policy: PolicySpec) -> None:
@@ -47,10 +52,15 @@ class RoutedField:
         self.router_evals = 0
         self.generators: list[torch.Generator] | None = None
         self.cluster: torch.Tensor | None = None
+        self.probe: torch.Tensor | None = None
         self.step = 0
+        self.probe_evals = 0
+        self.on_step: Callable[[dict[str, Any]], None] | None = None
 
-    def begin_batch(self, generators: list[torch.Generator] | None = None, cluster: torch.Tensor | None = None) -> None:
-        self.generators, self.cluster, self.step = generators, cluster, 0
+    def begin_batch(self, generators: list[torch.Generator] | None = None, cluster: torch.Tensor | None = None,
+                    probe: torch.Tensor | None = None) -> None:
+        """probe: (R,) indices of the rows whose every-expert predictions go to ``on_step``."""
+        self.generators, self.cluster, self.probe, self.step = generators, cluster, probe, 0
 
     def probabilities(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Router probabilities (B, K); uniform when the policy does not use the router."""
@@ -74,9 +84,16 @@ class RoutedField:
             self.expert_evals[j] += rows.numel()
             v_j = expert(x[rows], t[rows])                                       # (R, C, H, W)
             v.index_add_(0, rows, w[rows, j].view(-1, 1, 1, 1).to(v.dtype) * v_j)
+        if self.on_step is not None:
+            self.on_step(self._record(x, t, p, w, v))
         return v
 
-
-def as_eval(module: nn.Module) -> nn.Module:
-    """Put a network in inference mode with frozen weights."""
-    return module.eval().requires_grad_(False)
+    def _record(self, x: torch.Tensor, t: torch.Tensor, p: torch.Tensor, w: torch.Tensor, v: torch.Tensor
+                ) -> dict[str, Any]:
+        record: dict[str, Any] = {"step": self.step - 1, "t": t, "p": p, "w": w, "x": x, "v": v}
+        if self.probe is not None and self.probe.numel() > 0:
+            xs, ts = x[self.probe], t[self.probe]
+            record["probe"] = self.probe
+            record["v_experts"] = torch.stack([expert(xs, ts) for expert in self.experts])  # (K, R, C, H, W)
+            self.probe_evals += len(self.experts) * self.probe.numel()
+        return record

@@ -14,7 +14,6 @@ import torch
 
 from ddmbench.errors import ArtifactError, DDMBenchError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -15,6 +15,7 @@ import torch
 from ddmbench.field import ModelField, RoutedField
 from ddmbench.flow import time_grid
 from ddmbench.solvers import EVALS_PER_STEP, SOLVERS
+from ddmbench.traces import TraceRecorder
 
 ROUTING_STREAM = 0x5EED_0F_0A  # offsets routing draws from the noise stream of the same seed
 IMAGE_SHAPE = (1, 28, 28)
@@ -44,19 +45,28 @@ class SampleResult:
 
 
 def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps: int, solver: str,
-             batch_size: int, cluster: torch.Tensor | None = None,
-             progress: Callable[[int], None] | None = None) -> SampleResult:
-    """Integrate the field from noise (t = 1) to data (t = 0) for every seed, in batches."""
+             batch_size: int, cluster: torch.Tensor | None = None, recorder: TraceRecorder | None = None,
+             probe_n: int = 0, progress: Callable[[int], None] | None = None) -> SampleResult:
+    """Integrate the field from noise (t = 1) to data (t = 0) for every seed, in batches.
+
+    With a ``recorder`` (routed fields only) every evaluation's routing is traced, and for the first
+    ``probe_n`` samples also the states and every expert's prediction.
+    """
     solve = SOLVERS[solver]
     ts = time_grid(nfe_steps)
     out = []
+    if isinstance(field, RoutedField):
+        field.on_step = recorder
     start = time.perf_counter()
     for lo in range(0, len(seeds), batch_size):
         batch_seeds = seeds[lo:lo + batch_size]
         x = noise_for(batch_seeds)
         if isinstance(field, RoutedField):
+            probe = torch.arange(max(0, min(probe_n - lo, len(batch_seeds)))) if recorder is not None else None
             field.begin_batch(routing_generators(batch_seeds),
-                              None if cluster is None else cluster[lo:lo + batch_size])
+                              None if cluster is None else cluster[lo:lo + batch_size], probe)
+            if recorder is not None:
+                recorder.begin_batch(len(batch_seeds))
         out.append(solve(field, x, ts))
         if progress is not None:
             progress(len(batch_seeds))

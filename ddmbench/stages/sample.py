@@ -18,6 +18,7 @@ from ddmbench.paths import Paths
 from ddmbench.policies import PolicySpec
 from ddmbench.sampling import draw_clusters, generate
 from ddmbench.stages.cluster import load_clusters
+from ddmbench.traces import TraceRecorder
 from ddmbench.tracking import mirror
 
 
@@ -46,9 +47,11 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     cluster = None
     if spec.name == "oracle":
         cluster = draw_clusters(seeds, load_clusters(paths)["sizes"].double())
+    recorder = TraceRecorder() if cfg.sample.trace and isinstance(field, RoutedField) else None
     with progress(f"sample {spec.label}", len(seeds)) as advance:
         result = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver,
-                          batch_size=cfg.sample.batch_size, cluster=cluster, progress=advance)
+                          batch_size=cfg.sample.batch_size, cluster=cluster, recorder=recorder,
+                          probe_n=cfg.sample.probe_n, progress=advance)
     n = len(seeds)
     models = field.experts if isinstance(field, RoutedField) else [field.model]
     model_flops = flops_per_image(models[0])  # experts share one architecture
@@ -57,6 +60,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     save_tensors(paths.samples(spec.label), {
         "images": images, "seeds": torch.tensor(seeds),
         "cluster": cluster if cluster is not None else torch.full((n,), -1, dtype=torch.long),
+        **({"trace": recorder.result()} if recorder is not None else {}),
     })
     metrics = {
         "policy": spec.label, "n": n, "solver": cfg.sample.solver, "nfe_steps": cfg.sample.nfe_steps,
