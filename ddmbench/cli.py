@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from ddmbench.config import Config, load_config
 from ddmbench.console import console, err_console
@@ -54,7 +55,7 @@ def _guard(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except DDMBenchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -160,6 +161,53 @@ def run(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOp
     _guard(body)
 
 
+@app.command()
+def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=1)] = 8,
+          net: Annotated[str, typer.Option(help="Expert architecture preset (unet-xs, unet-s, unet-m).")] = "unet-s",
+          batch: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 256,
+          nfe_steps: Annotated[int, typer.Option(help="Euler steps per timed pass.", min=1)] = 4,
+          repeats: Annotated[int, typer.Option(help="Interleaved repeats (median is used).", min=1)] = 3,
+          memory_n: Annotated[int, typer.Option(help="Images for the peak-memory run (0 = skip).", min=0)] = 10_000,
+          out: Annotated[Path, typer.Option(help="Where to save the JSON results.")] = Path("reports/bench.json"),
+          ) -> None:
+    """Sampling wall-time ratios of routing policies (Top-k vs Full vs monolith) and peak memory."""
+
+    def body() -> None:
+        import torch
+        from rich.table import Table
+
+        from ddmbench import bench as b
+        from ddmbench.io import write_json
+        from ddmbench.nets import UNET_PRESETS
+
+        if net not in UNET_PRESETS:
+            raise ConfigError(f"--net: unknown preset '{net}'; choose one of {', '.join(UNET_PRESETS)}")
+        if experts < 2:
+            raise ConfigError("--experts: the ratios need at least 2 experts")
+        with err_console.status("timing policies") as status:
+            timing = b.time_policies(experts, net, batch, nfe_steps, repeats, progress=status.update)
+        memory = b.measure_memory(experts, net, memory_n, batch) if memory_n else None
+        result = {"setup": {"experts": experts, "net": net, "batch": batch, "nfe_steps": nfe_steps,
+                            "repeats": repeats, "solver": "euler", "device": "cpu",
+                            "torch_threads": torch.get_num_threads()},
+                  **timing, "memory": memory}
+        write_json(out, result)
+        table = Table(title=f"sampling cost, K={experts} {net} experts, batch {batch}, Euler x{nfe_steps}")
+        for col in ("ratio", "measured", "target", "pass"):
+            table.add_column(col, justify="left" if col == "ratio" else "right")
+        for r in timing["ratios"]:
+            table.add_row(r["ratio"], f"{r['value']:.3f}", f"≤ {r['target']:.2f}", "yes" if r["pass"] else "[red]NO[/]")
+        if memory:
+            table.add_row(f"peak RSS sampling {memory['n']} images ({memory['policy']}, traces off)",
+                          f"{memory['peak_rss_gib']:.2f} GiB", f"≤ {memory['target_gib']:.0f} GiB",
+                          "yes" if memory["pass"] else "[red]NO[/]")
+        console.print(table)
+        console.print("median wall per pass (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timing["median_s"].items()))
+        console.print(f"wrote {out}")
+
+    _guard(body)
+
+
 @app.command("show-config")
 def show_config(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate the params file and print the resolved configuration (defaults filled in)."""
@@ -167,7 +215,7 @@ def show_config(params: ParamsOption = Path("params.yaml")) -> None:
 
     def body() -> None:
         cfg, _ = _context(params)
-        console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False)
+        console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False, markup=False)
 
     _guard(body)
 

@@ -89,6 +89,10 @@ class TrainerConfig(Section):
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field("32-true", description="Lightning precision.")
     log_every_n_steps: int = Field(50, ge=1, description="Logging interval (steps).")
 
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
 
 class SampleConfig(Section):
     n: int = Field(1000, ge=2, description="Number of generated samples per policy.")
@@ -209,6 +213,9 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: params file not found; pass --params PATH or run from the repo root")
     try:
         raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a UTF-8 text file"
+        raise ConfigError(f"{path}: cannot read the params file ({reason}); pass a YAML file to --params") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -23,6 +23,9 @@ class ModelField:
         self.model = model
         self.evals = 0  # rows evaluated
 
+    def reset_counters(self) -> None:
+        self.evals = 0
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.evals += x.shape[0]
@@ -56,6 +59,11 @@ class RoutedField:
         self.step = 0
         self.probe_evals = 0
         self.on_step: Callable[[dict[str, Any]], None] | None = None
+
+    def reset_counters(self) -> None:
+        self.expert_evals = [0] * len(self.experts)
+        self.router_evals = 0
+        self.probe_evals = 0
 
     def begin_batch(self, generators: list[torch.Generator] | None = None, cluster: torch.Tensor | None = None,
                     probe: torch.Tensor | None = None) -> None:

@@ -16,6 +16,11 @@ class _Base(L.LightningModule):
         self.net = net
         self.lr = lr
         self.weight_decay = weight_decay
+        self.noise: torch.Generator | None = None  # per-rank t/noise stream, set when training starts
+
+    def on_train_start(self) -> None:
+        # Every DDP rank starts from the same global seed; the noise and t draws must differ per rank.
+        self.noise = torch.Generator(device=self.device).manual_seed(torch.initial_seed() + self.global_rank)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -42,7 +47,7 @@ class FlowMatching(_Base):
 
     def model_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0 = batch[0]                                          # (B, 1, 28, 28)
-        x_t, t, target = flow.sample_training_pair(x0)
+        x_t, t, target = flow.sample_training_pair(x0, generator=self.noise)
         loss = nn.functional.mse_loss(self.net(x_t, t), target)
         return loss, {}
 
@@ -52,7 +57,7 @@ class RouterTraining(_Base):
 
     def model_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0, cluster = batch[0], batch[1]
-        x_t, t, _ = flow.sample_training_pair(x0)
+        x_t, t, _ = flow.sample_training_pair(x0, generator=self.noise)
         logits = self.net(x_t, t)                              # (B, K)
         loss = nn.functional.cross_entropy(logits, cluster)
         return loss, {"acc": (logits.argmax(1) == cluster).float().mean()}

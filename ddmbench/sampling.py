@@ -55,6 +55,7 @@ def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps
     solve = SOLVERS[solver]
     ts = time_grid(nfe_steps)
     out = []
+    field.reset_counters()  # the result reports this call's work only
     if isinstance(field, RoutedField):
         field.on_step = recorder
     start = time.perf_counter()

@@ -41,11 +41,16 @@ class FitResult:
     world_size: int
 
 
-def train_loader(tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> DataLoader:
-    """Shuffled batches from tensors held in memory (no per-item decoding)."""
+def train_loader(tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int, world_size: int = 1,
+                 what: str = "training") -> DataLoader:
+    """Shuffled batches from tensors held in memory (no per-item decoding).
+
+    The batch is capped at each rank's share of the data so that every rank gets at least one batch."""
     n = len(tensors[0])
-    if n < batch_size:
-        batch_size = n
+    if n < world_size:
+        raise TrainingError(f"{what}: only {n} training images for {world_size} processes; "
+                            "lower trainer.devices or give this model more data")
+    batch_size = min(batch_size, n // world_size)
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=True, drop_last=True, generator=gen)
 
@@ -70,6 +75,9 @@ def fit(module: L.LightningModule, loader: DataLoader, cfg: Config, paths: Paths
         raise
     except RuntimeError as exc:
         raise TrainingError(f"{run_name}: training failed: {str(exc).strip().splitlines()[0][:200]}") from exc
+    if trainer.global_step < max_steps:
+        raise TrainingError(f"{run_name}: training stopped after {trainer.global_step} of {max_steps} steps "
+                            "(no training batches?); nothing was saved")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     run_id = getattr(logger, "run_id", None) if (logger is not None and trainer.is_global_zero) else None
     return FitResult(trainer.is_global_zero, run_id, metrics, trainer.world_size)

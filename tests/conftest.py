@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (thread limits must be set before numpy and torch load)
 """Shared fixtures: a tiny ddmbench project (shrunk real config + synthetic MNIST idx files) per test.
 
 The project is the real configuration shrunk to seconds (STYLE habit 9): unet-xs experts, K = 2,
@@ -42,6 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Lightning 2.6 on torch 2.14 warns on every fit; ddmbench.training filters it at import, but pytest
     # resets warning filters per test.
     config.addinivalue_line("filterwarnings", "ignore:.*LeafSpec.*")
+    config.addinivalue_line("filterwarnings", "ignore:.*will save all extracted features in buffer.*")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,7 +131,7 @@ TINY: dict[str, Any] = {
     "router": {"steps": 15, "batch_size": 32, "lr": 2e-3},
     "evaluator": {"steps": 15, "batch_size": 32, "lr": 2e-3},
     "monolith": {"steps": 20, "batch_size": 16, "lr": 3e-3, "net": "unet-xs", "ema_decay": 0.999},
-    "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "32-true", "log_every_n_steps": 10},
+    "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "32-true", "log_every_n_steps": 5},
     "sample": {"n": 32, "nfe_steps": 3, "solver": "euler", "batch_size": 16},
     "policies": ["full", "top-1"],
     "evaluate": {"n_real": 40, "kid_subset_size": 10, "kid_subsets": 5},
@@ -188,11 +190,6 @@ def make_project(root: Path, **overrides: Any) -> Project:
 def project(tmp_path: Path) -> Project:
     """A fresh tiny project (nothing run yet) with tracking disabled."""
     return make_project(tmp_path / "repo")
-
-
-@pytest.fixture
-def cfg(project: Project) -> Config:
-    return project.config()
 
 
 # ----------------------------------------------------------------------------------------------

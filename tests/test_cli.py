@@ -6,15 +6,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import Project
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from conftest import Project
 from ddmbench.cli import app
 from ddmbench.config import config_to_dict
 
 COMMANDS = sorted(get_command(app).commands)  # type: ignore[attr-defined]
 POLICY_COMMANDS = ("sample", "evaluate", "run")
+STAGE_COMMANDS = ("prepare", "cluster", "train-expert", "train-router", "train-evaluator", "train-monolith",
+                  "sample", "evaluate", "report", "run", "show-config")
 
 
 @pytest.fixture
@@ -31,9 +33,7 @@ def _one_error_line(output: str) -> str:
 
 
 def test_stage_commands_are_registered() -> None:
-    expected = {"prepare", "cluster", "train-expert", "train-router", "train-evaluator", "train-monolith",
-                "sample", "evaluate", "report", "run", "show-config"}
-    assert expected <= set(COMMANDS)
+    assert set(STAGE_COMMANDS) <= set(COMMANDS)
 
 
 def test_app_help(runner: CliRunner) -> None:
@@ -47,11 +47,15 @@ def test_app_help(runner: CliRunner) -> None:
 def test_subcommand_help(runner: CliRunner, command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
-    assert "--params" in result.output
+    options = [opt for param in get_command(app).commands[command].params for opt in param.opts]  # type: ignore[attr-defined]
+    for opt in options:
+        assert opt in result.output, opt
+    if command in STAGE_COMMANDS:
+        assert "--params" in options
     if command in POLICY_COMMANDS:
-        assert "--policy" in result.output
+        assert "--policy" in options
     if command == "train-expert":
-        assert "--expert" in result.output
+        assert "--expert" in options
 
 
 def test_unknown_key_is_one_error_line(runner: CliRunner, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,6 +86,21 @@ def test_missing_params_file(runner: CliRunner, tmp_path: Path, monkeypatch: pyt
     assert "missing.yaml" in line and "not found" in line
 
 
+@pytest.mark.parametrize("kind", ["directory", "binary"])
+def test_unreadable_params_is_one_error_line(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             kind: str) -> None:
+    """`--params params/` (the profiles folder) or a non-text file: a user error, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "params"
+    if kind == "directory":
+        target.mkdir()
+    else:
+        target.write_bytes(b"\xff\xfe\x00binary")
+    result = runner.invoke(app, ["show-config", "--params", str(target)])
+    assert result.exit_code == 2, result.output
+    assert str(target) in _one_error_line(result.output)
+
+
 def test_default_params_path_is_cwd(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["cluster"])
@@ -104,6 +123,16 @@ def test_show_config_prints_resolved_config(runner: CliRunner, project: Project,
     result = runner.invoke(app, ["show-config", "--params", str(project.params)])
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.stdout) == config_to_dict(project.config())
+
+
+def test_show_config_keeps_bracketed_values(runner: CliRunner, project: Project,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resolved config is printed verbatim: a value such as `[red]mnist` is data, not rich markup."""
+    project.update(tracking={"experiment": "[red]mnist"})
+    monkeypatch.chdir(project.root)
+    result = runner.invoke(app, ["show-config", "--params", str(project.params)])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["tracking"]["experiment"] == "[red]mnist"
 
 
 @pytest.mark.parametrize(("args", "needle"), [

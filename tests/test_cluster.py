@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import N_TEST, N_TRAIN, Project, make_images
+
 from ddmbench import cluster as clustering
 from ddmbench.errors import ConfigError
 from ddmbench.io import load_tensors

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import REPO_ROOT, TINY, Project, deep_merge
 from pydantic import ValidationError
 
-from conftest import REPO_ROOT, TINY, Project, deep_merge
 from ddmbench.config import Config, ConfigError, config_to_dict, load_config, parse_config
 
 
@@ -72,24 +72,19 @@ def test_unknown_key_names_key_and_lists_allowed(raw: dict[str, Any], key: str, 
     assert key.rsplit(".", 1)[-1] not in listed.split(", ")
 
 
-@pytest.mark.parametrize(("over", "key"), [
-    ({"expert": {"steps": "many"}}, "expert.steps"),
-    ({"seed": 1.5}, "seed"),
-    ({"cluster": {"k": [2]}}, "cluster.k"),
-    ({"trainer": {"precision": "fp8"}}, "trainer.precision"),
-    ({"sample": {"solver": "rk4"}}, "sample.solver"),
-    ({"expert": {"net": "unet-xxl"}}, "expert.net"),
-    ({"data": {"sources": ["ftp"]}}, "data.sources.0"),
-    ({"tracking": {"enabled": "sometimes"}}, "tracking.enabled"),
+@pytest.mark.parametrize(("over", "key", "given"), [
+    ({"expert": {"steps": "many"}}, "expert.steps", "'many'"),
+    ({"seed": 1.5}, "seed", "1.5"),
+    ({"cluster": {"k": [2]}}, "cluster.k", "[2]"),
+    ({"trainer": {"precision": "fp8"}}, "trainer.precision", "'fp8'"),
+    ({"sample": {"solver": "rk4"}}, "sample.solver", "'rk4'"),
+    ({"expert": {"net": "unet-xxl"}}, "expert.net", "'unet-xxl'"),
+    ({"data": {"sources": ["ftp"]}}, "data.sources.0", "'ftp'"),
+    ({"tracking": {"enabled": "sometimes"}}, "tracking.enabled", "'sometimes'"),
 ])
-def test_wrong_type_names_key_and_value(over: dict[str, Any], key: str) -> None:
+def test_wrong_type_names_key_and_value(over: dict[str, Any], key: str, given: str) -> None:
     message = _error(_tiny(**over))
-    assert f": {key}: " in message
-    value = next(iter(next(iter(over.values())).values())) if isinstance(next(iter(over.values())), dict) \
-        else next(iter(over.values()))
-    if isinstance(value, list):
-        value = value[0]
-    assert repr(value) in message, message
+    assert f": {key}: " in message and f"(got {given})" in message
 
 
 @pytest.mark.parametrize(("over", "key"), [
@@ -168,13 +163,6 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="params file not found"):
         load_config(tmp_path / "nope.yaml")
-
-
-def test_dotted_overrides_apply_and_validate(project: Project) -> None:
-    cfg = load_config(project.params, {"expert.steps": 7, "sample.solver": "heun"})
-    assert cfg.expert.steps == 7 and cfg.sample.solver == "heun"
-    with pytest.raises(ConfigError, match=r"expert\.steps"):
-        load_config(project.params, {"expert.steps": -1})
 
 
 def test_policy_lookup_checks_k() -> None:

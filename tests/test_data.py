@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import N_TEST, N_TRAIN, Project, make_images, write_checksums
+
 from ddmbench import data
 from ddmbench.errors import DataError
 from ddmbench.stages import prepare

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Project, make_project
 from typer.testing import CliRunner
 
-from conftest import Project, make_project
 from ddmbench import nets
 from ddmbench.checkpoints import load_velocity_net
 from ddmbench.cli import app
@@ -97,15 +97,38 @@ def test_samples_file_contents(trained: tuple[Project, str]) -> None:
     assert blob["images"].float().std() > 0  # not a constant image
 
 
+def _tensors(blob: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a (nested) samples file, by dotted key."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in blob.items():
+        if isinstance(value, dict):
+            out.update(_tensors(value, f"{prefix}{key}."))
+        elif torch.is_tensor(value):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def test_sample_twice_is_byte_identical(copy_of: Project, trained: tuple[Project, str]) -> None:
-    first_run = load_tensors(trained[0].paths.samples("full"), "sample")
+    copy_of.update(sample={"trace": True, "probe_n": 4})  # routing traces must replay too
     blobs = []
     for _ in range(2):
-        invoke(copy_of.root, "sample", "--policy", "full")
-        blobs.append(load_tensors(copy_of.paths.samples("full"), "sample"))
+        invoke(copy_of.root, "sample", "--policy", "sample-1")
+        blobs.append(_tensors(load_tensors(copy_of.paths.samples("sample-1"), "sample")))
+    assert {"images", "seeds", "cluster", "trace.w", "trace.p"} <= set(blobs[0])
+    assert blobs[0].keys() == blobs[1].keys()
+    for key in blobs[0]:
+        assert blobs[0][key].dtype == blobs[1][key].dtype and torch.equal(blobs[0][key], blobs[1][key]), key
+    # and the same images as the `full` run's file for its own policy, re-sampled here
+    invoke(copy_of.root, "sample", "--policy", "full")
+    again = _tensors(load_tensors(copy_of.paths.samples("full"), "sample"))
+    first = _tensors(load_tensors(trained[0].paths.samples("full"), "sample"))
     for key in ("images", "seeds", "cluster"):
-        assert torch.equal(blobs[0][key], blobs[1][key]), key
-        assert torch.equal(blobs[0][key], first_run[key]), key
+        assert torch.equal(again[key], first[key]), key
+
+
+def test_evaluate_is_reproducible(copy_of: Project, trained: tuple[Project, str]) -> None:
+    invoke(copy_of.root, "evaluate", "--policy", "full")
+    assert _json(copy_of.paths.eval_metrics("full")) == _json(trained[0].paths.eval_metrics("full"))
 
 
 def test_seed_changes_the_samples(copy_of: Project, trained: tuple[Project, str]) -> None:

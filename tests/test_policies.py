@@ -126,6 +126,20 @@ def test_threshold_keeps_p_above_tau_and_the_top_1(tau: float) -> None:
     assert torch.equal(kept, expected)
 
 
+def test_threshold_boundary_is_inclusive() -> None:
+    p = torch.tensor([[0.5, 0.25, 0.25, 0.0]])  # exactly representable: p == tau for two experts
+    assert (weights("threshold-0.25", p) > 0).tolist() == [[True, True, True, False]]
+    assert (weights("threshold-0.3", p) > 0).tolist() == [[True, False, False, False]]
+
+
+def test_nucleus_stops_as_soon_as_the_mass_is_reached() -> None:
+    p = torch.tensor([[0.5, 0.25, 0.125, 0.125]])  # exactly representable cumulative masses
+    assert (weights("nucleus-p0.75-T1", p) > 0).tolist() == [[True, True, False, False]]
+    kept = weights("nucleus-p0.76-T1", p) > 0  # one of the tied 0.125s joins
+    assert kept[0, :2].all() and int(kept.sum()) == 3
+    assert (weights("nucleus-p0.5-T1", p) > 0).tolist() == [[True, False, False, False]]
+
+
 @pytest.mark.parametrize(("mass", "temp"), [(0.5, 1.0), (0.9, 0.5), (0.9, 2.0), (0.3, 1.0)])
 def test_nucleus_keeps_smallest_set_reaching_the_mass(mass: float, temp: float) -> None:
     p = router_probs(seed=5)[4:]

@@ -29,7 +29,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     seed_everything(seed)
     net = nets.build_classifier(cfg.evaluator.net, num_classes=10)
     module = ClassifierTraining(net, lr=cfg.evaluator.lr, weight_decay=cfg.evaluator.weight_decay)
-    loader = train_loader((to_model_space(ds["train_x"]), ds["train_y"]), cfg.evaluator.batch_size, seed)
+    loader = train_loader((to_model_space(ds["train_x"]), ds["train_y"]), cfg.evaluator.batch_size, seed,
+                          cfg.trainer.world_size, "train-evaluator")
     result = fit(module, loader, cfg, paths, max_steps=cfg.evaluator.steps, run_name="train-evaluator",
                  stage="train-evaluator")
     if not result.is_global_zero:

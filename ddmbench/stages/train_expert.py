@@ -44,7 +44,7 @@ def train_flow(cfg: Config, paths: Paths, *, kind: str, run_name: str, section: 
     seed_everything(seed)
     net = nets.build_velocity_net(section.net)
     module = FlowMatching(net, lr=section.lr, weight_decay=section.weight_decay)
-    loader = train_loader((to_model_space(images),), section.batch_size, seed)
+    loader = train_loader((to_model_space(images),), section.batch_size, seed, cfg.trainer.world_size, run_name)
     result = fit(module, loader, cfg, paths, max_steps=steps, run_name=run_name, stage=run_name.split("@")[0],
                  callbacks=[ema_callback(section.ema_decay)])
     if not result.is_global_zero:

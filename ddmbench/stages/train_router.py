@@ -44,7 +44,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     k = cfg.cluster.k
     net = nets.build_router(cfg.router.net, k)
     module = RouterTraining(net, lr=cfg.router.lr, weight_decay=cfg.router.weight_decay)
-    loader = train_loader((to_model_space(ds["train_x"]), clusters["assignments"]), cfg.router.batch_size, seed)
+    loader = train_loader((to_model_space(ds["train_x"]), clusters["assignments"]), cfg.router.batch_size, seed,
+                          cfg.trainer.world_size, "train-router")
     result = fit(module, loader, cfg, paths, max_steps=cfg.router.steps, run_name="train-router", stage="train-router")
     if not result.is_global_zero:
         return None
