@@ -32,14 +32,30 @@ TARGETS: dict[tuple[str, str], float] = {
 MEMORY_TARGET_GIB = 2.0
 
 
+class BenchRouter(torch.nn.Module):
+    """The real router's cost, with logits spread by a fixed random projection of the state.
+
+    An untrained router gives nearly the same logits for every input, so Top-1 would send every row to
+    one expert; a trained router spreads the load, and so does the projection (its cost is negligible).
+    """
+
+    def __init__(self, num_experts: int, seed: int) -> None:
+        super().__init__()
+        self.net = nets.build_router("router-s", num_experts)
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("proj", torch.randn(28 * 28, num_experts, generator=g))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t) + x.flatten(1) @ self.proj  # (B, K)
+
+
 def build_models(num_experts: int, preset: str, seed: int = 0) -> tuple[list[torch.nn.Module], torch.nn.Module,
                                                                        torch.nn.Module]:
-    """K experts and a monolith of the same architecture, and a router with input-dependent logits."""
+    """K experts and a monolith of the same architecture, and a router that spreads the load."""
     torch.manual_seed(seed)
     experts = [nets.build_velocity_net(preset).eval().requires_grad_(False) for _ in range(num_experts)]
     monolith = nets.build_velocity_net(preset).eval().requires_grad_(False)
-    router = nets.build_router("router-s", num_experts).eval().requires_grad_(False)
-    router.head[-1].weight.mul_(50.0)  # untrained logits are nearly constant; spread them so routing varies
+    router = BenchRouter(num_experts, seed).eval().requires_grad_(False)
     return experts, router, monolith
 
 
