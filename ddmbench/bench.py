@@ -49,13 +49,13 @@ class BenchRouter(torch.nn.Module):
         return self.net(x, t) + x.flatten(1) @ self.proj  # (B, K)
 
 
-def build_models(num_experts: int, preset: str, seed: int = 0) -> tuple[list[torch.nn.Module], torch.nn.Module,
-                                                                       torch.nn.Module]:
+def build_models(num_experts: int, preset: str, seed: int = 0, device: str = "cpu"
+                 ) -> tuple[list[torch.nn.Module], torch.nn.Module, torch.nn.Module]:
     """K experts and a monolith of the same architecture, and a router that spreads the load."""
     torch.manual_seed(seed)
-    experts = [nets.build_velocity_net(preset).eval().requires_grad_(False) for _ in range(num_experts)]
-    monolith = nets.build_velocity_net(preset).eval().requires_grad_(False)
-    router = BenchRouter(num_experts, seed).eval().requires_grad_(False)
+    experts = [nets.build_velocity_net(preset).eval().requires_grad_(False).to(device) for _ in range(num_experts)]
+    monolith = nets.build_velocity_net(preset).eval().requires_grad_(False).to(device)
+    router = BenchRouter(num_experts, seed).eval().requires_grad_(False).to(device)
     return experts, router, monolith
 
 
@@ -66,14 +66,15 @@ def make_field(label: str, experts: list[torch.nn.Module], router: torch.nn.Modu
 
 
 def time_policies(num_experts: int = 8, preset: str = "unet-s", batch: int = 256, nfe_steps: int = 4,
-                  repeats: int = 3, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    experts, router, monolith = build_models(num_experts, preset)
+                  repeats: int = 3, progress: Callable[[str], None] | None = None, device: str = "cpu"
+                  ) -> dict[str, Any]:
+    experts, router, monolith = build_models(num_experts, preset, device=device)
     seeds = list(range(batch))
     walls: dict[str, list[float]] = {label: [] for label in BENCH_POLICIES}
     loads: dict[str, list[int]] = {}
     for label in BENCH_POLICIES:  # warm-up pass (allocator, kernels), also records each policy's expert load
         field = make_field(label, experts, router, monolith)
-        generate(field, seeds, nfe_steps=1, solver="euler", batch_size=batch)
+        generate(field, seeds, nfe_steps=1, solver="euler", batch_size=batch, device=device)
         loads[label] = field.expert_evals if isinstance(field, RoutedField) else [field.evals]
     for r in range(repeats):
         for label in BENCH_POLICIES:
@@ -81,7 +82,7 @@ def time_policies(num_experts: int = 8, preset: str = "unet-s", batch: int = 256
                 progress(f"repeat {r + 1}/{repeats}: {label}")
             field = make_field(label, experts, router, monolith)
             start = time.perf_counter()
-            generate(field, seeds, nfe_steps=nfe_steps, solver="euler", batch_size=batch)
+            generate(field, seeds, nfe_steps=nfe_steps, solver="euler", batch_size=batch, device=device)
             walls[label].append(time.perf_counter() - start)
     median = {label: statistics.median(w) for label, w in walls.items()}
     ratios = []

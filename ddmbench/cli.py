@@ -168,6 +168,7 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
           nfe_steps: Annotated[int, typer.Option(help="Euler steps per timed pass.", min=1)] = 4,
           repeats: Annotated[int, typer.Option(help="Interleaved repeats (median is used).", min=1)] = 3,
           memory_n: Annotated[int, typer.Option(help="Images for the peak-memory run (0 = skip).", min=0)] = 10_000,
+          device: Annotated[str, typer.Option(help="cpu or cuda (memory is measured on the CPU only).")] = "cpu",
           out: Annotated[Path, typer.Option(help="Where to save the JSON results.")] = Path("reports/bench.json"),
           ) -> None:
     """Sampling wall-time ratios of routing policies (Top-k vs Full vs monolith) and peak memory."""
@@ -182,13 +183,16 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
 
         if net not in UNET_PRESETS:
             raise ConfigError(f"--net: unknown preset '{net}'; choose one of {', '.join(UNET_PRESETS)}")
+        if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+            raise ConfigError(f"--device: '{device}' is not available here; use cpu" + (" or cuda" if
+                              torch.cuda.is_available() else ""))
         if experts < 2:
             raise ConfigError("--experts: the ratios need at least 2 experts")
         with err_console.status("timing policies") as status:
-            timing = b.time_policies(experts, net, batch, nfe_steps, repeats, progress=status.update)
-        memory = b.measure_memory(experts, net, memory_n, batch) if memory_n else None
+            timing = b.time_policies(experts, net, batch, nfe_steps, repeats, progress=status.update, device=device)
+        memory = b.measure_memory(experts, net, memory_n, batch) if memory_n and device == "cpu" else None
         result = {"setup": {"experts": experts, "net": net, "batch": batch, "nfe_steps": nfe_steps,
-                            "repeats": repeats, "solver": "euler", "device": "cpu",
+                            "repeats": repeats, "solver": "euler", "device": device,
                             "torch_threads": torch.get_num_threads()},
                   **timing, "memory": memory}
         write_json(out, result)

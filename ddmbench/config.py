@@ -99,6 +99,8 @@ class SampleConfig(Section):
     nfe_steps: int = Field(20, ge=1, description="Solver steps over the time grid.")
     solver: Literal["euler", "heun"] = Field("euler", description="ODE solver.")
     batch_size: int = Field(250, ge=1, description="Samples per sampling batch.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Device that runs the experts and router while "
+                                                              "sampling (noise is drawn on the CPU either way).")
     trace: bool = Field(False, description="Record per-step router probabilities and expert weights of every "
                                            "sample (stored with the samples; routed policies only).")
     probe_n: int = Field(0, ge=0, description="With trace: also record the states and every expert's prediction "

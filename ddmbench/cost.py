@@ -14,8 +14,10 @@ from ddmbench.sampling import IMAGE_SHAPE
 @torch.no_grad()
 def flops_per_image(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: int = 8) -> float:
     """FLOPs of one forward pass on one (1, 28, 28) image at some t (the count does not depend on t)."""
-    x = torch.zeros(batch, *IMAGE_SHAPE)
-    t = torch.full((batch,), 0.5)
+    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    device = params[0].device if params else torch.device("cpu")
+    x = torch.zeros(batch, *IMAGE_SHAPE, device=device)
+    t = torch.full((batch,), 0.5, device=device)
     with FlopCounterMode(display=False) as counter:
         model(x, t)
     return counter.get_total_flops() / batch

@@ -46,14 +46,17 @@ class SampleResult:
 
 def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps: int, solver: str,
              batch_size: int, cluster: torch.Tensor | None = None, recorder: TraceRecorder | None = None,
-             probe_n: int = 0, progress: Callable[[int], None] | None = None) -> SampleResult:
+             probe_n: int = 0, progress: Callable[[int], None] | None = None,
+             device: torch.device | str = "cpu") -> SampleResult:
     """Integrate the field from noise (t = 1) to data (t = 0) for every seed, in batches.
 
     With a ``recorder`` (routed fields only) every evaluation's routing is traced, and for the first
-    ``probe_n`` samples also the states and every expert's prediction.
+    ``probe_n`` samples also the states and every expert's prediction. Noise and routing draws come from
+    CPU generators whatever the device, so a seed gives the same draws on every device; the images
+    are returned on the CPU.
     """
     solve = SOLVERS[solver]
-    ts = time_grid(nfe_steps)
+    ts = time_grid(nfe_steps, device)
     out = []
     field.reset_counters()  # the result reports this call's work only
     if isinstance(field, RoutedField):
@@ -61,16 +64,19 @@ def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps
     start = time.perf_counter()
     for lo in range(0, len(seeds), batch_size):
         batch_seeds = seeds[lo:lo + batch_size]
-        x = noise_for(batch_seeds)
+        x = noise_for(batch_seeds).to(device)
         if isinstance(field, RoutedField):
-            probe = torch.arange(max(0, min(probe_n - lo, len(batch_seeds)))) if recorder is not None else None
+            n_probe = max(0, min(probe_n - lo, len(batch_seeds)))
+            probe = torch.arange(n_probe, device=device) if recorder is not None else None
             field.begin_batch(routing_generators(batch_seeds),
                               None if cluster is None else cluster[lo:lo + batch_size], probe)
             if recorder is not None:
                 recorder.begin_batch(len(batch_seeds))
-        out.append(solve(field, x, ts))
+        out.append(solve(field, x, ts).cpu())
         if progress is not None:
             progress(len(batch_seeds))
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     if isinstance(field, RoutedField):
         expert_evals, router_evals = list(field.expert_evals), field.router_evals

@@ -11,7 +11,7 @@ from ddmbench.config import Config, config_to_dict
 from ddmbench.console import progress
 from ddmbench.cost import flops_per_image, gflops_per_image
 from ddmbench.data import to_uint8
-from ddmbench.errors import ArtifactError
+from ddmbench.errors import ArtifactError, ConfigError
 from ddmbench.field import ModelField, RoutedField
 from ddmbench.io import save_tensors, write_json
 from ddmbench.paths import Paths
@@ -29,16 +29,23 @@ def sample_seeds(cfg: Config) -> list[int]:
 
 
 def build_field(cfg: Config, paths: Paths, spec: PolicySpec) -> ModelField | RoutedField:
+    device = _device(cfg)
     if not spec.uses_experts:
-        return ModelField(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith"))
+        return ModelField(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith").to(device))
     experts = []
     for k in range(cfg.cluster.k):
-        experts.append(load_velocity_net(paths.expert(k), "expert", f"ddmbench train-expert --expert {k}"))
-    router = load_router(paths.model("router")) if spec.uses_router else None
+        experts.append(load_velocity_net(paths.expert(k), "expert", f"ddmbench train-expert --expert {k}").to(device))
+    router = load_router(paths.model("router")).to(device) if spec.uses_router else None
     if router is not None and router.head[-1].out_features != cfg.cluster.k:
         raise ArtifactError(f"{paths.model('router')} routes to {router.head[-1].out_features} experts but "
                             f"cluster.k={cfg.cluster.k}; re-run `ddmbench train-router`")
     return RoutedField(experts, router, spec)
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.sample.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("params.yaml: sample.device is 'cuda' but no CUDA device is available; use 'cpu'")
+    return torch.device(cfg.sample.device)
 
 
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
@@ -51,7 +58,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     with progress(f"sample {spec.label}", len(seeds)) as advance:
         result = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver,
                           batch_size=cfg.sample.batch_size, cluster=cluster, recorder=recorder,
-                          probe_n=cfg.sample.probe_n, progress=advance)
+                          probe_n=cfg.sample.probe_n, progress=advance, device=_device(cfg))
     n = len(seeds)
     models = field.experts if isinstance(field, RoutedField) else [field.model]
     model_flops = flops_per_image(models[0])  # experts share one architecture
