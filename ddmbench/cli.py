@@ -212,6 +212,58 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
     _guard(body)
 
 
+@app.command()
+def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the run to check.")] = Path("metrics"),
+            baseline: Annotated[Path, typer.Argument(help="Baseline JSON.")] = Path("reports/baseline/ci.json"),
+            failures_only: Annotated[bool, typer.Option(help="List only the failing metrics.")] = False) -> None:
+    """Compare a run's metrics with a committed baseline; exit 1 if any metric is out of tolerance."""
+    from rich.table import Table
+
+    from ddmbench import regression
+    from ddmbench.io import read_json
+
+    def body() -> int:
+        rows = regression.compare(regression.flatten_metrics(current),
+                                  read_json(baseline, "ddmbench baseline --why '...'"))
+        failed = [r for r in rows if not r.passed]
+        table = Table(title=f"{current} vs {baseline}")
+        for col in ("metric", "baseline", "current", "delta", "tolerance", "pass"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for r in (failed if failures_only else rows):
+            table.add_row(r.metric, f"{r.baseline:.6g}", "missing" if r.current is None else f"{r.current:.6g}",
+                          "" if r.delta is None else f"{r.delta:+.4g}", f"± {r.tolerance:.4g}",
+                          "yes" if r.passed else "[red]NO[/]")
+        console.print(table)
+        console.print(f"{len(rows) - len(failed)} of {len(rows)} metrics within tolerance")
+        return 1 if failed else 0
+
+    code = _guard(body)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (recorded in the file; say it in the commit too).")],
+             current: Annotated[Path, typer.Option(help="Metrics folder to freeze.")] = Path("metrics"),
+             params: ParamsOption = Path("params.yaml"),
+             out: Annotated[Path, typer.Option(help="Baseline file to write.")] = Path("reports/baseline/ci.json")) -> None:
+    """Freeze the current metrics (with their tolerances) as the regression baseline."""
+    from ddmbench import regression
+    from ddmbench.io import write_json
+    from ddmbench.tracking import git_commit
+
+    def body() -> None:
+        if not why.strip():
+            raise ConfigError("--why: say why the baseline changes")
+        _context(params)  # the params must be valid
+        result = regression.make_baseline(regression.flatten_metrics(current), why=why,
+                                          git_commit=git_commit(Path.cwd()), profile=str(params))
+        write_json(out, result)
+        console.print(f"wrote {out} ({len(result['metrics'])} metrics)")
+
+    _guard(body)
+
+
 @app.command("show-config")
 def show_config(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate the params file and print the resolved configuration (defaults filled in)."""

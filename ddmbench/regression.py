@@ -1,0 +1,114 @@
+"""Regression against committed baseline metrics: flatten metrics JSON, compare with per-metric tolerances.
+
+A metric passes when |current - baseline| <= abs_tol + rel_tol * |baseline|. Tolerances come from the
+first matching rule in ``TOLERANCES`` and are written into the baseline file, so a baseline records
+what it promised. Timings are never compared (they measure the machine, not the harness).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ddmbench.errors import ArtifactError
+
+# (glob over "<file relative to metrics/>:<dotted key>", abs_tol, rel_tol); None = not compared.
+# The numbers are justified in reports/baseline/README.md by measured seed-to-seed spread.
+Rule = tuple[str, float, float] | tuple[str, None, None]
+TOLERANCES: list[Rule] = [
+    ("*:wall_time_s", None, None), ("*:images_per_s", None, None), ("*:cost.wall_time_s", None, None),
+    ("*:cost.images_per_s", None, None), ("*:train_*", None, None), ("*:world_size", None, None),
+    ("*:class_entropy_max", None, None),
+    ("*:expert_gflops_per_eval", 0.0, 1e-9), ("*:router_gflops_per_eval", 0.0, 1e-9),
+    ("sample/*:nfe_per_sample", 0.0, 0.0), ("sample/*:nfe_steps", 0.0, 0.0), ("sample/*:n", 0.0, 0.0),
+    ("evaluate/*:n_*", 0.0, 0.0),
+    ("*:cost.nfe_per_sample", 0.0, 0.0),
+    ("*expert_evals_per_image", 0.0, 0.10), ("*router_evals_per_image", 0.0, 0.0), ("*gflops_per_image", 0.0, 0.10),
+    ("sample/*:expert_evals_by_expert.*", None, None),
+    ("evaluate/*:fid", 0.0, 0.35), ("evaluate/*:kid", 0.35, 0.0), ("evaluate/*:kid_std", None, None),
+    ("evaluate/*:fid_reference_train", 0.0, 0.25), ("evaluate/*:kid_reference_train", 0.05, 0.0),
+    ("evaluate/*:confidence", 0.08, 0.0), ("evaluate/*:class_entropy", 0.15, 0.0),
+    ("cluster.json:sizes.*", None, None), ("cluster.json:inertia", 0.0, 0.05), ("cluster.json:*", 0.1, 0.0),
+    ("evaluator.json:test_acc", 0.05, 0.0), ("evaluator.json:feature_scale", 0.0, 0.25),
+    ("router.json:heldout.*", 0.12, 0.0), ("*:heldout_loss", 0.0, 0.15),
+    ("*:steps", 0.0, 0.0), ("*:n_train", 0.0, 0.0), ("*:params", 0.0, 0.0), ("*:k", 0.0, 0.0), ("*:pca_dim", 0.0, 0.0),
+    ("*:num_features", 0.0, 0.0),
+]
+
+
+def flatten_metrics(metrics_dir: Path) -> dict[str, float]:
+    """Every finite number in every JSON file under ``metrics_dir`` as {"<file>:<dotted.key>": value}."""
+    metrics_dir = Path(metrics_dir)
+    if not metrics_dir.is_dir():
+        raise ArtifactError(f"{metrics_dir} is not a metrics folder; run `dvc repro` first or pass the right path")
+    out: dict[str, float] = {}
+    for path in sorted(metrics_dir.rglob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{path} is not valid JSON ({exc.msg})") from exc
+        _walk(data, f"{path.relative_to(metrics_dir).as_posix()}:", out)
+    return out
+
+
+def _walk(node: Any, prefix: str, out: dict[str, float]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _walk(value, f"{prefix}{key}.", out)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _walk(value, f"{prefix}{i}.", out)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(float(node)):
+        out[prefix.rstrip(".")] = float(node)
+
+
+def tolerance_for(metric: str) -> tuple[float, float] | None:
+    """(abs_tol, rel_tol) of the first matching rule; None = not compared; KeyError if no rule matches."""
+    for pattern, abs_tol, rel_tol in TOLERANCES:
+        if fnmatch.fnmatchcase(metric, pattern):
+            return None if abs_tol is None else (abs_tol, rel_tol)
+    raise KeyError(metric)
+
+
+def make_baseline(current: dict[str, float], *, why: str, git_commit: str, profile: str) -> dict[str, Any]:
+    metrics = {}
+    for name, value in sorted(current.items()):
+        try:
+            tol = tolerance_for(name)
+        except KeyError:
+            continue  # a metric no rule covers is reported by `compare` as new, never silently gated
+        if tol is not None:
+            metrics[name] = {"value": value, "abs_tol": tol[0], "rel_tol": tol[1]}
+    return {"why": why, "git_commit": git_commit, "profile": profile, "metrics": metrics}
+
+
+@dataclass
+class Row:
+    metric: str
+    baseline: float
+    current: float | None
+    tolerance: float
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.current is None else self.current - self.baseline
+
+    @property
+    def passed(self) -> bool:
+        return self.current is not None and abs(self.current - self.baseline) <= self.tolerance + 1e-12
+
+
+def compare(current: dict[str, float], baseline: dict[str, Any]) -> list[Row]:
+    """One row per baseline metric; a metric missing from ``current`` fails."""
+    try:
+        entries = baseline["metrics"]
+        rows = [Row(name, float(e["value"]), current.get(name),
+                    float(e["abs_tol"]) + float(e["rel_tol"]) * abs(float(e["value"])))
+                for name, e in sorted(entries.items())]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"baseline file is malformed ({exc!r}); regenerate it with `ddmbench baseline`") from exc
+    return rows
