@@ -46,14 +46,14 @@ def render(cfg: Config, paths: Paths, results: dict[str, dict[str, Any]]) -> str
 
 ## Table 1 — routing policy vs quality and cost
 
-FID and KID are computed by torchmetrics in the feature space of the evaluator classifier
-(its penultimate layer, scaled to unit mean variance per dimension on training images), against the
-test split; ± is KID's standard deviation over subsets. Confidence is the evaluator's mean max-softmax on
+FID and KID are computed by torchmetrics in the feature space of the evaluator classifier (its
+penultimate layer, scaled to unit mean variance per dimension on training images), against the test
+split; ± is KID's standard deviation over subsets. Confidence is the evaluator's mean max-softmax on
 the samples; class H is the entropy (nats, max ln 10 ≈ 2.303) of their predicted-class histogram.
-Expert evaluations per image count every
-expert forward pass on one image over the whole trajectory (sparse dispatch: an expert runs only on
-the rows that give it nonzero weight); the monolith counts its own evaluations. Wall time is the
-sampling time of all samples on this machine.
+Expert evaluations per image count every expert forward pass on one image over the whole trajectory
+(sparse dispatch: an expert runs only on the rows that give it nonzero weight); the monolith counts
+its own. GFLOPs per image are those evaluations times the FLOPs of one forward pass, measured with
+`torch.utils.flop_counter`, plus the router's. Wall time is the sampling time of all samples here.
 
 {markdown_table(POLICY_TABLE_HEADERS, policy_rows(results))}
 
