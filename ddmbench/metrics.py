@@ -20,36 +20,43 @@ from ddmbench.nets import Classifier
 warnings.filterwarnings("ignore", message=r".*will save all extracted features in buffer.*")
 
 
-class EvaluatorFeatures(nn.Module):
-    """(B, 1, 28, 28) float images in [-1, 1] -> (B, num_features) evaluator features."""
+@torch.no_grad()
+def extract_features(classifier: Classifier, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """(N, 1, 28, 28) images in [-1, 1] -> (N, num_features) evaluator features (eval mode, no grad)."""
+    classifier.eval()
+    return torch.cat([classifier.features(chunk.float()) for chunk in images.split(batch)])
 
-    def __init__(self, classifier: Classifier) -> None:
+
+class Precomputed(nn.Module):
+    """The feature extractor torchmetrics sees: features are extracted once with :func:`extract_features`
+    and passed through unchanged, so real and generated sets are never pushed through the net twice."""
+
+    def __init__(self, num_features: int) -> None:
         super().__init__()
-        self.classifier = classifier.eval().requires_grad_(False)
-        self.num_features = classifier.num_features
+        self.num_features = num_features
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(x.float())
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats
 
 
-def fid_kid(classifier: Classifier, real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int,
-            kid_subsets: int, seed: int) -> dict[str, float]:
-    """FID and KID (mean, std) between real and generated images, both (N, 1, 28, 28) in [-1, 1]."""
-    extractor = EvaluatorFeatures(classifier)
-    fid = FrechetInceptionDistance(feature=extractor, normalize=True, input_img_size=(1, 28, 28))
-    subset = min(kid_subset_size, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=extractor, subsets=kid_subsets, subset_size=subset, normalize=True)
-    for chunk in real.split(1000):
-        fid.update(chunk, real=True)
-        kid.update(chunk, real=True)
-    for chunk in fake.split(1000):
-        fid.update(chunk, real=False)
-        kid.update(chunk, real=False)
+def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID between two feature sets (N, d) (torchmetrics' Fréchet distance of their Gaussians)."""
+    metric = FrechetInceptionDistance(feature=Precomputed(real.shape[1]), normalize=True)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return float(metric.compute())
+
+
+def kid(real: torch.Tensor, fake: torch.Tensor, *, subset_size: int, subsets: int, seed: int) -> tuple[float, float]:
+    """KID (mean, std over subsets) between two feature sets (N, d); subsets drawn from ``seed``."""
+    metric = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets,
+                                     subset_size=min(subset_size, len(real), len(fake)), normalize=True)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # KID draws its subsets with torch.randperm
-        kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+        mean, std = metric.compute()
+    return float(mean), float(std)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from ddmbench.config import Config, config_to_dict
 from ddmbench.data import load_prepared, to_model_space
 from ddmbench.errors import ArtifactError
 from ddmbench.io import load_tensors, read_json, write_json
-from ddmbench.metrics import classifier_stats, fid_kid
+from ddmbench.metrics import classifier_stats, extract_features, fid, kid
 from ddmbench.paths import Paths
 from ddmbench.policies import PolicySpec
 from ddmbench.tracking import mirror
@@ -27,15 +27,16 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     ds = load_prepared(paths.dataset)
     real = to_model_space(ds["test_x"][:cfg.evaluate.n_real])
     classifier = load_classifier(paths.model("evaluator"))
-    kid_kwargs = {"kid_subset_size": cfg.evaluate.kid_subset_size, "kid_subsets": cfg.evaluate.kid_subsets, "seed": cfg.seed}
-    quality = fid_kid(classifier, real, fake, **kid_kwargs)
-    # The floor of this estimator at this N: real training images scored exactly like the samples.
+    real_feats, fake_feats = extract_features(classifier, real), extract_features(classifier, fake)
+    kid_mean, kid_std = kid(real_feats, fake_feats, subset_size=cfg.evaluate.kid_subset_size,
+                            subsets=cfg.evaluate.kid_subsets, seed=cfg.seed)
+    # The floor of FID at this N: as many real training images, scored exactly like the samples.
     g = torch.Generator().manual_seed(cfg.seed)
     reference = to_model_space(ds["train_x"][torch.randperm(len(ds["train_x"]), generator=g)[:len(fake)]])
-    floor = fid_kid(classifier, real, reference, **kid_kwargs)
     metrics = {
-        "policy": spec.label, "n_fake": len(fake), "n_real": len(real), **quality,
-        "fid_reference_train": floor["fid"], "kid_reference_train": floor["kid"],
+        "policy": spec.label, "n_fake": len(fake), "n_real": len(real),
+        "fid": fid(real_feats, fake_feats), "kid": kid_mean, "kid_std": kid_std,
+        "fid_reference_train": fid(real_feats, extract_features(classifier, reference)),
         **classifier_stats(classifier, fake),
     }
     cost = read_json(paths.sample_metrics(spec.label), what)
