@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ddmbench import nets
+from ddmbench.errors import DDMBenchError
 from ddmbench.field import ModelField, RoutedField
 from ddmbench.policies import parse_policy
 from ddmbench.sampling import generate
@@ -107,7 +108,11 @@ def measure_memory(num_experts: int, preset: str, n: int, batch: int, nfe_steps:
                    label: str = "top-2") -> dict[str, Any]:
     code = (f"from ddmbench.bench import memory_probe; "
             f"memory_probe({num_experts}, {preset!r}, {n}, {batch}, {nfe_steps}, {label!r})")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DDMBenchError(f"the memory probe failed with exit code {proc.returncode} ({last}); "
+                            "try a smaller --memory-n or --batch")
     peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_gib"]
     return {"policy": label, "n": n, "nfe_steps": nfe_steps, "peak_rss_gib": peak, "target_gib": MEMORY_TARGET_GIB,
             "pass": peak <= MEMORY_TARGET_GIB}

@@ -18,7 +18,7 @@ from ddmbench.config import Config, load_config
 from ddmbench.console import console, err_console
 from ddmbench.errors import ConfigError, DDMBenchError
 from ddmbench.paths import Paths
-from ddmbench.policies import LABEL_FORMS, PolicySpec, make_policy, parse_policy
+from ddmbench.policies import LABEL_FORMS, POLICIES, PolicySpec, make_policy, parse_policy
 
 app = typer.Typer(help="Benchmark harness for Decentralized Diffusion Models (DDMs) on MNIST.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -41,6 +41,9 @@ def _policy(cfg: Config, policy: str, k: int | None, tau: float | None, p: float
     extra = {"k": k, "tau": tau, "p_mass": p, "temperature": temperature}
     try:
         if any(v is not None for v in extra.values()):
+            if policy not in POLICIES:
+                raise ValueError(f"'{policy}' is a label; give a label alone (--policy top-2) or a policy name "
+                                 "with its parameters (--policy top --k 2)")
             spec = make_policy(policy, **{key: v for key, v in extra.items() if v is not None})
         else:
             spec = parse_policy(policy)
@@ -223,8 +226,10 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
     from ddmbench.io import read_json
 
     def body() -> int:
-        rows = regression.compare(regression.flatten_metrics(current),
-                                  read_json(baseline, "ddmbench baseline --why '...'"))
+        flat = regression.flatten_metrics(current)
+        base = read_json(baseline, "ddmbench baseline --why '...'")
+        rows = regression.compare(flat, base)
+        new = regression.ungated(flat, base)
         failed = [r for r in rows if not r.passed]
         table = Table(title=f"{current} vs {baseline}")
         for col in ("metric", "baseline", "current", "delta", "tolerance", "pass"):
@@ -235,6 +240,8 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
                           "yes" if r.passed else "[red]NO[/]")
         console.print(table)
         console.print(f"{len(rows) - len(failed)} of {len(rows)} metrics within tolerance")
+        if new:
+            console.print(f"{len(new)} metrics are not in the baseline and not gated, e.g. {', '.join(new[:3])}")
         return 1 if failed else 0
 
     code = _guard(body)

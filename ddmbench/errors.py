@@ -1,6 +1,12 @@
 """User-facing errors. The CLI prints each as one line and exits with code 2."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type name), for one-line user errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class DDMBenchError(Exception):
     """Base class: the message names the input, the value and how to fix it."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ddmbench.errors import ArtifactError, DDMBenchError
+from ddmbench.errors import ArtifactError, DDMBenchError, first_line
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -30,13 +30,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except OSError as exc:
         raise DDMBenchError(f"cannot create output folder {path.parent}: {exc.strerror}; "
                             "choose a writable location") from exc
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DDMBenchError(f"cannot write in {path.parent}: {exc.strerror}; choose a writable location") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
     try:
         yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
         os.replace(tmp, path)
+    except OSError as exc:
+        raise DDMBenchError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -52,11 +59,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
+    if hasattr(obj, "tolist"):  # tensors and numpy arrays and scalars
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
@@ -72,6 +75,8 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc.msg}); re-run `{what}`") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} cannot be read ({first_line(exc)}); re-run `{what}`") from exc
 
 
 def save_tensors(path: Path, obj: dict[str, Any]) -> None:
@@ -88,5 +93,4 @@ def load_tensors(path: Path, what: str) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt / unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"{path} cannot be loaded safely ({first[:160]}); re-run `{what}`") from exc
+        raise ArtifactError(f"{path} cannot be loaded safely ({first_line(exc, 160)}); re-run `{what}`") from exc

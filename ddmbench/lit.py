@@ -26,7 +26,10 @@ class _Base(L.LightningModule):
         return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None:  # under DDP every rank must stop together, not hang in the all-reduce
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             raise TrainingError(f"{type(self).__name__}: loss became {loss.item()} at step {self.global_step}; "
                                 "lower the learning rate (the weights before this step are kept)")
 

@@ -141,15 +141,23 @@ UNET_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+ROUTER_PRESETS: dict[str, dict[str, int]] = {"router-s": {"channels": 16, "t_dim": 32}}
+CLASSIFIER_PRESETS: dict[str, dict[str, int]] = {"classifier-s": {"channels": 32, "num_features": 128}}
+
+
+def _preset(presets: dict[str, dict[str, int]], name: str) -> dict[str, int]:
+    if name not in presets:
+        raise ValueError(f"unknown network preset '{name}'; known: {', '.join(presets)}")
+    return presets[name]
+
+
 def build_velocity_net(preset: str) -> UNet:
-    return UNet(**UNET_PRESETS[preset])
+    return UNet(**_preset(UNET_PRESETS, preset))
 
 
 def build_router(preset: str, num_experts: int) -> Router:
-    assert preset == "router-s", preset
-    return Router(num_experts, channels=16, t_dim=32)
+    return Router(num_experts, **_preset(ROUTER_PRESETS, preset))
 
 
 def build_classifier(preset: str, num_classes: int = 10) -> Classifier:
-    assert preset == "classifier-s", preset
-    return Classifier(num_classes, channels=32, num_features=128)
+    return Classifier(num_classes, **_preset(CLASSIFIER_PRESETS, preset))

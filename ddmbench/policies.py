@@ -158,7 +158,7 @@ POLICIES: dict[str, Policy | None] = {
     "nucleus": nucleus,
 }
 
-_NUM = r"(\d+(?:\.\d*)?(?:e-?\d+)?)"
+_NUM = r"(\d+(?:\.\d*)?(?:e[+-]?\d+)?)"
 _PATTERNS: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [
     ("top", re.compile(r"top-(\d+)"), ("k",)),
     ("sample", re.compile(r"sample-(\d+)"), ("k",)),
@@ -190,6 +190,10 @@ def make_policy(name: str, **params: float) -> PolicySpec:
     missing = [k for k in need if params.get(k) is None]
     if missing:
         raise ValueError(f"policy '{name}' needs {', '.join(missing)}")
+    unexpected = [k for k, v in params.items() if k not in need and v is not None]
+    if unexpected:
+        takes = ", ".join(need) if need else "no parameters"
+        raise ValueError(f"policy '{name}' does not take {', '.join(unexpected)} (it takes {takes})")
     params = {k: float(v) for k, v in params.items() if k in need}
     if "k" in params and (params["k"] < 1 or params["k"] != int(params["k"])):
         raise ValueError(f"policy '{name}': k must be a positive integer, got {params['k']:g}")

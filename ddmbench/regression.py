@@ -80,7 +80,7 @@ def make_baseline(current: dict[str, float], *, why: str, git_commit: str, profi
         try:
             tol = tolerance_for(name)
         except KeyError:
-            continue  # a metric no rule covers is reported by `compare` as new, never silently gated
+            continue  # no rule covers it: `ddmbench compare` lists it as not gated
         if tol is not None:
             metrics[name] = {"value": value, "abs_tol": tol[0], "rel_tol": tol[1]}
     return {"why": why, "git_commit": git_commit, "profile": profile, "metrics": metrics}
@@ -100,6 +100,18 @@ class Row:
     @property
     def passed(self) -> bool:
         return self.current is not None and abs(self.current - self.baseline) <= self.tolerance + 1e-12
+
+
+def ungated(current: dict[str, float], baseline: dict[str, Any]) -> list[str]:
+    """Metrics of the current run that a tolerance rule covers but the baseline does not hold (e.g. a new policy)."""
+    out = []
+    for name in sorted(set(current) - set(baseline.get("metrics", {}))):
+        try:
+            if tolerance_for(name) is not None:
+                out.append(name)
+        except KeyError:
+            out.append(name)
+    return out
 
 
 def compare(current: dict[str, float], baseline: dict[str, Any]) -> list[Row]:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ddmbench.config import Config
+from ddmbench.console import is_rank_zero
+from ddmbench.errors import first_line
 from ddmbench.paths import Paths
 
 # An unreachable server must fail fast instead of retrying with back-off for minutes.
@@ -94,8 +96,7 @@ def mirror(cfg: Config, paths: Paths, run_name: str, stage: str, params: Mapping
         client.set_terminated(run_id, "FINISHED")
         return run_id
     except Exception as exc:  # tracking must never cost a result
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        warn(f"MLflow tracking failed for '{run_name}' ({first}); results are still in the metrics files")
+        warn(f"MLflow tracking failed for '{run_name}' ({first_line(exc)}); results are still in the metrics files")
         return None
 
 
@@ -108,10 +109,9 @@ def lightning_logger(cfg: Config, paths: Paths, run_name: str, stage: str) -> An
 
         logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_name=run_name,
                               tracking_uri=tracking_uri(cfg, paths), tags=run_tags(paths, stage))
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        if is_rank_zero():
             _ = logger.run_id  # creates the run now, so an unreachable store fails here, not mid-training
         return logger
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        warn(f"MLflow tracking unavailable for '{run_name}' ({first}); training without it")
+        warn(f"MLflow tracking unavailable for '{run_name}' ({first_line(exc)}); training without it")
         return None

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ddmbench.config import Config
-from ddmbench.errors import TrainingError
+from ddmbench.errors import ConfigError, TrainingError, first_line
 from ddmbench.paths import Paths
 from ddmbench.tracking import lightning_logger
 
@@ -58,23 +58,28 @@ def train_loader(tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int, 
 def fit(module: L.LightningModule, loader: DataLoader, cfg: Config, paths: Paths, *, max_steps: int,
         run_name: str, stage: str, callbacks: list[L.Callback] | None = None) -> FitResult:
     """Fit ``module`` for ``max_steps`` optimizer steps; returns final logged metrics (rank zero's view)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     tc = cfg.trainer
-    world = tc.devices * tc.num_nodes
     logger = lightning_logger(cfg, paths, run_name, stage)
-    trainer = L.Trainer(
-        accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
-        strategy="ddp" if world > 1 else "auto", precision=tc.precision,
-        max_steps=max_steps, max_epochs=-1, logger=logger if logger is not None else False,
-        callbacks=callbacks or [], enable_checkpointing=False, enable_model_summary=False,
-        log_every_n_steps=min(tc.log_every_n_steps, max_steps), default_root_dir=str(paths.lightning_dir),
-        num_sanity_val_steps=0,
-    )
+    try:
+        trainer = L.Trainer(
+            accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
+            strategy="ddp" if tc.world_size > 1 else "auto", precision=tc.precision,
+            max_steps=max_steps, max_epochs=-1, logger=logger if logger is not None else False,
+            callbacks=callbacks or [], enable_checkpointing=False, enable_model_summary=False,
+            log_every_n_steps=min(tc.log_every_n_steps, max_steps), default_root_dir=str(paths.lightning_dir),
+            num_sanity_val_steps=0,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"params.yaml: trainer settings cannot run here ({first_line(exc)}); "
+                          "fix trainer.accelerator / devices / precision") from exc
     try:
         trainer.fit(module, train_dataloaders=loader)
     except TrainingError:
         raise
     except RuntimeError as exc:
-        raise TrainingError(f"{run_name}: training failed: {str(exc).strip().splitlines()[0][:200]}") from exc
+        raise TrainingError(f"{run_name}: training failed: {first_line(exc)}") from exc
     if trainer.global_step < max_steps:
         raise TrainingError(f"{run_name}: training stopped after {trainer.global_step} of {max_steps} steps "
                             "(no training batches?); nothing was saved")

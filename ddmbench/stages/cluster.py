@@ -10,7 +10,7 @@ import torch
 from ddmbench import cluster as clustering
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data import load_prepared
-from ddmbench.errors import ConfigError
+from ddmbench.errors import ArtifactError, ConfigError
 from ddmbench.io import save_tensors, write_json
 from ddmbench.paths import Paths
 from ddmbench.tracking import mirror
@@ -49,7 +49,16 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     return metrics
 
 
-def load_clusters(paths: Paths) -> dict[str, torch.Tensor]:
+def load_clusters(paths: Paths, ds: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The clustering outputs; with ``ds`` (the prepared dataset) also check they were made from it."""
     from ddmbench.io import load_tensors
 
-    return load_tensors(paths.clusters, "ddmbench cluster")
+    clusters = load_tensors(paths.clusters, "ddmbench cluster")
+    for key in ("assignments", "test_assignments", "centroids", "sizes"):
+        if key not in clusters:
+            raise ArtifactError(f"{paths.clusters} has no '{key}'; re-run `ddmbench cluster`")
+    if ds is not None and (len(clusters["assignments"]) != len(ds["train_x"])
+                           or len(clusters["test_assignments"]) != len(ds["test_x"])):
+        raise ArtifactError(f"{paths.clusters} was made from another dataset.pt (sizes differ); "
+                            "re-run `ddmbench cluster`")
+    return clusters

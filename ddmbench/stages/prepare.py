@@ -23,7 +23,9 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     tensors = data.load_mnist_tensors(root)
     for split, limit in (("train", cfg.data.train_limit), ("test", cfg.data.test_limit)):
         if limit:
-            tensors[f"{split}_x"], tensors[f"{split}_y"] = tensors[f"{split}_x"][:limit], tensors[f"{split}_y"][:limit]
+            # clone: a slice is a view and torch.save would write the whole underlying storage
+            tensors[f"{split}_x"] = tensors[f"{split}_x"][:limit].clone()
+            tensors[f"{split}_y"] = tensors[f"{split}_y"][:limit].clone()
     save_tensors(paths.dataset, tensors)
     manifest = {
         "dataset": cfg.data.dataset, "source": source,

@@ -28,13 +28,14 @@ def sample_seeds(cfg: Config) -> list[int]:
     return list(range(base, base + cfg.sample.n))
 
 
-def build_field(cfg: Config, paths: Paths, spec: PolicySpec) -> ModelField | RoutedField:
-    device = _device(cfg)
+def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.device) -> ModelField | RoutedField:
     if not spec.uses_experts:
         return ModelField(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith").to(device))
     experts = []
     for k in range(cfg.cluster.k):
-        experts.append(load_velocity_net(paths.expert(k), "expert", f"ddmbench train-expert --expert {k}").to(device))
+        net = load_velocity_net(paths.expert(k), "expert", f"ddmbench train-expert --expert {k}",
+                                expect={"k": k, "num_experts": cfg.cluster.k})
+        experts.append(net.to(device))
     router = load_router(paths.model("router")).to(device) if spec.uses_router else None
     if router is not None and router.head[-1].out_features != cfg.cluster.k:
         raise ArtifactError(f"{paths.model('router')} routes to {router.head[-1].out_features} experts but "
@@ -50,15 +51,20 @@ def _device(cfg: Config) -> torch.device:
 
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     seeds = sample_seeds(cfg)
-    field = build_field(cfg, paths, spec)
+    device = _device(cfg)
+    field = build_field(cfg, paths, spec, device)
     cluster = None
     if spec.name == "oracle":
-        cluster = draw_clusters(seeds, load_clusters(paths)["sizes"].double())
+        sizes = load_clusters(paths)["sizes"]
+        if len(sizes) != cfg.cluster.k:
+            raise ArtifactError(f"{paths.clusters} has {len(sizes)} clusters but cluster.k={cfg.cluster.k}; "
+                                "re-run `ddmbench cluster`")
+        cluster = draw_clusters(seeds, sizes.double())
     recorder = TraceRecorder() if cfg.sample.trace and isinstance(field, RoutedField) else None
     with progress(f"sample {spec.label}", len(seeds)) as advance:
         result = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver,
                           batch_size=cfg.sample.batch_size, cluster=cluster, recorder=recorder,
-                          probe_n=cfg.sample.probe_n, progress=advance, device=_device(cfg))
+                          probe_n=cfg.sample.probe_n, progress=advance, device=device)
     n = len(seeds)
     models = field.experts if isinstance(field, RoutedField) else [field.model]
     model_flops = flops_per_image(models[0])  # experts share one architecture

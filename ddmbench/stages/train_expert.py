@@ -63,7 +63,7 @@ def run(cfg: Config, paths: Paths, k: int) -> dict[str, Any] | None:
     if k not in cfg.experts:
         raise ConfigError(f"expert {k} is not in params.yaml experts {cfg.experts}; choose one of them")
     ds = load_prepared(paths.dataset)
-    clusters = load_clusters(paths)
+    clusters = load_clusters(paths, ds)
     if int(clusters["centroids"].shape[0]) != cfg.cluster.k:
         raise ConfigError(f"outputs/cluster has {clusters['centroids'].shape[0]} clusters but cluster.k={cfg.cluster.k}; "
                           "re-run `ddmbench cluster`")

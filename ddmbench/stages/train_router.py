@@ -38,7 +38,7 @@ def accuracy_by_t(router: torch.nn.Module, images: torch.Tensor, clusters: torch
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     ds = load_prepared(paths.dataset)
-    clusters = load_clusters(paths)
+    clusters = load_clusters(paths, ds)
     seed = seed_for(cfg, 1)
     seed_everything(seed)
     k = cfg.cluster.k
