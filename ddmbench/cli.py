@@ -18,7 +18,7 @@ from ddmbench.config import Config, load_config
 from ddmbench.console import console, err_console
 from ddmbench.errors import ConfigError, DDMBenchError
 from ddmbench.paths import Paths
-from ddmbench.policies import LABEL_FORMS, POLICIES, PolicySpec, make_policy, parse_policy
+from ddmbench.policies import LABEL_FORMS, POLICIES, PolicySpec, make_policy
 
 app = typer.Typer(help="Benchmark harness for Decentralized Diffusion Models (DDMs) on MNIST.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -45,10 +45,9 @@ def _policy(cfg: Config, policy: str, k: int | None, tau: float | None, p: float
                 raise ValueError(f"'{policy}' is a label; give a label alone (--policy top-2) or a policy name "
                                  "with its parameters (--policy top --k 2)")
             spec = make_policy(policy, **{key: v for key, v in extra.items() if v is not None})
-        else:
-            spec = parse_policy(policy)
-        spec.check(cfg.cluster.k)
-        return spec
+            spec.check(cfg.cluster.k)
+            return spec
+        return cfg.policy(policy)
     except ValueError as exc:
         raise ConfigError(f"--policy: {exc}") from None
 
