@@ -21,7 +21,7 @@ import torch
 
 from ddmbench import nets
 from ddmbench.errors import DDMBenchError
-from ddmbench.field import ModelField, RoutedField
+from ddmbench.field import DEFAULT_CHUNK_ROWS, ModelField, RoutedField
 from ddmbench.policies import parse_policy
 from ddmbench.sampling import generate
 
@@ -60,28 +60,29 @@ def build_models(num_experts: int, preset: str, seed: int = 0, device: str = "cp
     return experts, router, monolith
 
 
-def make_field(label: str, experts: list[torch.nn.Module], router: torch.nn.Module,
-               monolith: torch.nn.Module) -> ModelField | RoutedField:
+def make_field(label: str, experts: list[torch.nn.Module], router: torch.nn.Module, monolith: torch.nn.Module,
+               chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ModelField | RoutedField:
     spec = parse_policy(label)
-    return ModelField(monolith) if label == "monolith" else RoutedField(experts, router, spec)
+    return (ModelField(monolith, chunk_rows) if label == "monolith"
+            else RoutedField(experts, router, spec, chunk_rows))
 
 
 def time_policies(num_experts: int = 8, preset: str = "unet-s", batch: int = 256, nfe_steps: int = 4,
-                  repeats: int = 3, progress: Callable[[str], None] | None = None, device: str = "cpu"
-                  ) -> dict[str, Any]:
+                  repeats: int = 3, progress: Callable[[str], None] | None = None, device: str = "cpu",
+                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, Any]:
     experts, router, monolith = build_models(num_experts, preset, device=device)
     seeds = list(range(batch))
     walls: dict[str, list[float]] = {label: [] for label in BENCH_POLICIES}
     loads: dict[str, list[int]] = {}
     for label in BENCH_POLICIES:  # warm-up pass (allocator, kernels), also records each policy's expert load
-        field = make_field(label, experts, router, monolith)
+        field = make_field(label, experts, router, monolith, chunk_rows)
         generate(field, seeds, nfe_steps=1, solver="euler", batch_size=batch, device=device)
         loads[label] = field.expert_evals if isinstance(field, RoutedField) else [field.evals]
     for r in range(repeats):
         for label in BENCH_POLICIES:
             if progress is not None:
                 progress(f"repeat {r + 1}/{repeats}: {label}")
-            field = make_field(label, experts, router, monolith)
+            field = make_field(label, experts, router, monolith, chunk_rows)
             start = time.perf_counter()
             generate(field, seeds, nfe_steps=nfe_steps, solver="euler", batch_size=batch, device=device)
             walls[label].append(time.perf_counter() - start)
@@ -95,19 +96,20 @@ def time_policies(num_experts: int = 8, preset: str = "unet-s", batch: int = 256
             "top1_max_expert_share": max(loads["top-1"]) / max(1, sum(loads["top-1"]))}
 
 
-def memory_probe(num_experts: int, preset: str, n: int, batch: int, nfe_steps: int, label: str) -> None:
+def memory_probe(num_experts: int, preset: str, n: int, batch: int, nfe_steps: int, label: str,
+                 chunk_rows: int) -> None:
     """Run in a fresh process: sample n images, print peak resident memory (GiB) as JSON."""
     experts, router, monolith = build_models(num_experts, preset)
-    field = make_field(label, experts, router, monolith)
+    field = make_field(label, experts, router, monolith, chunk_rows)
     out = generate(field, list(range(n)), nfe_steps=nfe_steps, solver="euler", batch_size=batch)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     print(json.dumps({"peak_rss_gib": peak_kib / 2**20, "n": len(out.images)}))
 
 
 def measure_memory(num_experts: int, preset: str, n: int, batch: int, nfe_steps: int = 1,
-                   label: str = "top-2") -> dict[str, Any]:
+                   label: str = "top-2", chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, Any]:
     code = (f"from ddmbench.bench import memory_probe; "
-            f"memory_probe({num_experts}, {preset!r}, {n}, {batch}, {nfe_steps}, {label!r})")
+            f"memory_probe({num_experts}, {preset!r}, {n}, {batch}, {nfe_steps}, {label!r}, {chunk_rows})")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

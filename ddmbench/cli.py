@@ -171,6 +171,9 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
           repeats: Annotated[int, typer.Option(help="Interleaved repeats (median is used).", min=1)] = 3,
           memory_n: Annotated[int, typer.Option(help="Images for the peak-memory run (0 = skip).", min=0)] = 10_000,
           device: Annotated[str, typer.Option(help="cpu or cuda (memory is measured on the CPU only).")] = "cpu",
+          chunk_rows: Annotated[Optional[int], typer.Option(
+              help="Largest rows per model call (sample.chunk_rows); default 64 on cpu, 0 (whole dispatch) on cuda.",
+              min=0)] = None,
           out: Annotated[Path, typer.Option(help="Where to save the JSON results.")] = Path("reports/bench.json"),
           ) -> None:
     """Sampling wall-time ratios of routing policies (Top-k vs Full vs monolith) and peak memory."""
@@ -190,11 +193,14 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
                               torch.cuda.is_available() else ""))
         if experts < 2:
             raise ConfigError("--experts: the ratios need at least 2 experts")
+        chunk = chunk_rows if chunk_rows is not None else (b.DEFAULT_CHUNK_ROWS if device == "cpu" else 0)
         with err_console.status("timing policies") as status:
-            timing = b.time_policies(experts, net, batch, nfe_steps, repeats, progress=status.update, device=device)
-        memory = b.measure_memory(experts, net, memory_n, batch) if memory_n and device == "cpu" else None
+            timing = b.time_policies(experts, net, batch, nfe_steps, repeats, progress=status.update, device=device,
+                                     chunk_rows=chunk)
+        memory = (b.measure_memory(experts, net, memory_n, batch, chunk_rows=chunk)
+                  if memory_n and device == "cpu" else None)
         result = {"setup": {"experts": experts, "net": net, "batch": batch, "nfe_steps": nfe_steps,
-                            "repeats": repeats, "solver": "euler", "device": device,
+                            "repeats": repeats, "solver": "euler", "device": device, "chunk_rows": chunk,
                             "torch_threads": torch.get_num_threads()},
                   **timing, "memory": memory}
         write_json(out, result)

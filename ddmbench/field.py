@@ -2,6 +2,10 @@
 
 A field is any callable (x (B, C, H, W), t (B,)) -> v (B, C, H, W). ``RoutedField`` evaluates each expert
 only on the rows whose weight for it is nonzero (sparse dispatch) and counts every evaluation.
+
+Both fields call a model on at most ``chunk_rows`` rows at a time. On the CPU a small UNet runs faster on
+64-row chunks than on a 256-row batch (its activations stay in cache), and the allocator then sees a few
+fixed block sizes instead of every dispatch size, which keeps peak resident memory flat over many batches.
 """
 
 from __future__ import annotations
@@ -14,13 +18,22 @@ import torch
 from ddmbench.policies import PolicySpec, RoutingContext
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DEFAULT_CHUNK_ROWS = 64
+
+
+def evaluate_in_chunks(model: Model, x: torch.Tensor, t: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+    """model(x, t) computed on row chunks of at most ``chunk_rows`` (0 = all rows at once); same shape out."""
+    if chunk_rows <= 0 or x.shape[0] <= chunk_rows:
+        return model(x, t)
+    return torch.cat([model(x[i:i + chunk_rows], t[i:i + chunk_rows]) for i in range(0, x.shape[0], chunk_rows)])
 
 
 class ModelField:
     """One velocity model as a field (the monolith, or a single expert), with an evaluation counter."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         self.model = model
+        self.chunk_rows = chunk_rows
         self.evals = 0  # rows evaluated
 
     def reset_counters(self) -> None:
@@ -29,7 +42,7 @@ class ModelField:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.evals += x.shape[0]
-        return self.model(x, t)
+        return evaluate_in_chunks(self.model, x, t, self.chunk_rows)
 
 
 class RoutedField:
@@ -45,10 +58,12 @@ class RoutedField:
     ``v_experts`` (K, R, C, H, W) every expert's prediction (for the alignment / accuracy analyses).
     """
 
-    def __init__(self, experts: Sequence[Model], router: Model | None, policy: PolicySpec) -> None:
+    def __init__(self, experts: Sequence[Model], router: Model | None, policy: PolicySpec,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         if policy.uses_router and router is None:
             raise ValueError(f"policy '{policy.label}' needs a router")
         self.experts = list(experts)
+        self.chunk_rows = chunk_rows
         self.router = router
         self.policy = policy
         self.expert_evals = [0] * len(self.experts)
@@ -76,7 +91,7 @@ class RoutedField:
         if not self.policy.uses_router:
             return torch.full((x.shape[0], k), 1.0 / k, device=x.device)
         self.router_evals += x.shape[0]
-        return torch.softmax(self.router(x, t).float(), dim=1)
+        return torch.softmax(evaluate_in_chunks(self.router, x, t, self.chunk_rows).float(), dim=1)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -90,7 +105,7 @@ class RoutedField:
             if rows.numel() == 0:
                 continue
             self.expert_evals[j] += rows.numel()
-            v_j = expert(x[rows], t[rows])                                       # (R, C, H, W)
+            v_j = evaluate_in_chunks(expert, x[rows], t[rows], self.chunk_rows)  # (R, C, H, W)
             v.index_add_(0, rows, w[rows, j].view(-1, 1, 1, 1).to(v.dtype) * v_j)
         if self.on_step is not None:
             self.on_step(self._record(x, t, p, w, v))
@@ -102,6 +117,7 @@ class RoutedField:
         if self.probe is not None and self.probe.numel() > 0:
             xs, ts = x[self.probe], t[self.probe]
             record["probe"] = self.probe
-            record["v_experts"] = torch.stack([expert(xs, ts) for expert in self.experts])  # (K, R, C, H, W)
+            record["v_experts"] = torch.stack([evaluate_in_chunks(expert, xs, ts, self.chunk_rows)
+                                               for expert in self.experts])                 # (K, R, C, H, W)
             self.probe_evals += len(self.experts) * self.probe.numel()
         return record

@@ -142,6 +142,31 @@ def test_never_selected_expert_is_never_called() -> None:
     assert all(e.calls == 24 for e in dense.experts)
 
 
+@pytest.mark.parametrize("label", ["full", "top-2", "sample-1"])
+def test_chunked_dispatch_equals_whole_dispatch(label: str) -> None:
+    x, t = state(b=40)
+    whole, chunked = RoutedField(experts(), ToyRouter(), parse_policy(label), chunk_rows=0), \
+        RoutedField(experts(), ToyRouter(), parse_policy(label), chunk_rows=7)
+    seeds = list(range(40))
+    whole.begin_batch(routing_generators(seeds))
+    chunked.begin_batch(routing_generators(seeds))
+    assert torch.equal(whole(x, t), chunked(x, t))
+    assert whole.expert_evals == chunked.expert_evals  # chunking is not extra work
+    for rows, expert, one_call in zip(chunked.expert_evals, chunked.experts, whole.experts):
+        assert expert.calls == math.ceil(rows / 7) and one_call.calls == (1 if rows else 0)
+
+
+def test_chunked_unet_matches_whole_batch() -> None:
+    from ddmbench.field import evaluate_in_chunks
+    from ddmbench.nets import build_velocity_net
+
+    torch.manual_seed(0)
+    net = build_velocity_net("unet-xs").eval()
+    x, t = torch.randn(50, *IMAGE_SHAPE), torch.rand(50)
+    with torch.no_grad():
+        torch.testing.assert_close(evaluate_in_chunks(net, x, t, 16), net(x, t), rtol=1e-4, atol=1e-5)
+
+
 def test_oracle_generate_uses_only_each_samples_cluster() -> None:
     cluster = torch.tensor([0, 2, 2, 1, 0, 2, 2, 1, 0, 0, 2, 1])
     field = routed("oracle")

@@ -30,7 +30,8 @@ def sample_seeds(cfg: Config) -> list[int]:
 
 def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.device) -> ModelField | RoutedField:
     if not spec.uses_experts:
-        return ModelField(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith").to(device))
+        return ModelField(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith").to(device),
+                          cfg.sample.chunk_rows)
     experts = []
     for k in range(cfg.cluster.k):
         net = load_velocity_net(paths.expert(k), "expert", f"ddmbench train-expert --expert {k}",
@@ -40,7 +41,7 @@ def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.devic
     if router is not None and router.head[-1].out_features != cfg.cluster.k:
         raise ArtifactError(f"{paths.model('router')} routes to {router.head[-1].out_features} experts but "
                             f"cluster.k={cfg.cluster.k}; re-run `ddmbench train-router`")
-    return RoutedField(experts, router, spec)
+    return RoutedField(experts, router, spec, cfg.sample.chunk_rows)
 
 
 def _device(cfg: Config) -> torch.device:
