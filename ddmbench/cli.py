@@ -137,6 +137,13 @@ def evaluate(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k
 
 
 @app.command()
+def analyze(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
+            tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:
+    """Trajectory analyses of one policy: amplification, Lipschitz, convergence, alignment, disagreement."""
+    _policy_stage("analyze", params, policy, k, tau, p, temperature)
+
+
+@app.command()
 def report(params: ParamsOption = Path("params.yaml")) -> None:
     """Write reports/report.md and sample grids from the metrics of every policy in params.yaml."""
     from ddmbench.stages import report as stage

@@ -116,6 +116,25 @@ class EvaluateConfig(Section):
     kid_subsets: int = Field(50, ge=1, description="KID subsets.")
 
 
+class AnalysisConfig(Section):
+    n: int = Field(64, ge=2, description="Seeds (the first n sample seeds) traced for the trajectory analyses: "
+                                         "amplification, Lipschitz, convergence, alignment, router-weighted disagreement.")
+    eps: list[float] = Field([0.01, 0.1, 1.0], min_length=1,
+                             description="Initial-noise perturbation sizes for the amplification (unit direction x eps).")
+    lipschitz_delta: float = Field(0.01, gt=0, description="Finite-difference step of the local Lipschitz estimate.")
+    reference_factor: int = Field(4, ge=2, description="Convergence reference: this many times sample.nfe_steps.")
+    ladder_rungs: int = Field(3, ge=2, description="Convergence ladder: nfe/2^(r-1), ..., nfe/2, nfe steps.")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the confidence intervals of means and medians.")
+    quantiles: int = Field(5, ge=2, description="Disagreement quantile groups for FID by disagreement.")
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: list[float]) -> list[float]:
+        if any(not (math.isfinite(e) and e > 0) for e in v):
+            raise ValueError(f"every eps must be a positive number, got {v}")
+        return v
+
+
 class TrackingConfig(Section):
     enabled: bool = Field(True, description="Mirror params, metrics and artefacts to MLflow.")
     uri: str | None = Field(None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI or "
@@ -138,6 +157,7 @@ class Config(Section):
     policies: list[str] = Field(["monolith", "full", "top-1", "top-2"], min_length=1,
                                 description="Routing policy labels sampled and evaluated by the pipeline.")
     evaluate: EvaluateConfig = EvaluateConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("policies")
@@ -163,6 +183,8 @@ class Config(Section):
                 raise ValueError(f"policies: {exc}") from None
         if self.sample.probe_n > self.sample.n:
             raise ValueError(f"sample.probe_n={self.sample.probe_n} exceeds sample.n={self.sample.n}")
+        if self.analysis.n > self.sample.n:
+            raise ValueError(f"analysis.n={self.analysis.n} exceeds sample.n={self.sample.n}; trace at most the samples drawn")
         if self.evaluate.kid_subset_size > self.sample.n:
             raise ValueError(f"evaluate.kid_subset_size={self.evaluate.kid_subset_size} exceeds sample.n={self.sample.n}; "
                              "use a subset size <= sample.n")

@@ -56,6 +56,10 @@ class RoutedField:
     ``on_step``, if set, receives after every evaluation a record with ``step``, ``t`` (B,), ``p`` and
     ``w`` (B, K), ``x`` and ``v`` (B, C, H, W), and for the probe rows ``probe`` (R,) row indices and
     ``v_experts`` (K, R, C, H, W) every expert's prediction (for the alignment / accuracy analyses).
+
+    ``spread`` (B,) accumulates, per row of the current batch, the policy-weighted disagreement of the
+    experts it evaluated, sum_j w_j * mean_pixels (v_j - v)^2, over the batch's evaluations (``spread_evals``).
+    It is free: only the experts the policy selected enter it (a one-expert policy has spread 0).
     """
 
     def __init__(self, experts: Sequence[Model], router: Model | None, policy: PolicySpec,
@@ -73,6 +77,8 @@ class RoutedField:
         self.probe: torch.Tensor | None = None
         self.step = 0
         self.probe_evals = 0
+        self.spread: torch.Tensor | None = None
+        self.spread_evals = 0
         self.on_step: Callable[[dict[str, Any]], None] | None = None
 
     def reset_counters(self) -> None:
@@ -84,6 +90,7 @@ class RoutedField:
                     probe: torch.Tensor | None = None) -> None:
         """probe: (R,) indices of the rows whose every-expert predictions go to ``on_step``."""
         self.generators, self.cluster, self.probe, self.step = generators, cluster, probe, 0
+        self.spread, self.spread_evals = None, 0
 
     def probabilities(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Router probabilities (B, K); uniform when the policy does not use the router."""
@@ -100,6 +107,7 @@ class RoutedField:
         w = self.policy.weights(p, ctx)                                          # (B, K)
         self.step += 1
         v = torch.zeros_like(x)
+        dispatched = []
         for j, expert in enumerate(self.experts):
             rows = torch.nonzero(w[:, j] > 0).squeeze(1)                         # rows routed to expert j
             if rows.numel() == 0:
@@ -107,9 +115,20 @@ class RoutedField:
             self.expert_evals[j] += rows.numel()
             v_j = evaluate_in_chunks(expert, x[rows], t[rows], self.chunk_rows)  # (R, C, H, W)
             v.index_add_(0, rows, w[rows, j].view(-1, 1, 1, 1).to(v.dtype) * v_j)
+            dispatched.append((j, rows, v_j))
+        self._accumulate_spread(w, v, dispatched)
         if self.on_step is not None:
             self.on_step(self._record(x, t, p, w, v))
         return v
+
+    def _accumulate_spread(self, w: torch.Tensor, v: torch.Tensor,
+                           dispatched: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+        spread = torch.zeros(v.shape[0], dtype=torch.float64, device=v.device)
+        for j, rows, v_j in dispatched:
+            sq = (v_j - v[rows]).double().pow(2).flatten(1).mean(1)             # (R,) per-pixel mean
+            spread.index_add_(0, rows, w[rows, j].double() * sq)
+        self.spread = spread if self.spread is None or self.spread.shape != spread.shape else self.spread + spread
+        self.spread_evals += 1
 
     def _record(self, x: torch.Tensor, t: torch.Tensor, p: torch.Tensor, w: torch.Tensor, v: torch.Tensor
                 ) -> dict[str, Any]:

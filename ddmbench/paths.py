@@ -52,6 +52,17 @@ class Paths:
     def eval_metrics(self, label: str) -> Path:
         return self.root / "metrics" / "evaluate" / f"{label}.json"
 
+    def quality(self, label: str) -> Path:
+        """Per-sample quality of one policy's samples (evaluator confidence, nearest-real distance)."""
+        return self.root / "outputs" / "quality" / f"{label}.pt"
+
+    def analysis_metrics(self, label: str) -> Path:
+        return self.root / "metrics" / "analyze" / f"{label}.json"
+
+    def curves(self, label: str) -> Path:
+        """Per-t curves of one policy's analyses (a DVC plots file)."""
+        return self.root / "plots" / "curves" / f"{label}.json"
+
     # report
     @property
     def reports(self) -> Path:

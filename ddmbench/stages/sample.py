@@ -75,6 +75,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         "images": images, "seeds": torch.tensor(seeds),
         "cluster": cluster if cluster is not None else torch.full((n,), -1, dtype=torch.long),
         **({"trace": recorder.result()} if recorder is not None else {}),
+        **({"disagreement": result.disagreement} if result.disagreement is not None else {}),
     })
     metrics = {
         "policy": spec.label, "n": n, "solver": cfg.sample.solver, "nfe_steps": cfg.sample.nfe_steps,

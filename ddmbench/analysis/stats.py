@@ -1,0 +1,38 @@
+"""Small statistics shared by the analyses: percentile bootstrap intervals (scipy) and rank correlation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import stats
+
+
+def bootstrap_ci(values: np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean, *, resamples: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over the rows of ``values`` (N,); (nan, nan) when N < 2."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2 or np.all(values == values[0]):
+        point = float(statistic(values)) if len(values) else float("nan")
+        return (point, point) if len(values) else (float("nan"), float("nan"))
+    res = stats.bootstrap((values,), lambda v, axis: np.apply_along_axis(statistic, axis, v), n_resamples=resamples,
+                          confidence_level=level, method="percentile", random_state=np.random.default_rng(seed),
+                          vectorized=True)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def summary(values: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> dict[str, float | list[float]]:
+    """Mean and median of ``values`` (N,) with 95% bootstrap intervals."""
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "mean_ci95": list(bootstrap_ci(values, np.mean, resamples=resamples, seed=seed)),
+            "median": float(np.median(values)),
+            "median_ci95": list(bootstrap_ci(values, np.median, resamples=resamples, seed=seed))}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
+    """Spearman rank correlation and its p-value; None where one side is constant (undefined)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return {"rho": None, "p_value": None}
+    res = stats.spearmanr(a, b)
+    return {"rho": float(res.statistic), "p_value": float(res.pvalue)}
