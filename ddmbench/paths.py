@@ -72,6 +72,21 @@ class Paths:
     def report_md(self) -> Path:
         return self.reports / "report.md"
 
+    @property
+    def report_html(self) -> Path:
+        return self.reports / "report.html"
+
+    def figure(self, name: str) -> Path:
+        return self.reports / "figures" / f"{name}.png"
+
+    def plot_data(self, name: str) -> Path:
+        """A curve of every policy over t in long format (DVC `plots`)."""
+        return self.reports / "plots" / f"{name}.json"
+
+    @property
+    def expert_accuracy_metrics(self) -> Path:
+        return self.root / "metrics" / "expert_accuracy.json"
+
     def sample_grid(self, label: str) -> Path:
         return self.reports / "samples" / f"{label}.png"
 

@@ -49,12 +49,14 @@ def run_tags(paths: Paths, stage: str, extra: Mapping[str, str] | None = None) -
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a/b": 1}."""
+    """{"a": {"b": 1, "c": [2, 3]}} -> {"a/b": 1, "a/c/0": 2, "a/c/1": 3} (lists of numbers or mappings)."""
     out: dict[str, Any] = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             out.update(flatten(value, f"{name}/"))
+        elif isinstance(value, list) and value and all(isinstance(v, (Mapping, int, float)) for v in value):
+            out.update(flatten({str(i): v for i, v in enumerate(value)}, f"{name}/"))
         else:
             out[name] = value
     return out

@@ -1,4 +1,6 @@
-"""Stage `report`: reports/report.md (policy vs quality and cost) and a sample grid per policy."""
+"""Stage `report`: reports/report.md and a self-contained reports/report.html with the five tables, the
+figures (sample grids, FID vs amplification, per-t curves) and a summary generated from the numbers;
+the per-t curves also go to reports/plots/ for `dvc plots show`, everything to MLflow."""
 
 from __future__ import annotations
 
@@ -6,77 +8,157 @@ from typing import Any
 
 from rich.table import Table
 
+from ddmbench import figures, tables
 from ddmbench.config import Config
 from ddmbench.console import console
-from ddmbench.io import load_tensors, read_json, write_text
+from ddmbench.io import load_tensors, read_json, write_json, write_text
 from ddmbench.paths import Paths
-from ddmbench.report import POLICY_TABLE_HEADERS, fmt, markdown_table, policy_rows, save_grid
+from ddmbench.report import Document, fmt, save_grid
+from ddmbench.summary import dissociation, summary_text
 from ddmbench.tracking import mirror
 
+# (curve field, y label, log scale) for the per-t figures and DVC plots
+CURVES = (("lipschitz", "local Lipschitz estimate of the combined field", True),
+          ("hit_rate", "hit rate: top-weighted expert = nearest centroid", False),
+          ("selected_distance", "distance of x̂₀ to the selected centroids", False),
+          ("disagreement_router", "router-weighted expert disagreement", True))
 
-def collect(cfg: Config, paths: Paths) -> dict[str, dict[str, Any]]:
-    return {label: read_json(paths.eval_metrics(label), f"ddmbench evaluate --policy {label}") for label in cfg.policies}
+
+def collect(cfg: Config, paths: Paths) -> tuple[tables.Results, dict[str, list[dict[str, Any]]]]:
+    results, curves = {}, {}
+    for label in cfg.policies:
+        results[label] = {
+            "evaluate": read_json(paths.eval_metrics(label), f"ddmbench evaluate --policy {label}"),
+            "analyze": read_json(paths.analysis_metrics(label), f"ddmbench analyze --policy {label}"),
+        }
+        curves[label] = read_json(paths.curves(label), f"ddmbench analyze --policy {label}")
+    return results, curves
 
 
-def render(cfg: Config, paths: Paths, results: dict[str, dict[str, Any]]) -> str:
+def setup_rows(cfg: Config, paths: Paths, results: tables.Results) -> list[list[str]]:
     cl = read_json(paths.cluster_metrics, "ddmbench cluster")
     router = read_json(paths.model_metrics("router"), "ddmbench train-router")
     evaluator = read_json(paths.model_metrics("evaluator"), "ddmbench train-evaluator")
     experts = [read_json(paths.expert_metrics(k), f"ddmbench train-expert --expert {k}") for k in cfg.experts]
-    any_eval = next(iter(results.values()))
-    setup = markdown_table(
-        ("quantity", "value"),
-        [["experts K", str(cfg.cluster.k)], ["cluster sizes", ", ".join(map(str, cl["sizes"]))],
-         ["cluster purity / NMI vs digit labels", f"{cl['purity']:.3f} / {cl['nmi']:.3f}"],
-         ["expert steps × batch", f"{cfg.expert.steps} × {cfg.expert.batch_size} ({cfg.expert.net})"],
-         ["monolith steps × batch", f"{cfg.monolith_steps} × {cfg.monolith.batch_size} ({cfg.monolith.net})"],
-         ["expert held-out loss", ", ".join(fmt(e["heldout_loss"], 4) for e in experts)],
-         ["router held-out accuracy at t = 0 / 0.5 / 0.9",
-          " / ".join(fmt(router["heldout"][f"acc_t{t}"], 3) for t in ("0", "0.5", "0.9"))],
-         ["evaluator test accuracy", fmt(evaluator["test_acc"], 4)],
-         ["samples per policy / real test images", f"{any_eval['n_fake']} / {any_eval['n_real']}"],
-         ["solver, steps", f"{cfg.sample.solver}, {cfg.sample.nfe_steps}"],
-         ["FID of real training images at this N (the estimator's floor)", fmt(any_eval["fid_reference_train"])]])
-    grids = "\n".join(f"**{label}**\n\n![{label}](samples/{label}.png)\n" for label in results)
-    return f"""# ddmbench report
-
-## Setup
-
-{setup}
-
-## Table 1 — routing policy vs quality and cost
-
-FID and KID are computed by torchmetrics in the feature space of the evaluator classifier (its
-penultimate layer, scaled to unit mean variance per dimension on training images), against the test
-split; ± is KID's standard deviation over subsets. Confidence is the evaluator's mean max-softmax on
-the samples; class H is the entropy (nats, max ln 10 ≈ 2.303) of their predicted-class histogram.
-Expert evaluations per image count every expert forward pass on one image over the whole trajectory
-(sparse dispatch: an expert runs only on the rows that give it nonzero weight); the monolith counts
-its own. GFLOPs per image are those evaluations times the FLOPs of one forward pass, measured with
-`torch.utils.flop_counter`, plus the router's. Wall time is the sampling time of all samples here.
-
-{markdown_table(POLICY_TABLE_HEADERS, policy_rows(results))}
-
-## Samples (first 64 seeds; the same seeds for every policy)
-
-{grids}
-"""
+    any_eval = next(iter(results.values()))["evaluate"]
+    return [["experts K", str(cfg.cluster.k)], ["cluster sizes", ", ".join(map(str, cl["sizes"]))],
+            ["cluster purity / NMI vs digit labels", f"{cl['purity']:.3f} / {cl['nmi']:.3f}"],
+            ["expert steps × batch", f"{cfg.expert.steps} × {cfg.expert.batch_size} ({cfg.expert.net})"],
+            ["monolith steps × batch", f"{cfg.monolith_steps} × {cfg.monolith.batch_size} ({cfg.monolith.net})"],
+            ["expert held-out loss", ", ".join(fmt(e["heldout_loss"], 4) for e in experts)],
+            ["router held-out accuracy at t = 0 / 0.5 / 0.9",
+             " / ".join(fmt(router["heldout"][f"acc_t{t}"], 3) for t in ("0", "0.5", "0.9"))],
+            ["evaluator test accuracy", fmt(evaluator["test_acc"], 4)],
+            ["samples per policy / real test images", f"{any_eval['n_fake']} / {any_eval['n_real']}"],
+            ["solver, steps", f"{cfg.sample.solver}, {cfg.sample.nfe_steps}"],
+            ["traced seeds for the trajectory analyses", str(cfg.analysis.n)],
+            ["FID of real training images at this N (the estimator's floor)", fmt(any_eval["fid_reference_train"])]]
 
 
-def run(cfg: Config, paths: Paths) -> dict[str, Any]:
-    results = collect(cfg, paths)
+def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, list[dict[str, Any]]],
+          accuracy: dict[str, Any] | None) -> Document:
+    doc = Document("ddmbench report")
+    doc.heading("Summary")
+    doc.paragraph(summary_text(results))
+    doc.heading("Setup")
+    doc.table(["quantity", "value"], setup_rows(cfg, paths, results))
+
+    doc.heading("Table 1 — routing policy vs quality, stability and cost")
+    doc.paragraph("FID and KID: torchmetrics in the evaluator classifier's feature space against the test split, "
+                  "with 95% percentile-bootstrap intervals over the generated set (features computed once, rows "
+                  "resampled). Amplification: ‖x₀(z+εu) − x₀(z)‖/ε over the traced seeds with the same routing "
+                  "draws replayed, mean with its bootstrap interval. Lipschitz: ‖v(x+δu) − v(x)‖/δ of the combined "
+                  "velocity along the trajectory (same routing draws), averaged over seeds and evaluations. "
+                  "Convergence: RMS per pixel between the samples at the configured steps and at "
+                  f"{cfg.analysis.reference_factor}× as many; order: slope of log error over the step ladder "
+                  "(1 for Euler on a smooth field). Cost: expert forward passes per image (sparse dispatch), "
+                  "GFLOPs measured with torch.utils.flop_counter, sampling throughput.")
+    doc.table(*tables.quality_stability_cost(results))
+    doc.image(paths.figure("fid_vs_amplification"), "FID against amplification per policy (95% intervals)")
+    drawn = {name: paths.figure(f"curve_{name}") for name, _, _ in CURVES}
+    if drawn["lipschitz"].exists():
+        doc.image(drawn["lipschitz"], "local Lipschitz estimate over t")
+
+    doc.heading("Table 2 — cluster-distance alignment")
+    doc.paragraph("At every evaluation the denoised estimate x̂₀ = x − t·v is projected into the clustering "
+                  "feature space. Distances to the selected experts' centroids (weight-averaged), to the "
+                  "unselected ones (mean; – when every expert carries weight), and to the nearest centroid; hit "
+                  "rate: the top-weighted expert's centroid is the nearest one. Policies without a router or "
+                  "with uniform weights name no top expert (–).")
+    doc.table(*tables.alignment(results))
+    for name in ("hit_rate", "selected_distance"):
+        if drawn[name].exists():
+            doc.image(drawn[name], name.replace("_", " ") + " over t")
+
+    doc.heading("Table 3 — per-expert accuracy by t")
+    if accuracy is None:
+        doc.paragraph("Not computed: run `ddmbench expert-accuracy` (the DVC pipeline does).")
+    else:
+        doc.paragraph(f"Velocity MSE against the true target ε − x₀ on {accuracy.get('n', '?')} held-out test images "
+                      "noised to each t: experts the router selects vs those it does not, the full ensemble's "
+                      "router-weighted prediction, and the image's own cluster's expert (oracle).")
+        doc.table(*tables.expert_accuracy(accuracy))
+
+    doc.heading("Table 4 — disagreement vs quality")
+    doc.paragraph("Disagreement: weighted variance of the experts' velocity predictions around the combined "
+                  "one, per pixel. Policy-weighted: the experts the policy mixed (all samples; 0 for one-expert "
+                  "policies). Router-weighted: every expert weighted by the router (traced seeds). Spearman ρ "
+                  "of per-sample policy-weighted disagreement with the evaluator's confidence and with the "
+                  "distance to the nearest real feature; FID of the samples in the lowest and highest "
+                  "disagreement quantile (small groups: compare within a row, not with Table 1).")
+    doc.table(*tables.disagreement(results))
+    if drawn["disagreement_router"].exists():
+        doc.image(drawn["disagreement_router"], "router-weighted disagreement over t")
+
+    doc.heading("Table 5 — inference strategies (layout of McAllister et al. Table 1)")
+    doc.table(*tables.inference_strategies(results))
+
+    doc.heading("Samples (first 64 seeds; the same seeds for every policy)")
+    for label in results:
+        doc.image(paths.sample_grid(label), label)
+    return doc
+
+
+def write_plot_data(paths: Paths, curves: dict[str, list[dict[str, Any]]]) -> list[Any]:
+    """reports/plots/<curve>.json: [{t, policy, <curve>}] for every policy (DVC plots, template by_policy)."""
+    written = []
+    for name, _, _ in CURVES:
+        rows = [{"t": row["t"], "policy": label, name: row[name]} for label, rs in curves.items() for row in rs
+                if row.get(name) is not None]
+        write_json(paths.plot_data(name), rows)
+        written.append(paths.plot_data(name))
+    return written
+
+
+def run(cfg: Config, paths: Paths) -> tables.Results:
+    results, curves = collect(cfg, paths)
+    accuracy = (read_json(paths.expert_accuracy_metrics, "ddmbench expert-accuracy")
+                if paths.expert_accuracy_metrics.exists() else None)
     for label in results:
         samples = load_tensors(paths.samples(label), f"ddmbench sample --policy {label}")
         save_grid(samples["images"], paths.sample_grid(label))
-    write_text(paths.report_md, render(cfg, paths, results))
-    table = Table(title="routing policy vs quality and cost")
-    for h in POLICY_TABLE_HEADERS:
+    figures.fid_vs_amplification(results, paths.figure("fid_vs_amplification"))
+    for name, ylabel, log in CURVES:
+        if not figures.curves_over_t(curves, name, ylabel, paths.figure(f"curve_{name}"), log=log):
+            paths.figure(f"curve_{name}").unlink(missing_ok=True)
+    plot_files = write_plot_data(paths, curves)
+    doc = build(cfg, paths, results, curves, accuracy)
+    write_text(paths.report_md, doc.markdown(paths.reports))
+    write_text(paths.report_html, doc.html())
+
+    headers, rows = tables.quality_stability_cost(results)
+    table = Table(title="routing policy vs quality, stability and cost")
+    for h in headers:
         table.add_column(h, justify="right" if h != "policy" else "left")
-    for row in policy_rows(results):
+    for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print(f"wrote {paths.report_md.relative_to(paths.root)}")
+    console.print(summary_text(results))
+    console.print(f"wrote {paths.report_md.relative_to(paths.root)} and {paths.report_html.relative_to(paths.root)}")
+    verdict = dissociation(results)
+    figs = sorted(p for p in paths.figure("x").parent.glob("*.png"))
     mirror(cfg, paths, "report", "report", {"policies": ",".join(cfg.policies)},
-           {label: {"fid": m["fid"], "kid": m["kid"]} for label, m in results.items()},
-           [paths.report_md] + [paths.sample_grid(label) for label in results])
+           {"dissociation_holds": float(bool(verdict["holds"])) if verdict["holds"] is not None else None,
+            **{label: {"fid": r["evaluate"]["fid"], "kid": r["evaluate"]["kid"]} for label, r in results.items()}},
+           [paths.report_md, paths.report_html, *plot_files, *figs] + [paths.sample_grid(label) for label in results])
     return results
