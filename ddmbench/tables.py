@@ -74,7 +74,7 @@ def expert_accuracy(data: dict[str, Any]) -> Table:
 def disagreement(results: Results) -> Table:
     """Table 4: expert disagreement and its relation to per-sample quality."""
     q = next((len(r["analyze"]["disagreement"]["by_quantile"]) for r in results.values()
-              if "disagreement" in r["analyze"]), 5)
+              if r["analyze"].get("disagreement", {}).get("by_quantile")), 5)
     headers = ["policy", "disagreement (policy-w, all samples)", "disagreement (router-w, traced)",
                "ρ(disagr., confidence)", "ρ(disagr., nearest-real dist.)", "FID lowest quantile",
                f"FID highest quantile (of {q})"]
@@ -83,9 +83,10 @@ def disagreement(results: Results) -> Table:
         d = r["analyze"].get("disagreement")
         if d is None:
             continue
+        quantiles = d["by_quantile"] or [{"fid": None}]
         rows.append([label, fmt(d["per_sample_mean"], 4), fmt(d["router_weighted"], 4),
                      fmt(d["spearman_confidence"]["rho"]), fmt(d["spearman_nn_distance"]["rho"]),
-                     fmt(d["by_quantile"][0]["fid"]), fmt(d["by_quantile"][-1]["fid"])])
+                     fmt(quantiles[0]["fid"]), fmt(quantiles[-1]["fid"])])
     return headers, rows
 
 

@@ -230,6 +230,13 @@ def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_samples() -> N
     assert bootstrap_ci(np.random.default_rng(1).random(30), seed=3) == bootstrap_ci(np.random.default_rng(1).random(30), seed=3)
 
 
+def test_quality_relation_of_a_constant_disagreement_ranks_nothing() -> None:
+    feats = torch.randn(20, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rel = quality_relation(np.zeros(20), np.random.default_rng(0).random(20), np.random.default_rng(1).random(20),
+                           feats, feats)
+    assert rel["by_quantile"] == [] and rel["spearman_confidence"]["rho"] is None
+
+
 def test_spearman_is_undefined_for_a_constant_side() -> None:
     assert spearman(np.zeros(10), np.arange(10))["rho"] is None
     assert spearman(np.arange(10), np.arange(10))["rho"] == pytest.approx(1.0)

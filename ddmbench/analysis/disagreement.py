@@ -30,7 +30,11 @@ def weighted_spread(v_experts: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 def quality_relation(disagreement: np.ndarray, confidence: np.ndarray, nn_distance: np.ndarray,
                      real_feats: torch.Tensor, fake_feats: torch.Tensor, quantiles: int = 5) -> dict[str, Any]:
     """Spearman rho of per-sample disagreement (N,) with confidence and nearest-real distance, and quality
-    by disagreement quantile (lowest first): FID of the quantile's samples, mean confidence, mean distance."""
+    by disagreement quantile (lowest first): FID of the quantile's samples, mean confidence, mean distance.
+    A constant disagreement (a one-expert policy) ranks nothing: rho is None and there are no quantiles."""
+    if np.ptp(disagreement) == 0:
+        return {"spearman_confidence": spearman(disagreement, confidence),
+                "spearman_nn_distance": spearman(disagreement, nn_distance), "by_quantile": []}
     order = np.argsort(disagreement, kind="stable")
     groups = np.array_split(order, quantiles)
     by_quantile = []
