@@ -52,6 +52,15 @@ class Paths:
     def eval_metrics(self, label: str) -> Path:
         return self.root / "metrics" / "evaluate" / f"{label}.json"
 
+    def quality(self, label: str) -> Path:
+        """Per-sample quality of one policy's samples (evaluator confidence, distance to the nearest real feature)."""
+        return self.root / "outputs" / "quality" / f"{label}.pt"
+
+    # analyses
+    @property
+    def expert_accuracy(self) -> Path:
+        return self.root / "metrics" / "expert_accuracy.json"
+
     # report
     @property
     def reports(self) -> Path:
