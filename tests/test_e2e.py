@@ -199,3 +199,36 @@ def test_saved_expert_ema_weights_are_trained(trained: tuple[Project, str], k: i
     assert saved_loss < 0.5 * initial_loss, (saved_loss, initial_loss)
     assert metrics["steps"] == 30 and metrics["world_size"] == 1
     assert metrics["n_train"] == int((clusters["assignments"] == k).sum())
+
+
+def test_evaluate_reports_intervals_precision_recall_and_per_sample_quality(trained: tuple[Project, str]) -> None:
+    project, _ = trained
+    m = _json(project.paths.eval_metrics("full"))
+    assert m["bootstrap"] == project.config().evaluate.bootstrap
+    for key in ("fid", "kid_unbiased"):
+        lo, hi = m[f"{key.split('_')[0]}_ci95"]
+        assert lo <= m[key] <= hi, key
+    assert 0.0 <= m["precision"] <= 1.0 and 0.0 <= m["recall"] <= 1.0 and m["pr_k"] == 3
+    quality = load_tensors(project.paths.quality("full"), "evaluate")
+    assert set(quality) == {"confidence", "nn_distance", "seeds"}
+    assert quality["seeds"].tolist() == list(range(32))
+    assert quality["confidence"].shape == quality["nn_distance"].shape == (32,)
+    assert quality["confidence"].mean().item() == pytest.approx(m["confidence"], rel=1e-5)
+    assert bool((quality["nn_distance"] >= 0).all())
+
+
+def test_expert_accuracy_stage_writes_the_table(copy_of: Project) -> None:
+    from ddmbench.analysis.expert_accuracy import ROW_KEYS, expert_accuracy_table
+
+    copy_of.update(analysis={"accuracy_n": 50, "accuracy_t": [0.2, 0.8]})
+    invoke(copy_of.root, "expert-accuracy")
+    data = _json(copy_of.paths.expert_accuracy)
+    assert data["n"] == 50 and data["k"] == 2 and data["t"] == [0.2, 0.8] and len(data["rows"]) == 2
+    for row in data["rows"]:
+        assert set(row) == {"t", *ROW_KEYS}
+        assert row["not_selected_top2"] is None  # K = 2
+        assert all(math.isfinite(row[k]) and row[k] >= 0 for k in ROW_KEYS if row[k] is not None)
+        assert row["selected_top2"] == pytest.approx(0.5 * (row["selected_top1"] + row["not_selected_top1"]))
+    assert expert_accuracy_table(data).count("\n| 0.") == 2
+    invoke(copy_of.root, "expert-accuracy")
+    assert _json(copy_of.paths.expert_accuracy) == data  # seeded: a re-run writes the same numbers
