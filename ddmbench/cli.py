@@ -136,6 +136,14 @@ def evaluate(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k
     _policy_stage("evaluate", params, policy, k, tau, p, temperature)
 
 
+@app.command("expert-accuracy")
+def expert_accuracy(params: ParamsOption = Path("params.yaml")) -> None:
+    """Every expert's velocity error on noised held-out images: router-selected vs not vs ensemble vs oracle, by t."""
+    from ddmbench.stages import expert_accuracy as stage
+
+    _guard(lambda: stage.run(*_context(params)))
+
+
 @app.command()
 def analyze(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
             tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:

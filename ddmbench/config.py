@@ -114,9 +114,19 @@ class EvaluateConfig(Section):
     n_real: int = Field(10000, ge=2, description="Test-split images used as the real set for FID/KID (capped at the split size).")
     kid_subset_size: int = Field(500, ge=2, description="KID subset size (must be <= number of samples).")
     kid_subsets: int = Field(50, ge=1, description="KID subsets.")
+    bootstrap: int = Field(200, ge=20, le=100_000, description="Bootstrap resamples of the generated set for the "
+                                                             "95% intervals of FID and KID (features extracted once).")
+    pr_k: int = Field(3, ge=1, description="k of the k-NN manifolds of precision/recall (Kynkaanniemi et al. 2019).")
 
 
 class AnalysisConfig(Section):
+    """Settings of the analyses: per-expert accuracy (accuracy_*) and the trajectory analyses of `analyze`."""
+
+    accuracy_n: int = Field(500, ge=2, le=100_000, description="Held-out test images for the per-expert accuracy "
+                                                               "(a seeded subset; capped at the test split).")
+    accuracy_t: list[float] = Field([0.1, 0.3, 0.5, 0.7, 0.9], min_length=1, max_length=100,
+                                    description="Noise levels t (0 = data, 1 = noise) at which every expert's "
+                                                "velocity error is measured.")
     n: int = Field(64, ge=2, description="Seeds (the first n sample seeds) traced for the trajectory analyses: "
                                          "amplification, Lipschitz, convergence, alignment, router-weighted disagreement.")
     eps: list[float] = Field([0.01, 0.1, 1.0], min_length=1,
@@ -126,6 +136,14 @@ class AnalysisConfig(Section):
     ladder_rungs: int = Field(3, ge=2, description="Convergence ladder: nfe/2^(r-1), ..., nfe/2, nfe steps.")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the confidence intervals of means and medians.")
     quantiles: int = Field(5, ge=2, description="Disagreement quantile groups for FID by disagreement.")
+
+    @field_validator("accuracy_t")
+    @classmethod
+    def _unit_interval(cls, v: list[float]) -> list[float]:
+        for t in v:
+            if not (math.isfinite(t) and 0.0 < t <= 1.0):
+                raise ValueError(f"every t must lie in (0, 1], got {t}")
+        return v
 
     @field_validator("eps")
     @classmethod

@@ -53,8 +53,13 @@ class Paths:
         return self.root / "metrics" / "evaluate" / f"{label}.json"
 
     def quality(self, label: str) -> Path:
-        """Per-sample quality of one policy's samples (evaluator confidence, nearest-real distance)."""
+        """Per-sample quality of one policy's samples (evaluator confidence, distance to the nearest real feature)."""
         return self.root / "outputs" / "quality" / f"{label}.pt"
+
+    # analyses
+    @property
+    def expert_accuracy(self) -> Path:
+        return self.root / "metrics" / "expert_accuracy.json"
 
     def analysis_metrics(self, label: str) -> Path:
         return self.root / "metrics" / "analyze" / f"{label}.json"
@@ -82,10 +87,6 @@ class Paths:
     def plot_data(self, name: str) -> Path:
         """A curve of every policy over t in long format (DVC `plots`)."""
         return self.reports / "plots" / f"{name}.json"
-
-    @property
-    def expert_accuracy_metrics(self) -> Path:
-        return self.root / "metrics" / "expert_accuracy.json"
 
     def sample_grid(self, label: str) -> Path:
         return self.reports / "samples" / f"{label}.png"

@@ -134,7 +134,7 @@ def test_dvc_outputs_are_where_paths_says() -> None:
         "train-monolith": {rel(p.model("monolith")), rel(p.model_metrics("monolith"))},
         "train-expert": {rel(p.expert(7)), rel(p.expert_metrics(7))},
         "sample": {rel(p.samples("top-2")), rel(p.sample_metrics("top-2"))},
-        "evaluate": {rel(p.eval_metrics("top-2"))},
+        "evaluate": {rel(p.eval_metrics("top-2")), rel(p.quality("top-2"))},
     }
     for name, outputs in expected.items():
         body = _body(STAGES[name])

@@ -157,6 +157,7 @@ def test_sparse_and_oracle_policies_cost_one_expert_per_step(copy_of: Project) -
 def test_report_after_all_policies(copy_of: Project) -> None:
     invoke(copy_of.root, "sample", "--policy", "top-1")
     invoke(copy_of.root, "evaluate", "--policy", "top-1")
+    invoke(copy_of.root, "analyze", "--policy", "top-1")
     output = invoke(copy_of.root, "report")
     report = copy_of.paths.report_md.read_text()
     assert "| full |" in report and "| top-1 |" in report
@@ -199,3 +200,83 @@ def test_saved_expert_ema_weights_are_trained(trained: tuple[Project, str], k: i
     assert saved_loss < 0.5 * initial_loss, (saved_loss, initial_loss)
     assert metrics["steps"] == 30 and metrics["world_size"] == 1
     assert metrics["n_train"] == int((clusters["assignments"] == k).sum())
+
+
+def test_evaluate_reports_intervals_precision_recall_and_per_sample_quality(trained: tuple[Project, str]) -> None:
+    project, _ = trained
+    m = _json(project.paths.eval_metrics("full"))
+    assert m["bootstrap"] == project.config().evaluate.bootstrap
+    for key in ("fid", "kid_unbiased"):
+        lo, hi = m[f"{key.split('_')[0]}_ci95"]
+        assert lo <= m[key] <= hi, key
+    assert 0.0 <= m["precision"] <= 1.0 and 0.0 <= m["recall"] <= 1.0 and m["pr_k"] == 3
+    quality = load_tensors(project.paths.quality("full"), "evaluate")
+    assert set(quality) == {"confidence", "nn_distance", "seeds"}
+    assert quality["seeds"].tolist() == list(range(32))
+    assert quality["confidence"].shape == quality["nn_distance"].shape == (32,)
+    assert quality["confidence"].mean().item() == pytest.approx(m["confidence"], rel=1e-5)
+    assert bool((quality["nn_distance"] >= 0).all())
+
+
+def test_expert_accuracy_stage_writes_the_table(copy_of: Project) -> None:
+    from ddmbench.analysis.expert_accuracy import ROW_KEYS
+    from ddmbench.tables import expert_accuracy as accuracy_table
+
+    copy_of.update(analysis={"accuracy_n": 50, "accuracy_t": [0.2, 0.8]})
+    invoke(copy_of.root, "expert-accuracy")
+    data = _json(copy_of.paths.expert_accuracy)
+    assert data["n"] == 50 and data["k"] == 2 and data["t"] == [0.2, 0.8] and len(data["rows"]) == 2
+    for row in data["rows"]:
+        assert set(row) == {"t", *ROW_KEYS}
+        assert row["not_selected_top2"] is None  # K = 2
+        assert all(math.isfinite(row[k]) and row[k] >= 0 for k in ROW_KEYS if row[k] is not None)
+        assert row["selected_top2"] == pytest.approx(0.5 * (row["selected_top1"] + row["not_selected_top1"]))
+    assert [row[0] for row in accuracy_table(data)[1]] == ["0.20", "0.80"]
+    invoke(copy_of.root, "expert-accuracy")
+    assert _json(copy_of.paths.expert_accuracy) == data  # seeded: a re-run writes the same numbers
+
+
+def test_run_also_analyzes_and_prints_stability(trained: tuple[Project, str]) -> None:
+    project, output = trained
+    a = _json(project.paths.analysis_metrics("full"))
+    assert set(a["amplification"]) == {"eps_0.1", "eps_1"}
+    assert a["convergence"]["steps"] == [1, 3] and a["convergence"]["reference_steps"] == 6
+    assert 0 <= a["alignment"]["hit_rate"] <= 1 and a["disagreement"]["router_weighted"] > 0
+    assert "amplification eps = 1" in output and "empirical order" in output
+
+
+def test_analyze_is_deterministic_and_report_has_every_table(copy_of: Project) -> None:
+    copy_of.update(policies=["monolith", "full", "top-1"])
+    for label in ("monolith", "top-1"):
+        invoke(copy_of.root, "run", "--policy", label)
+    first = _json(copy_of.paths.analysis_metrics("top-1"))
+    invoke(copy_of.root, "analyze", "--policy", "top-1")
+    assert _json(copy_of.paths.analysis_metrics("top-1")) == first        # same seed, same numbers
+    assert first["disagreement"]["per_sample_mean"] == 0                   # one expert: nothing to disagree
+    assert "alignment" not in _json(copy_of.paths.analysis_metrics("monolith"))
+    invoke(copy_of.root, "expert-accuracy")
+    output = invoke(copy_of.root, "report")
+    md = copy_of.paths.report_md.read_text()
+    for title in ("## Summary", "## Table 1", "## Table 2", "## Table 3", "## Table 4", "## Table 5"):
+        assert title in md
+    assert "Not computed" not in md and "The dissociation" in md
+    html = copy_of.paths.report_html.read_text()
+    assert html.count("<table>") == 6 and html.count("data:image/png;base64,") >= 3 + 4 and "](" not in html
+    for name in ("lipschitz", "hit_rate", "selected_distance", "disagreement_router"):
+        rows = _json(copy_of.paths.plot_data(name))
+        assert {r["policy"] for r in rows} <= {"monolith", "full", "top-1"} and all(name in r for r in rows)
+    assert {r["policy"] for r in _json(copy_of.paths.plot_data("lipschitz"))} == {"monolith", "full", "top-1"}
+    assert copy_of.paths.figure("fid_vs_amplification").stat().st_size > 1000
+    assert "dissociation" in output
+
+
+def test_report_names_the_missing_analysis(copy_of: Project) -> None:
+    copy_of.paths.analysis_metrics("full").unlink()
+    old = Path.cwd()
+    os.chdir(copy_of.root)
+    try:
+        result = RUNNER.invoke(app, ["report", "--params", str(copy_of.params)])
+    finally:
+        os.chdir(old)
+    assert result.exit_code == 2
+    assert "ddmbench analyze --policy full" in result.output and "Traceback" not in result.output

@@ -132,8 +132,8 @@ def write_plot_data(paths: Paths, curves: dict[str, list[dict[str, Any]]]) -> li
 
 def run(cfg: Config, paths: Paths) -> tables.Results:
     results, curves = collect(cfg, paths)
-    accuracy = (read_json(paths.expert_accuracy_metrics, "ddmbench expert-accuracy")
-                if paths.expert_accuracy_metrics.exists() else None)
+    accuracy = (read_json(paths.expert_accuracy, "ddmbench expert-accuracy")
+                if paths.expert_accuracy.exists() else None)
     for label in results:
         samples = load_tensors(paths.samples(label), f"ddmbench sample --policy {label}")
         save_grid(samples["images"], paths.sample_grid(label))
