@@ -31,7 +31,7 @@ from ddmbench.paths import Paths
 from ddmbench.policies import PolicySpec
 from ddmbench.sampling import draw_clusters, generate
 from ddmbench.stages.cluster import load_clusters
-from ddmbench.stages.sample import _device, build_field, sample_seeds
+from ddmbench.stages.sample import build_field, sample_seeds, sampling_device
 from ddmbench.traces import TraceRecorder
 from ddmbench.tracking import mirror
 
@@ -58,7 +58,7 @@ def pixel_feature_map(clusters: dict[str, torch.Tensor]) -> align.FeatureMap:
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     a = cfg.analysis
     seeds = sample_seeds(cfg)[:a.n]
-    field = build_field(cfg, paths, spec, _device(cfg))
+    field = build_field(cfg, paths, spec, sampling_device(cfg))
     clusters = load_clusters(paths)
     cluster = draw_clusters(seeds, clusters["sizes"].double()) if spec.name == "oracle" else None
     routed = isinstance(field, RoutedField)

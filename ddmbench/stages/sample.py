@@ -44,7 +44,7 @@ def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.devic
     return RoutedField(experts, router, spec, cfg.sample.chunk_rows)
 
 
-def _device(cfg: Config) -> torch.device:
+def sampling_device(cfg: Config) -> torch.device:
     if cfg.sample.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("params.yaml: sample.device is 'cuda' but no CUDA device is available; use 'cpu'")
     return torch.device(cfg.sample.device)
@@ -52,7 +52,7 @@ def _device(cfg: Config) -> torch.device:
 
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     seeds = sample_seeds(cfg)
-    device = _device(cfg)
+    device = sampling_device(cfg)
     field = build_field(cfg, paths, spec, device)
     cluster = None
     if spec.name == "oracle":
