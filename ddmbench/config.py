@@ -42,6 +42,16 @@ class ClusterConfig(Section):
     pca_dim: int = Field(32, ge=1, le=784, description="PCA dimension of the pixel features.")
     n_init: int = Field(4, ge=1, le=100, description="k-means restarts (scikit-learn n_init).")
     max_iter: int = Field(300, ge=1, description="k-means iterations per restart.")
+    features: Literal["pixel-pca", "evaluator"] = Field(
+        "pixel-pca", description="Clustering features before PCA: the pixels, or the trained evaluator's "
+                                 "penultimate embedding (then `cluster` needs outputs/evaluator.pt).")
+    method: Literal["kmeans", "two-stage", "random"] = Field(
+        "kmeans", description="kmeans; two-stage (fine_k fine k-means centroids consolidated into K by "
+                              "count-weighted k-means, McAllister et al.); random (a seeded random partition, "
+                              "the ablation baseline).")
+    fine_k: int = Field(100, ge=1, description="Fine centroids of the two-stage method (capped at the data size).")
+    balance: bool = Field(False, description="Equalise cluster sizes (at most ceil(N/K) images each) by a greedy "
+                                             "nearest-centroid assignment with capacities.")
 
 
 class TrainConfig(Section):
@@ -154,6 +164,8 @@ class Config(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         k = self.cluster.k
+        if self.cluster.method == "two-stage" and self.cluster.fine_k < k:
+            raise ValueError(f"cluster.fine_k={self.cluster.fine_k} must be at least cluster.k={k} for two-stage")
         if sorted(self.experts) != list(range(k)):
             raise ValueError(f"experts must list 0..{k - 1} to match cluster.k={k}, got {self.experts}")
         for label in self.policies:
