@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ddmbench.errors import ConfigError
 from ddmbench.policies import PolicySpec, parse_policy
 
-NET_PRESETS = ("unet-xs", "unet-s", "unet-m")
+NET_PRESETS = ("unet-xs", "unet-s", "unet-m", "dit-xs", "dit-s")
 
 
 class Section(BaseModel):
