@@ -38,11 +38,12 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 127.5 - 1.0
 
 
-def fit_pca(x: np.ndarray, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """PCA of x (N, D) to ``dim`` components -> (mean (D,), components (d, D)), d = min(dim, D, N)."""
+def fit_pca(x: np.ndarray, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA of x (N, D) to d = min(dim, D, N) components -> (features (N, d), mean (D,), components (d, D))."""
     solver = "full" if len(x) < 2000 else "randomized"
-    pca = PCA(n_components=min(dim, x.shape[1], len(x)), random_state=seed, svd_solver=solver).fit(x)
-    return pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+    pca = PCA(n_components=min(dim, x.shape[1], len(x)), random_state=seed, svd_solver=solver)
+    feats = pca.fit_transform(x).astype(np.float32)
+    return feats, pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
 
 
 def project(x: np.ndarray, pca_mean: np.ndarray, pca_components: np.ndarray) -> np.ndarray:
@@ -51,16 +52,20 @@ def project(x: np.ndarray, pca_mean: np.ndarray, pca_components: np.ndarray) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# partition methods: (feats (N, d), k, *, seed, n_init, max_iter, fine_k) -> (N,) int64 assignments
+# partition methods: (feats (N, d), k, *, seed, n_init, max_iter, fine_k)
+#                    -> (assignments (N,) int64, centroids (K, d) float32, inertia)
 # ----------------------------------------------------------------------------------------------
+Partition = tuple[np.ndarray, np.ndarray, float]
 
-def kmeans(feats: np.ndarray, k: int, *, seed: int, n_init: int, max_iter: int, fine_k: int) -> np.ndarray:
+
+def kmeans(feats: np.ndarray, k: int, *, seed: int, n_init: int, max_iter: int, fine_k: int) -> Partition:
     """Plain k-means with ``k`` clusters (``fine_k`` unused)."""
     km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed)
-    return km.fit_predict(feats).astype(np.int64)
+    assignments = km.fit_predict(feats).astype(np.int64)
+    return assignments, km.cluster_centers_.astype(np.float32), float(km.inertia_)
 
 
-def two_stage(feats: np.ndarray, k: int, *, seed: int, n_init: int, max_iter: int, fine_k: int) -> np.ndarray:
+def two_stage(feats: np.ndarray, k: int, *, seed: int, n_init: int, max_iter: int, fine_k: int) -> Partition:
     """McAllister et al.'s two-stage clustering: ``fine_k`` fine k-means centroids, then k-means over those
     centroids weighted by how many images each holds, giving K coarse clusters; an image joins the coarse
     cluster of its fine centroid."""
@@ -71,18 +76,19 @@ def two_stage(feats: np.ndarray, k: int, *, seed: int, n_init: int, max_iter: in
     counts = np.bincount(fine.labels_, minlength=fine_k).astype(np.float64)
     coarse = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed)
     coarse_of_fine = coarse.fit_predict(fine.cluster_centers_, sample_weight=counts)  # (fine_k,)
-    return coarse_of_fine[fine.labels_].astype(np.int64)
+    return _with_centroids(feats, coarse_of_fine[fine.labels_].astype(np.int64), k)
 
 
-def random_partition(feats: np.ndarray, k: int, *, seed: int, n_init: int, max_iter: int, fine_k: int) -> np.ndarray:
+def random_partition(feats: np.ndarray, k: int, *, seed: int, n_init: int, max_iter: int, fine_k: int
+                     ) -> Partition:
     """A seeded random partition into K clusters whose sizes differ by at most one (features unused)."""
     order = np.random.default_rng(seed).permutation(len(feats))
     out = np.empty(len(feats), dtype=np.int64)
     out[order] = np.arange(len(feats)) % k
-    return out
+    return _with_centroids(feats, out, k)
 
 
-Method = Callable[..., np.ndarray]
+Method = Callable[..., Partition]
 METHODS: dict[str, Method] = {"kmeans": kmeans, "two-stage": two_stage, "random": random_partition}
 
 
@@ -96,9 +102,19 @@ def centroids_of(feats: np.ndarray, assignments: np.ndarray, k: int) -> np.ndarr
     return out.astype(np.float32)
 
 
+def _with_centroids(feats: np.ndarray, assignments: np.ndarray, k: int) -> Partition:
+    centroids = centroids_of(feats, assignments, k)
+    return assignments, centroids, inertia_of(feats, assignments, centroids)
+
+
+def inertia_of(feats: np.ndarray, assignments: np.ndarray, centroids: np.ndarray) -> float:
+    """Sum of squared distances of the features (N, d) to their cluster's centroid."""
+    return float(((feats - centroids[assignments]) ** 2).sum())
+
+
 def sq_distances(feats: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """(N, d), (K, d) -> (N, K) squared Euclidean distances."""
-    return ((feats ** 2).sum(1, keepdims=True) - 2 * feats @ centroids.T + (centroids ** 2).sum(1)[None]).clip(min=0)
+    """(N, d), (K, d) -> (N, K) squared Euclidean distances (direct differences: exact ties stay ties)."""
+    return ((feats[:, None, :] - centroids[None]) ** 2).sum(-1)
 
 
 def balance(feats: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -133,16 +149,16 @@ def fit_clusters(x: np.ndarray, k: int, *, method: str = "kmeans", pca_dim: int,
         raise ValueError(f"cluster.k={k} is larger than the number of training images ({len(x)})")
     if method not in METHODS:
         raise ValueError(f"unknown cluster.method '{method}'; known: {', '.join(METHODS)}")
+    if balanced and method == "random":
+        raise ValueError("cluster.balance=true with cluster.method=random: the random partition is already "
+                         "balanced; set balance: false")
     if x.dtype == np.uint8:
         x = pixel_features(x)
-    pca_mean, pca_components = fit_pca(x, pca_dim, seed)
-    feats = project(x, pca_mean, pca_components)  # (N, d)
-    assignments = METHODS[method](feats, k, seed=seed, n_init=n_init, max_iter=max_iter, fine_k=fine_k)
-    centroids = centroids_of(feats, assignments, k)
+    feats, pca_mean, pca_components = fit_pca(x, pca_dim, seed)  # (N, d)
+    assignments, centroids, inertia = METHODS[method](feats, k, seed=seed, n_init=n_init, max_iter=max_iter,
+                                                      fine_k=fine_k)
     if balanced:
-        assignments = balance(feats, centroids)
-        centroids = centroids_of(feats, assignments, k)
-    inertia = float(sq_distances(feats, centroids)[np.arange(len(feats)), assignments].sum())
+        assignments, centroids, inertia = _with_centroids(feats, balance(feats, centroids), k)
     return Clustering(assignments=assignments, centroids=centroids, pca_mean=pca_mean,
                       pca_components=pca_components, inertia=inertia)
 

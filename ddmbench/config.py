@@ -167,6 +167,9 @@ class Config(Section):
         k = self.cluster.k
         if self.cluster.method == "two-stage" and self.cluster.fine_k < k:
             raise ValueError(f"cluster.fine_k={self.cluster.fine_k} must be at least cluster.k={k} for two-stage")
+        if self.cluster.balance and self.cluster.method == "random":
+            raise ValueError("cluster.balance=true with cluster.method=random: the random partition is already "
+                             "balanced; set balance: false")
         if sorted(self.experts) != list(range(k)):
             raise ValueError(f"experts must list 0..{k - 1} to match cluster.k={k}, got {self.experts}")
         for label in self.policies:

@@ -64,7 +64,7 @@ def test_random_partition_is_seeded_equal_sized_and_at_chance() -> None:
     assert sizes.max() - sizes.min() <= 1
 
 
-@pytest.mark.parametrize("method", ["kmeans", "two-stage", "random"])
+@pytest.mark.parametrize("method", ["kmeans", "two-stage"])
 def test_balance_caps_every_cluster(method: str) -> None:
     x, _ = blobs([300, 100, 50])
     natural = fit(x, 3, method)
@@ -72,8 +72,7 @@ def test_balance_caps_every_cluster(method: str) -> None:
     sizes = clustering.cluster_sizes(balanced.assignments, 3)
     assert sizes.sum() == 450 and sizes.max() <= 150 and sizes.tolist() == [150, 150, 150]
     assert clustering.size_stats(sizes)["size_cv"] == 0.0
-    if method != "random":
-        assert clustering.size_stats(clustering.cluster_sizes(natural.assignments, 3))["size_cv"] > 0.5
+    assert clustering.size_stats(clustering.cluster_sizes(natural.assignments, 3))["size_cv"] > 0.5
     again = fit(x, 3, method, balanced=True)
     assert again.assignments.tobytes() == balanced.assignments.tobytes()
 
@@ -95,6 +94,8 @@ def test_config_checks_fine_k() -> None:
         parse_config({"cluster": {"k": 4, "method": "two-stage", "fine_k": 2}})
     with pytest.raises(ConfigError, match="cluster.method"):
         parse_config({"cluster": {"method": "spectral"}})
+    with pytest.raises(ConfigError, match="random partition is already balanced"):
+        parse_config({"cluster": {"method": "random", "balance": True}})
 
 
 def test_stage_records_the_variant(project: Project) -> None:

@@ -35,11 +35,11 @@ def nearest_centroid(images: np.ndarray, c: clustering.Clustering) -> np.ndarray
     return clustering.nearest_centroid(clustering.pixel_features(images), c)
 
 
-def test_assignments(cfg: Config, c: clustering.Clustering, test_feats: np.ndarray) -> np.ndarray:
+def assign_test_split(cfg: Config, c: clustering.Clustering, test_feats: np.ndarray) -> np.ndarray:
     """Clusters of the test split: nearest centroid, or for the random partition a random one of its own."""
     if cfg.cluster.method == "random":
         return clustering.random_partition(test_feats, cfg.cluster.k, seed=cfg.seed + 1, n_init=1, max_iter=1,
-                                           fine_k=1)
+                                           fine_k=1)[0]
     return clustering.nearest_centroid(test_feats, c)
 
 
@@ -53,7 +53,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     c = clustering.fit_clusters(features(cfg, paths, ds["train_x"]), k, method=cc.method, pca_dim=cc.pca_dim,
                                 n_init=cc.n_init, max_iter=cc.max_iter, seed=cfg.seed, fine_k=cc.fine_k,
                                 balanced=cc.balance)
-    test_assign = test_assignments(cfg, c, features(cfg, paths, ds["test_x"]))
+    test_assign = assign_test_split(cfg, c, features(cfg, paths, ds["test_x"]))
     sizes = clustering.cluster_sizes(c.assignments, k)
     save_tensors(paths.clusters, {
         "assignments": torch.from_numpy(c.assignments), "test_assignments": torch.from_numpy(test_assign),
