@@ -8,6 +8,7 @@ from conftest import Project
 
 from ddmbench import flow, nets
 from ddmbench.checkpoints import load_velocity_net
+from ddmbench.cost import flops_per_image
 from ddmbench.data import load_prepared, to_model_space
 from ddmbench.stages import cluster, prepare, train_expert
 
@@ -37,6 +38,16 @@ def test_shapes_and_parameter_count(preset: str) -> None:
 def test_preset_sizes_are_pinned() -> None:
     counts = {p: sum(q.numel() for q in nets.build_velocity_net(p).parameters()) for p in nets.DIT_PRESETS}
     assert counts == {"dit-xs": 725_104, "dit-s": 1_864_580}
+
+
+def test_cost_counts_every_matmul_including_attention() -> None:
+    # by hand for dit-xs (T = 49 tokens, D = 96, 4 blocks): linears, attention, patch embed, output, adaLN, t-MLP
+    t, d, depth = 49, 96, 4
+    blocks = depth * (2 * t * (d * 3 * d + d * d + 2 * d * 4 * d) + 2 * 2 * t * t * d)
+    edges = 2 * t * 16 * d + 2 * t * d * 16
+    ada = 2 * depth * d * 6 * d + 2 * d * 2 * d
+    t_mlp = 2 * (256 * d + d * d)
+    assert flops_per_image(nets.build_velocity_net("dit-xs")) == blocks + edges + ada + t_mlp == 47_887_872
 
 
 def test_unpatchify_inverts_patchify() -> None:
