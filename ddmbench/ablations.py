@@ -58,15 +58,16 @@ def _row(name: str, rev: str, data: dict[str, Any]) -> Row:
 def rows_from_exp_show(doc: Any, *, include_workspace: bool = False) -> list[Row]:
     """Rows of a ``dvc exp show --json`` document: every baseline commit and every experiment on it.
 
-    Entries with an ``error`` (a failed or still-queued experiment) are skipped. The workspace row repeats
-    the last applied experiment, so it is left out unless asked for.
+    Entries with an ``error`` (a failed or still-queued experiment) or with no metrics (a commit that was
+    never reproduced) are skipped. The workspace row repeats the last applied experiment, so it is left
+    out unless asked for.
     """
     if not isinstance(doc, list):
         raise ArtifactError("dvc exp show --json: expected a list of commits; is this DVC 3.x output?")
     rows: list[Row] = []
 
     def add(entry: dict[str, Any], default_name: str) -> None:
-        if entry.get("error") or not isinstance(entry.get("data"), dict):
+        if entry.get("error") or not isinstance(entry.get("data"), dict) or not entry["data"].get("metrics"):
             return
         rev = str(entry.get("rev") or "")
         rows.append(_row(str(entry.get("name") or default_name or rev[:7]), rev, entry["data"]))

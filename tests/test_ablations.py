@@ -38,7 +38,9 @@ def exp_show_doc() -> list[dict[str, Any]]:
             entry("b" * 40, "k4-random", 4, "random", {"full": 50.0}),
             entry("c" * 40, "k8-kmeans", 8, "kmeans", {"full": 45.0, "top-2": 25.5}),
             {"rev": "d" * 40, "name": "broken", "data": {}, "error": {"type": "ReproductionError", "msg": "x"},
-             "experiments": None}]
+             "experiments": None},
+            {"rev": "f" * 40, "name": "queued", "error": None, "experiments": None,
+             "data": {"rev": "f" * 40, "params": {"params.yaml": {"data": {"cluster": {"k": 2}}}}, "metrics": {}}}]
     return [entry("workspace", None, 8, "kmeans", {"full": 45.0, "top-2": 25.5}),
             entry("e" * 40, "main", 2, "kmeans", {"full": 40.0, "top-2": 28.0},
                   experiments=[{"revs": [x], "executor": None, "name": x["name"]} for x in exps])]
@@ -46,7 +48,8 @@ def exp_show_doc() -> list[dict[str, Any]]:
 
 def test_rows_of_a_dvc_exp_show_document() -> None:
     rows = ab.rows_from_exp_show(exp_show_doc())
-    assert [r.name for r in rows] == ["main", "k1-kmeans", "k4-random", "k8-kmeans"]   # error and workspace left out
+    # the failed and the metric-less experiment and the workspace are left out
+    assert [r.name for r in rows] == ["main", "k1-kmeans", "k4-random", "k8-kmeans"]
     by_name = {r.name: r for r in rows}
     assert by_name["k4-random"].param("cluster.method") == "random" and by_name["k4-random"].param("nope.x") is None
     assert by_name["k8-kmeans"].evaluate["top-2"]["fid"] == 25.5 and "router" not in by_name["k8-kmeans"].evaluate
