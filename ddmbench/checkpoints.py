@@ -37,7 +37,7 @@ def _restore(build: Callable[[], nn.Module], state: dict[str, Any], path: Path, 
     return net.eval().requires_grad_(False)
 
 
-def load_velocity_net(path: Path, kind: str, what: str, expect: dict[str, Any] | None = None) -> nets.UNet:
+def load_velocity_net(path: Path, kind: str, what: str, expect: dict[str, Any] | None = None) -> nn.Module:
     """kind: 'expert' or 'monolith'; ``expect`` lists metadata the checkpoint must carry (e.g. num_experts)."""
     state, meta = _load(path, kind, what)
     for key, value in (expect or {}).items():

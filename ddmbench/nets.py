@@ -1,4 +1,6 @@
-"""Plain ``nn.Module`` networks and their presets. Images are (B, 1, 28, 28) in [-1, 1]; t is (B,) in [0, 1]."""
+"""Plain ``nn.Module`` networks and their presets (UNet and DiT velocity nets, router, classifier).
+
+Images are (B, 1, 28, 28) in [-1, 1]; t is (B,) in [0, 1]."""
 
 from __future__ import annotations
 
@@ -134,6 +136,135 @@ class Classifier(nn.Module):
         return float(self.feature_scale)
 
 
+# ----------------------------------------------------------------------------------------------
+# DiT: Peebles & Xie, "Scalable Diffusion Models with Transformers" (arXiv 2212.09748), following the
+# structure of facebookresearch/DiT models.py (adaLN-Zero blocks, fixed 2-D sin-cos positions, zero-init
+# final layer), conditioned on t only (no class label) and predicting the velocity (no learned sigma).
+# ----------------------------------------------------------------------------------------------
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x (B, T, D) scaled and shifted per sample by (B, D) vectors."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding -> (grid*grid, dim), half the channels per axis (as in MAE/DiT)."""
+    def one_axis(d: int, pos: torch.Tensor) -> torch.Tensor:
+        omega = 1.0 / 10_000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+        out = pos.double().reshape(-1)[:, None] * omega[None]        # (M, d/2)
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)  # (M, d)
+    coords = torch.arange(grid, dtype=torch.float64)
+    gy, gx = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.cat([one_axis(dim // 2, gy), one_axis(dim // 2, gx)], dim=1).float()
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over tokens (B, T, D) with one qkv projection, as timm's (used by DiT)."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, T, d/H)
+        # explicit softmax(q k^T / sqrt(d)) v rather than the fused kernel: torch's FLOP counter does not
+        # count the CPU fused attention, and the cost table must (T is only 49 or 196 here)
+        attn = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(dim=-1)               # (B, H, T, T)
+        out = attn @ v                                                                             # (B, H, T, d/H)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))                                     # (B, T, D)
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero: the conditioning c (B, D) regresses shift, scale and a
+    gate for both the attention and the MLP branch; the gate starts at zero, so the block starts as identity."""
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden, heads)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(hidden, int(hidden * mlp_ratio)), nn.GELU(approximate="tanh"),
+                                 nn.Linear(int(hidden * mlp_ratio), hidden))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        h = modulate(self.norm1(x), shift_msa, scale_msa)                      # (B, T, D)
+        x = x + gate_msa[:, None] * self.attn(h)
+        return x + gate_mlp[:, None] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) then a linear map of each token to its patch's pixels (zero-initialised)."""
+
+    def __init__(self, hidden: int, patch: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden, patch * patch * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))  # (B, T, p*p*C)
+
+
+class DiT(nn.Module):
+    """Patchified transformer velocity network: (x_t (B, C, H, W), t (B,)) -> v (B, C, H, W).
+
+    H and W must be multiples of ``patch``; tokens T = (H/p)(W/p). At initialisation every adaLN-Zero gate
+    and the final linear layer are zero, so the output is exactly zero (DiT's initialisation).
+    """
+
+    def __init__(self, patch: int = 4, hidden: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0,
+                 in_channels: int = 1, image_size: int = 28, freq_dim: int = 256) -> None:
+        super().__init__()
+        if image_size % patch or hidden % heads:
+            raise ValueError(f"DiT patch {patch} must divide the image size {image_size} and heads {heads} "
+                             f"the width {hidden}")
+        self.patch, self.in_channels, self.grid = patch, in_channels, image_size // patch
+        self.freq_dim = freq_dim
+        self.x_embedder = nn.Conv2d(in_channels, hidden, patch, stride=patch)
+        self.t_embedder = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.register_buffer("pos_embed", sincos_pos_embed(hidden, self.grid)[None], persistent=False)
+        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio) for _ in range(depth))
+        self.final_layer = FinalLayer(hidden, patch, in_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's initialisation: Xavier linears, patch embedding as a linear, N(0, 0.02) t-MLP, zeros for
+        every adaLN modulation and the final linear layer (adaLN-Zero)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.x_embedder.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.bias)
+        nn.init.normal_(self.t_embedder[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder[2].weight, std=0.02)
+        for layer in [*self.blocks, self.final_layer]:
+            nn.init.zeros_(layer.adaLN_modulation[-1].weight)
+            nn.init.zeros_(layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, p*p*C) -> (B, C, H, W)."""
+        b, p, g, c = x.shape[0], self.patch, self.grid, self.in_channels
+        x = x.reshape(b, g, g, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, g * p, g * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
+        c = self.t_embedder(timestep_embedding(t, self.freq_dim))             # (B, D)
+        for block in self.blocks:
+            h = block(h, c)                                                   # (B, T, D)
+        return self.unpatchify(self.final_layer(h, c))                        # (B, C, H, W)
+
+
 UNET_PRESETS: dict[str, dict[str, int]] = {
     "unet-xs": {"channels": 16, "t_dim": 32},
     "unet-s": {"channels": 32, "t_dim": 64},
@@ -151,8 +282,22 @@ def _preset(presets: dict[str, dict[str, int]], name: str) -> dict[str, int]:
     return presets[name]
 
 
-def build_velocity_net(preset: str) -> UNet:
-    return UNet(**_preset(UNET_PRESETS, preset))
+DIT_PRESETS: dict[str, dict[str, int]] = {
+    "dit-xs": {"patch": 4, "hidden": 96, "depth": 4, "heads": 4},    # 49 tokens
+    "dit-s": {"patch": 2, "hidden": 128, "depth": 6, "heads": 4},    # 196 tokens
+}
+VELOCITY_PRESETS: dict[str, tuple[type[nn.Module], dict[str, int]]] = {
+    **{name: (UNet, kw) for name, kw in UNET_PRESETS.items()},
+    **{name: (DiT, kw) for name, kw in DIT_PRESETS.items()},
+}
+
+
+def build_velocity_net(preset: str) -> nn.Module:
+    """A velocity network (x_t (B, 1, 28, 28), t (B,)) -> v by preset name (UNet or DiT)."""
+    if preset not in VELOCITY_PRESETS:
+        raise ValueError(f"unknown network preset '{preset}'; known: {', '.join(VELOCITY_PRESETS)}")
+    cls, kw = VELOCITY_PRESETS[preset]
+    return cls(**kw)
 
 
 def build_router(preset: str, num_experts: int) -> Router:

@@ -72,11 +72,11 @@ def test_a_download_that_fails_its_checksum_falls_through_to_the_next_source(
     shutil.rmtree(project.raw_dir)
     sums = data.read_checksums(project.root / "data" / "mnist.sha256")
 
-    def tampered(dest: Path, timeout_s: float) -> None:
+    def tampered(dest: Path, timeout_s: float, **_: object) -> None:
         for name in data.MNIST_FILES:
             (dest / name).write_bytes((good / name).read_bytes()[:-1] + b"\x00")
 
-    def intact(dest: Path, timeout_s: float) -> None:
+    def intact(dest: Path, timeout_s: float, **_: object) -> None:
         for name in data.MNIST_FILES:
             shutil.copy(good / name, dest / name)
 

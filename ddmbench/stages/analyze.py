@@ -49,10 +49,14 @@ def _nanmean(a: torch.Tensor) -> float | None:
     return float(valid.double().mean()) if valid.numel() else None
 
 
-def pixel_feature_map(clusters: dict[str, torch.Tensor]) -> align.FeatureMap:
-    """Model-space images -> the clustering's PCA features (the space its centroids live in)."""
+def clustering_feature_map(cfg: Config, paths: Paths, clusters: dict[str, torch.Tensor]) -> align.FeatureMap:
+    """Model-space images -> the clustering's PCA features (the space its centroids live in): pixels, or
+    the evaluator's embedding when ``cluster.features`` is ``evaluator``, then the saved PCA."""
     mean, comps = clusters["pca_mean"].double(), clusters["pca_components"].double()
-    return lambda x: (x.flatten(1).double() - mean) @ comps.T
+    if cfg.cluster.features == "pixel-pca":
+        return lambda x: (x.flatten(1).double() - mean) @ comps.T
+    classifier = load_classifier(paths.model("evaluator"))
+    return lambda x: (extract_features(classifier, x.clamp(-1, 1)).double() - mean) @ comps.T
 
 
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
@@ -105,7 +109,7 @@ def _routing_analyses(cfg: Config, paths: Paths, spec: PolicySpec, trace: dict[s
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
     idx = trace["probe_index"]
     p, w = trace["p"][idx], trace["w"][idx]                                 # (n, S, K)
-    dist = align.centroid_distances(trace["probe_x"], trace["probe_v"], trace["t"], pixel_feature_map(clusters),
+    dist = align.centroid_distances(trace["probe_x"], trace["probe_v"], trace["t"], clustering_feature_map(cfg, paths, clusters),
                                     clusters["centroids"])
     singles_out = spec.uses_router or spec.name == "oracle"                 # uniform weights name no top expert
     al = align.alignment(dist, w, p, weighted_top=singles_out)

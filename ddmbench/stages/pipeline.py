@@ -21,8 +21,9 @@ def plan(cfg: Config, paths: Paths, spec: PolicySpec) -> list[tuple[str, Path, C
 
     steps: list[tuple[str, Path, Callable[[], Any]]] = [
         ("prepare", paths.dataset, lambda: prepare.run(cfg, paths)),
-        ("cluster", paths.clusters, lambda: cluster.run(cfg, paths)),
+        # the evaluator first: cluster.features=evaluator clusters in its embedding
         ("train-evaluator", paths.model("evaluator"), lambda: train_evaluator.run(cfg, paths)),
+        ("cluster", paths.clusters, lambda: cluster.run(cfg, paths)),
     ]
     if spec.uses_router:
         steps.append(("train-router", paths.model("router"), lambda: train_router.run(cfg, paths)))

@@ -1,4 +1,4 @@
-"""Stage `prepare`: fetch and verify MNIST, write uint8 tensors and a manifest."""
+"""Stage `prepare`: fetch and verify the dataset (MNIST or Fashion-MNIST), write uint8 tensors and a manifest."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ def _resolve(paths: Paths, p: str) -> Path:
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     root = _resolve(paths, cfg.data.root)
-    checksums = data.read_checksums(_resolve(paths, cfg.data.checksums) if cfg.data.checksums else None)
-    source, digests = data.ensure_mnist(root, list(cfg.data.sources), checksums, cfg.data.download_timeout_s)
-    tensors = data.load_mnist_tensors(root)
+    spec = data.dataset_spec(cfg.data.dataset)
+    checksums = data.read_checksums(_resolve(paths, cfg.data.checksums) if cfg.data.checksums else None, spec.name)
+    source, digests = data.ensure_dataset(root, list(cfg.data.sources), checksums, cfg.data.download_timeout_s,
+                                          spec.name)
+    tensors = data.load_tensors_of(root, spec.name)
     for split, limit in (("train", cfg.data.train_limit), ("test", cfg.data.test_limit)):
         if limit:
             # clone: a slice is a view and torch.save would write the whole underlying storage
@@ -29,7 +31,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     save_tensors(paths.dataset, tensors)
     manifest = {
         "dataset": cfg.data.dataset, "source": source,
-        "files": {name: {"sha256": digest, "bytes": (root / "MNIST" / "raw" / name).stat().st_size}
+        "classes": list(spec.classes),
+        "files": {name: {"sha256": digest, "bytes": (root / spec.folder / "raw" / name).stat().st_size}
                   for name, digest in digests.items()},
         "n_train": len(tensors["train_x"]), "n_test": len(tensors["test_x"]),
         "image_shape": list(tensors["train_x"].shape[1:]),

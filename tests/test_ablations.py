@@ -1,0 +1,120 @@
+"""`ddmbench ablations`: the collector on a fabricated `dvc exp show --json` document (DVC 3.67's exact
+layout) and on a real tiny K = 1 run (a one-expert DDM whose trivial router changes nothing)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Project, make_project
+from typer.testing import CliRunner
+
+from ddmbench import ablations as ab
+from ddmbench.cli import app
+from ddmbench.errors import ArtifactError
+
+RUNNER = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "250"})
+
+
+def entry(rev: str, name: str | None, k: int, method: str, fids: dict[str, float], *, error: Any = None,
+          experiments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One commit or experiment as `dvc exp show --json` prints it."""
+    metrics = {"metrics/cluster.json": {"data": {"k": k, "purity": 0.9 if method == "kmeans" else 0.3,
+                                                 "nmi": 0.5, "size_cv": 0.1}},
+               **{f"metrics/evaluate/{p}.json": {"data": {"fid": v, "kid": v / 100}} for p, v in fids.items()},
+               "metrics/router.json": {"data": {"acc": 0.9}}}
+    return {"rev": rev, "name": name, "error": error, "experiments": experiments,
+            "data": {"rev": rev, "timestamp": "2026-11-25T17:51:52", "deps": {}, "outs": {}, "meta": {},
+                     "params": {"params.yaml": {"data": {"cluster": {"k": k, "method": method},
+                                                         "experts": list(range(k)), "expert": {"net": "dit-xs"}}}},
+                     "metrics": metrics}}
+
+
+def exp_show_doc() -> list[dict[str, Any]]:
+    exps = [entry("a" * 40, "k1-kmeans", 1, "kmeans", {"full": 30.0, "top-2": 31.0}),
+            entry("b" * 40, "k4-random", 4, "random", {"full": 50.0}),
+            entry("c" * 40, "k8-kmeans", 8, "kmeans", {"full": 45.0, "top-2": 25.5}),
+            {"rev": "d" * 40, "name": "broken", "data": {}, "error": {"type": "ReproductionError", "msg": "x"},
+             "experiments": None},
+            {"rev": "f" * 40, "name": "queued", "error": None, "experiments": None,
+             "data": {"rev": "f" * 40, "params": {"params.yaml": {"data": {"cluster": {"k": 2}}}}, "metrics": {}}}]
+    return [entry("workspace", None, 8, "kmeans", {"full": 45.0, "top-2": 25.5}),
+            entry("e" * 40, "main", 2, "kmeans", {"full": 40.0, "top-2": 28.0},
+                  experiments=[{"revs": [x], "executor": None, "name": x["name"]} for x in exps])]
+
+
+def test_rows_of_a_dvc_exp_show_document() -> None:
+    rows = ab.rows_from_exp_show(exp_show_doc())
+    # the failed and the metric-less experiment and the workspace are left out
+    assert [r.name for r in rows] == ["main", "k1-kmeans", "k4-random", "k8-kmeans"]
+    by_name = {r.name: r for r in rows}
+    assert by_name["k4-random"].param("cluster.method") == "random" and by_name["k4-random"].param("nope.x") is None
+    assert by_name["k8-kmeans"].evaluate["top-2"]["fid"] == 25.5 and "router" not in by_name["k8-kmeans"].evaluate
+    assert by_name["k1-kmeans"].cluster["k"] == 1
+    assert len(ab.rows_from_exp_show(exp_show_doc(), include_workspace=True)) == 5
+
+
+def test_table_sorts_by_method_then_k_and_marks_missing_policies() -> None:
+    header, cells = ab.table(ab.rows_from_exp_show(exp_show_doc()))
+    assert header[:4] == ["experiment", "rev", "K", "method"] and header[-2:] == ["FID full", "FID top-2"]
+    assert [c[0] for c in cells] == ["k1-kmeans", "main", "k8-kmeans", "k4-random"]
+    random_row = cells[-1]
+    assert random_row[-2:] == ["50.00", "—"] and random_row[header.index("purity")] == "0.300"
+    md = ab.markdown(ab.rows_from_exp_show(exp_show_doc()), "show.json")
+    assert "| k8-kmeans | cccccc" in md and md.count("\n|") == 2 + 4
+
+
+def test_a_document_that_is_not_exp_show_is_one_error() -> None:
+    with pytest.raises(ArtifactError, match="expected a list of commits"):
+        ab.rows_from_exp_show({"workspace": {}})
+
+
+def invoke(root: Path, *args: str) -> Any:
+    old = Path.cwd()
+    os.chdir(root)
+    try:
+        return RUNNER.invoke(app, [*args, "--params", str(root / "params.yaml")])
+    finally:
+        os.chdir(old)
+
+
+def test_cli_from_json_writes_the_report(project: Project) -> None:
+    doc = project.root / "show.json"
+    doc.write_text(json.dumps(exp_show_doc()))
+    result = invoke(project.root, "ablations", "--from-json", str(doc))
+    assert result.exit_code == 0, result.output
+    assert "4 runs from" in result.output
+    md = (project.root / "reports" / "ablations.md").read_text()
+    assert md.startswith("# Ablations") and "| k1-kmeans |" in md
+    doc.write_text("{not json")
+    bad = invoke(project.root, "ablations", "--from-json", str(doc))
+    assert bad.exit_code == 2 and "show.json is not valid JSON" in bad.output and "Traceback" not in bad.output
+
+
+def test_no_metrics_and_no_experiments_is_one_error(project: Project) -> None:
+    result = invoke(project.root, "ablations")
+    assert result.exit_code == 2 and "no experiments to list" in result.output
+
+
+@pytest.mark.slow
+def test_real_k1_run_is_collected(tmp_path: Path) -> None:
+    """A one-expert DDM end to end: every routed policy is that expert, so full and top-1 give the same FID."""
+    project = make_project(tmp_path / "repo", cluster={"k": 1}, experts=[0], policies=["full", "top-1"])
+    for policy in ("full", "top-1"):
+        result = invoke(project.root, "run", "--policy", policy)
+        assert result.exit_code == 0, result.output
+    result = invoke(project.root, "ablations")
+    assert result.exit_code == 0, result.output
+    fids = {p: json.loads((project.root / "metrics" / "evaluate" / f"{p}.json").read_text())["fid"]
+            for p in ("full", "top-1")}
+    assert fids["full"] == pytest.approx(fids["top-1"], rel=1e-9)
+    md = (project.root / "reports" / "ablations.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| workspace"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "1" and cells[3] == "kmeans"            # K, method
+    assert cells[-2] == f"{fids['full']:.2f}" and cells[-1] == f"{fids['top-1']:.2f}"
+    cluster = json.loads((project.root / "metrics" / "cluster.json").read_text())
+    assert cluster["sizes"] == [240] and cluster["size_cv"] == 0.0
