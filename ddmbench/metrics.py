@@ -142,7 +142,11 @@ class KernelToReal:
     def __init__(self, real: torch.Tensor, fake: torch.Tensor, chunk: int = 2048) -> None:
         """real: (M, d), fake: (N, d) features."""
         m, r32 = len(real), real.float()
-        k_rr = sum(float(poly_kernel(r, r32).double().sum()) for r in r32.split(chunk))
+        k_rr = 0.0
+        for start in range(0, m, chunk):  # k is symmetric: each chunk against itself and the rows after it, twice
+            block = poly_kernel(r32[start:start + chunk], r32[start:]).double()
+            size = min(chunk, m - start)
+            k_rr += float(block[:, :size].sum() + 2 * block[:, size:].sum())
         real, fake = real.double(), fake.double()
         diag_rr = float(((real * real).sum(1) / real.shape[1] + 1.0).pow(3).sum())
         self.real_term = (k_rr - diag_rr) / (m * (m - 1))

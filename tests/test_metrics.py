@@ -83,6 +83,7 @@ def test_kernel_statistic_equals_torchmetrics_kid_with_one_full_subset() -> None
     expected = float(metric.compute()[0])  # one subset of all rows = the full-set unbiased MMD^2
     ones = torch.ones(1, 300, dtype=torch.float64)
     assert float(KernelToReal(real, fake)(ones)[0]) == pytest.approx(expected, rel=1e-4)
+    assert float(KernelToReal(real, fake, chunk=64)(ones)[0]) == pytest.approx(expected, rel=1e-4)  # blockwise sums
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_samples() -> None:
