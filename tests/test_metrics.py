@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -139,3 +141,8 @@ def test_nearest_distance_is_zero_on_the_reference_and_exact_off_it() -> None:
     dist = nearest_distance(query, ref)
     assert torch.all(dist <= 5.0 + 1e-5)
     assert torch.allclose(dist, torch.cdist(query.double(), ref.double()).min(1).values.float())
+
+
+def test_intervals_stay_finite_for_the_smallest_sets() -> None:
+    q = quality_intervals(_features(50, 4, 14), _features(3, 4, 15), resamples=200, seed=0)
+    assert all(math.isfinite(v) for v in (*q["fid_ci95"], *q["kid_ci95"], q["kid_unbiased"]))
