@@ -142,7 +142,11 @@ class KernelToReal:
     def __init__(self, real: torch.Tensor, fake: torch.Tensor, chunk: int = 2048) -> None:
         """real: (M, d), fake: (N, d) features."""
         m, r32 = len(real), real.float()
-        k_rr = sum(float(poly_kernel(r, r32).double().sum()) for r in r32.split(chunk))
+        k_rr = 0.0
+        for start in range(0, m, chunk):  # k is symmetric: each chunk against itself and the rows after it, twice
+            block = poly_kernel(r32[start:start + chunk], r32[start:]).double()
+            size = min(chunk, m - start)
+            k_rr += float(block[:, :size].sum() + 2 * block[:, size:].sum())
         real, fake = real.double(), fake.double()
         diag_rr = float(((real * real).sum(1) / real.shape[1] + 1.0).pow(3).sum())
         self.real_term = (k_rr - diag_rr) / (m * (m - 1))
@@ -172,7 +176,9 @@ def centred_percentile_interval(point: float, replicates: torch.Tensor, level: f
     bootstrap's bias estimate keeps the width (the sampling spread at this N, which is what separates
     policies evaluated at the same N) and centres the interval on the reported value.
     """
-    shifted = replicates.double() - (replicates.double().mean() - point)
+    replicates = replicates.double()
+    replicates = replicates[replicates.isfinite()]  # a resample of one repeated row has no distinct pairs (tiny N)
+    shifted = replicates - (replicates.mean() - point)
     q = torch.quantile(shifted, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
     return float(q[0]), float(q[1])
 
@@ -194,10 +200,10 @@ def quality_intervals(real: torch.Tensor, fake: torch.Tensor, *, resamples: int,
     kid_point = float(kernel(torch.ones(1, n, dtype=torch.float64))[0])
     return {
         "fid_ci95": list(centred_percentile_interval(fid_point, fid_b, level)),
-        "fid_bootstrap_bias": float(fid_b.mean()) - fid_point,
+        "fid_bootstrap_bias": float(fid_b[fid_b.isfinite()].mean()) - fid_point,
         "kid_unbiased": kid_point,
         "kid_ci95": list(centred_percentile_interval(kid_point, kid_b, level)),
-        "kid_bootstrap_bias": float(kid_b.mean()) - kid_point,
+        "kid_bootstrap_bias": float(kid_b[kid_b.isfinite()].mean()) - kid_point,
         "bootstrap": resamples,
     }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -83,6 +85,7 @@ def test_kernel_statistic_equals_torchmetrics_kid_with_one_full_subset() -> None
     expected = float(metric.compute()[0])  # one subset of all rows = the full-set unbiased MMD^2
     ones = torch.ones(1, 300, dtype=torch.float64)
     assert float(KernelToReal(real, fake)(ones)[0]) == pytest.approx(expected, rel=1e-4)
+    assert float(KernelToReal(real, fake, chunk=64)(ones)[0]) == pytest.approx(expected, rel=1e-4)  # blockwise sums
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_samples() -> None:
@@ -138,3 +141,8 @@ def test_nearest_distance_is_zero_on_the_reference_and_exact_off_it() -> None:
     dist = nearest_distance(query, ref)
     assert torch.all(dist <= 5.0 + 1e-5)
     assert torch.allclose(dist, torch.cdist(query.double(), ref.double()).min(1).values.float())
+
+
+def test_intervals_stay_finite_for_the_smallest_sets() -> None:
+    q = quality_intervals(_features(50, 4, 14), _features(3, 4, 15), resamples=200, seed=0)
+    assert all(math.isfinite(v) for v in (*q["fid_ci95"], *q["kid_ci95"], q["kid_unbiased"]))
