@@ -41,6 +41,9 @@ def test_tracking_uri_precedence(project: Project, monkeypatch: pytest.MonkeyPat
 
 def test_flatten_and_numeric_metrics() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a/b": 1, "a/c/d": 2, "e": 3}
+    # lists of numbers or mappings are scalars too (interval bounds, per-quantile rows); lists of strings are not
+    assert flatten({"ci": [1.0, 2.0], "q": [{"fid": 3.0}], "p": ["a", "b"], "none": []}) == {
+        "ci/0": 1.0, "ci/1": 2.0, "q/0/fid": 3.0, "p": ["a", "b"], "none": []}
     assert numeric_metrics({"x": 1, "ok": True, "s": "no", "n": float("nan"), "d": {"y": 2.5}}) == {"x": 1.0, "d/y": 2.5}
 
 

@@ -73,8 +73,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         "seeds": samples["seeds"].long(),                           # (N,) the sample's seed
     })
     write_json(paths.eval_metrics(spec.label), metrics)
-    bounds = {f"{key}_{end}": metrics[key][i] for key in ("fid_ci95", "kid_ci95") for i, end in enumerate(("lo", "hi"))}
     mirror(cfg, paths, f"evaluate@{spec.label}", "evaluate", {"evaluate": config_to_dict(cfg)["evaluate"],
-           "policy": spec.label}, {**metrics, **bounds}, [paths.eval_metrics(spec.label), paths.quality(spec.label)],
+           "policy": spec.label}, metrics, [paths.eval_metrics(spec.label), paths.quality(spec.label)],
            tags={"policy": spec.label})
     return metrics
