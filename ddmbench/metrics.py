@@ -144,9 +144,9 @@ class KernelToReal:
         m, r32 = len(real), real.float()
         k_rr = 0.0
         for start in range(0, m, chunk):  # k is symmetric: each chunk against itself and the rows after it, twice
-            block = poly_kernel(r32[start:start + chunk], r32[start:]).double()
+            block = poly_kernel(r32[start:start + chunk], r32[start:])
             size = min(chunk, m - start)
-            k_rr += float(block[:, :size].sum() + 2 * block[:, size:].sum())
+            k_rr += float(block[:, :size].sum(dtype=torch.float64) + 2 * block[:, size:].sum(dtype=torch.float64))
         real, fake = real.double(), fake.double()
         diag_rr = float(((real * real).sum(1) / real.shape[1] + 1.0).pow(3).sum())
         self.real_term = (k_rr - diag_rr) / (m * (m - 1))
