@@ -35,7 +35,8 @@ def quality_stability_cost(results: Results) -> Table:
         e, a, c = r["evaluate"], r["analyze"], r["evaluate"]["cost"]
         kid_ci = [1e3 * v for v in e["kid_ci95"]] if e.get("kid_ci95") else None
         amp = a["amplification"][key]
-        rows.append([label, fmt_ci(e["fid"], e.get("fid_ci95")), fmt_ci(1e3 * e["kid"], kid_ci),
+        kid = e.get("kid_unbiased", e["kid"])  # kid_ci95 is the interval of the unbiased all-pairs KID
+        rows.append([label, fmt_ci(e["fid"], e.get("fid_ci95")), fmt_ci(1e3 * kid, kid_ci),
                      fmt_ci(amp["mean"], amp["mean_ci95"]), fmt(a["lipschitz"]["mean"]),
                      fmt(a["convergence"]["error_at_nfe"]["mean"], 4), fmt(a["convergence"]["order"]),
                      fmt(c["expert_evals_per_image"], 1), fmt(c["gflops_per_image"], 3), fmt(c["images_per_s"], 1)])

@@ -56,9 +56,10 @@ def print_result(spec: PolicySpec, m: dict[str, Any]) -> None:
     table = Table(title=f"policy {spec.label}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    fid_ci, kid_ci = m.get("fid_ci95") or (m["fid"], m["fid"]), m.get("kid_ci95") or (m["kid"], m["kid"])
+    kid = m.get("kid_unbiased", m["kid"])  # kid_ci95 is the interval of the unbiased all-pairs KID
+    fid_ci, kid_ci = m.get("fid_ci95") or (m["fid"], m["fid"]), m.get("kid_ci95") or (kid, kid)
     rows = [("FID [95% CI]", f"{m['fid']:.2f} [{fid_ci[0]:.2f}, {fid_ci[1]:.2f}]"),
-            ("KID [95% CI]", f"{m['kid']:.4f} [{kid_ci[0]:.4f}, {kid_ci[1]:.4f}]"),
+            ("KID (all pairs) [95% CI]", f"{kid:.4f} [{kid_ci[0]:.4f}, {kid_ci[1]:.4f}]"),
             ("FID floor (real train images)", f"{m['fid_reference_train']:.2f}"),
             ("expert evals / image", f"{m['cost']['expert_evals_per_image']:.1f}"),
             ("router evals / image", f"{m['cost']['router_evals_per_image']:.1f}"),
