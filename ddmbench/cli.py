@@ -54,6 +54,9 @@ def _policy(cfg: Config, policy: str, k: int | None, tau: float | None, p: float
 
 def _guard(fn: Callable[[], Any]) -> Any:
     """Run a command body; a DDMBenchError becomes one line on stderr and exit code 2."""
+    from ddmbench import tracking
+
+    tracking.forget_failures()  # one warning per command for an unreachable MLflow, even in-process
     try:
         return fn()
     except DDMBenchError as exc:
@@ -272,6 +275,40 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
                                           git_commit=git_commit(Path.cwd()), profile=str(params))
         write_json(out, result)
         console.print(f"wrote {out} ({len(result['metrics'])} metrics)")
+
+    _guard(body)
+
+
+@app.command()
+def spread(runs: Annotated[list[Path], typer.Argument(help="Metrics folders of runs of one profile (e.g. one per seed).")],
+           out: Annotated[Path, typer.Option(help="Where to save the JSON.")] = Path("reports/baseline/spread.json"),
+           all_metrics: Annotated[bool, typer.Option("--all", help="Also list ungated metrics with zero spread.")] = False
+           ) -> None:
+    """Run-to-run spread (mean, std, min, max, max-min) of every metric, next to the tolerance that gates it."""
+    from rich.table import Table
+
+    from ddmbench import regression
+    from ddmbench.io import write_json
+
+    def body() -> None:
+        result = regression.spread({str(d): regression.flatten_metrics(d) for d in runs})
+        write_json(out, result)
+        table = Table(title=f"spread over {len(runs)} runs")
+        for col in ("metric", "mean", "std", "min", "max", "max-min", "tolerance", "tol/range"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for name, m in result["metrics"].items():
+            if not (all_metrics or m["gated"] or m["range"] > 0):
+                continue
+            ratio = m["tol_over_range"]
+            tol = ("no rule" if m["rule"] is None else "not gated") if m["tolerance"] is None else f"± {m['tolerance']:.4g}"
+            table.add_row(name, f"{m['mean']:.6g}", f"{m['std']:.3g}", f"{m['min']:.6g}", f"{m['max']:.6g}",
+                          f"{m['range']:.3g}", tol, "" if ratio is None else
+                          (f"{ratio:.2f}" if ratio >= 1 else f"[red]{ratio:.2f}[/]"))
+        console.print(table)
+        narrow = [n for n, m in result["metrics"].items() if m["tol_over_range"] is not None and m["tol_over_range"] < 1]
+        no_rule = [n for n, m in result["metrics"].items() if m["rule"] is None]
+        console.print(f"wrote {out}; {len(narrow)} tolerances narrower than the observed spread; "
+                      f"{len(no_rule)} metrics have no tolerance rule" + (f" (e.g. {', '.join(no_rule[:3])})" if no_rule else ""))
 
     _guard(body)
 

@@ -160,15 +160,29 @@ def ensure_mnist(root: Path, sources: list[str], checksums: dict[str, str], time
 
 
 def load_mnist_tensors(root: Path) -> dict[str, torch.Tensor]:
-    """Parse the raw files with torchvision's MNIST class -> uint8 images (N, 28, 28) and int64 labels (N,)."""
-    from torchvision.datasets import MNIST
+    """Parse the four raw idx files -> uint8 images (N, 28, 28) and int64 labels (N,).
 
+    Reads exactly the files :func:`verify_files` checked. (torchvision's ``MNIST`` class would prefer a
+    legacy ``MNIST/processed/*.pt`` if one is present, i.e. unverified data.)
+    """
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    raw = Path(root) / "MNIST" / "raw"
+    out = {}
     try:
-        train, test = MNIST(str(root), train=True), MNIST(str(root), train=False)
-    except (RuntimeError, ValueError, AssertionError) as exc:
-        raise DataError(f"cannot parse the MNIST files under {root}/MNIST/raw ({exc}); delete them and re-run prepare") from exc
-    return {"train_x": train.data.clone(), "train_y": train.targets.clone().long(),
-            "test_x": test.data.clone(), "test_y": test.targets.clone().long()}
+        for key, name, read in (("train_x", "train-images-idx3-ubyte", read_image_file),
+                                ("train_y", "train-labels-idx1-ubyte", read_label_file),
+                                ("test_x", "t10k-images-idx3-ubyte", read_image_file),
+                                ("test_y", "t10k-labels-idx1-ubyte", read_label_file)):
+            out[key] = read(str(raw / name)).clone()
+    except (OSError, RuntimeError, ValueError, TypeError, AssertionError, KeyError) as exc:
+        raise DataError(f"cannot parse the MNIST files under {raw} ({name}: {first_line(exc)}); "
+                        "delete them and re-run prepare") from exc
+    for split in ("train", "test"):
+        if len(out[f"{split}_x"]) != len(out[f"{split}_y"]) or tuple(out[f"{split}_x"].shape[1:]) != (28, 28):
+            raise DataError(f"the MNIST {split} files under {raw} disagree in length or are not 28x28 images; "
+                            "delete them and re-run prepare")
+    return {k: v.long() if k.endswith("_y") else v for k, v in out.items()}
 
 
 def to_model_space(images: torch.Tensor) -> torch.Tensor:

@@ -66,12 +66,17 @@ def _walk(node: Any, prefix: str, out: dict[str, float]) -> None:
         out[prefix.rstrip(".")] = float(node)
 
 
+def rule_for(metric: str) -> Rule | None:
+    """The first rule of ``TOLERANCES`` whose glob matches ``metric``; None if no rule covers it."""
+    return next((rule for rule in TOLERANCES if fnmatch.fnmatchcase(metric, rule[0])), None)
+
+
 def tolerance_for(metric: str) -> tuple[float, float] | None:
     """(abs_tol, rel_tol) of the first matching rule; None = not compared; KeyError if no rule matches."""
-    for pattern, abs_tol, rel_tol in TOLERANCES:
-        if fnmatch.fnmatchcase(metric, pattern):
-            return None if abs_tol is None else (abs_tol, rel_tol)
-    raise KeyError(metric)
+    rule = rule_for(metric)
+    if rule is None:
+        raise KeyError(metric)
+    return None if rule[1] is None else (rule[1], rule[2])
 
 
 def make_baseline(current: dict[str, float], *, why: str, git_commit: str, profile: str) -> dict[str, Any]:
@@ -124,3 +129,30 @@ def compare(current: dict[str, float], baseline: dict[str, Any]) -> list[Row]:
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"baseline file is malformed ({exc!r}); regenerate it with `ddmbench baseline`") from exc
     return rows
+
+
+def spread(runs: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Run-to-run spread of each metric over several runs of one profile (e.g. one run per seed).
+
+    ``runs``: label -> flattened metrics (:func:`flatten_metrics`). Per metric held by every run: n,
+    mean, std (ddof=1), min, max, range (max - min), the rule that gates it today and that rule's
+    tolerance at the mean, and ``tol_over_range`` (how many observed ranges the tolerance allows; below
+    1 means the seed-to-seed noise alone could fail the check). Metrics missing from some runs are listed.
+    """
+    if len(runs) < 2:
+        raise ArtifactError("spread needs the metrics folders of at least 2 runs")
+    names = sorted(set.intersection(*(set(m) for m in runs.values())))
+    metrics: dict[str, Any] = {}
+    for name in names:
+        values = [m[name] for m in runs.values()]
+        n, mean = len(values), math.fsum(values) / len(values)
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+        rng = max(values) - min(values)
+        rule = rule_for(name)
+        tol = None if rule is None or rule[1] is None else rule[1] + rule[2] * abs(mean)
+        metrics[name] = {"n": n, "mean": mean, "std": std, "min": min(values), "max": max(values), "range": rng,
+                         "values": values, "rule": None if rule is None else rule[0],
+                         "gated": rule is not None and rule[1] is not None, "tolerance": tol,
+                         "tol_over_range": None if tol is None or rng == 0 else tol / rng}
+    partial = sorted(set.union(*(set(m) for m in runs.values())) - set(names))
+    return {"runs": list(runs), "metrics": metrics, "missing_in_some_runs": partial}

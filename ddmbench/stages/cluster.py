@@ -11,7 +11,7 @@ from ddmbench import cluster as clustering
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data import load_prepared
 from ddmbench.errors import ArtifactError, ConfigError
-from ddmbench.io import save_tensors, write_json
+from ddmbench.io import ensure_writable, save_tensors, write_json
 from ddmbench.paths import Paths
 from ddmbench.tracking import mirror
 
@@ -24,6 +24,7 @@ def nearest_centroid(images: np.ndarray, c: clustering.Clustering) -> np.ndarray
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
+    ensure_writable(paths.clusters, paths.cluster_metrics)
     ds = load_prepared(paths.dataset)
     train_x, train_y = ds["train_x"].numpy(), ds["train_y"].numpy()
     k = cfg.cluster.k

@@ -10,7 +10,7 @@ from ddmbench.checkpoints import load_classifier
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data import load_prepared, to_model_space
 from ddmbench.errors import ArtifactError
-from ddmbench.io import load_tensors, read_json, write_json
+from ddmbench.io import ensure_writable, load_tensors, read_json, write_json
 from ddmbench.metrics import classifier_stats, extract_features, fid, kid
 from ddmbench.paths import Paths
 from ddmbench.policies import PolicySpec
@@ -19,6 +19,7 @@ from ddmbench.tracking import mirror
 
 @torch.no_grad()
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
+    ensure_writable(paths.eval_metrics(spec.label))
     what = f"ddmbench sample --policy {spec.label}"
     samples = load_tensors(paths.samples(spec.label), what)
     if "images" not in samples or samples["images"].dim() != 3:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from rich.table import Table
 
 from ddmbench.config import Config
 from ddmbench.console import console
-from ddmbench.io import load_tensors, read_json, write_text
+from ddmbench.errors import ArtifactError
+from ddmbench.io import ensure_writable, load_tensors, read_json, write_text
 from ddmbench.paths import Paths
 from ddmbench.report import POLICY_TABLE_HEADERS, fmt, markdown_table, policy_rows, save_grid
 from ddmbench.tracking import mirror
@@ -63,11 +65,23 @@ its own. GFLOPs per image are those evaluations times the FLOPs of one forward p
 """
 
 
+def _sample_images(paths: Paths, label: str) -> torch.Tensor:
+    """uint8 (N, 28, 28) images of one policy's samples file."""
+    what = f"ddmbench sample --policy {label}"
+    samples = load_tensors(paths.samples(label), what)
+    images = samples.get("images") if isinstance(samples, dict) else None
+    if not torch.is_tensor(images) or images.dim() != 3:
+        raise ArtifactError(f"{paths.samples(label)} holds no (N, 28, 28) images; re-run `{what}`")
+    return images
+
+
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     results = collect(cfg, paths)
-    for label in results:
-        samples = load_tensors(paths.samples(label), f"ddmbench sample --policy {label}")
-        save_grid(samples["images"], paths.sample_grid(label))
+    ensure_writable(paths.report_md, *(paths.sample_grid(label) for label in results))
+    # read every input before writing anything, so a bad samples file leaves no partial report behind
+    images = {label: _sample_images(paths, label) for label in results}
+    for label, grid in images.items():
+        save_grid(grid, paths.sample_grid(label))
     write_text(paths.report_md, render(cfg, paths, results))
     table = Table(title="routing policy vs quality and cost")
     for h in POLICY_TABLE_HEADERS:
