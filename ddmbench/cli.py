@@ -249,7 +249,10 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
         console.print(table)
         console.print(f"{len(rows) - len(failed)} of {len(rows)} metrics within tolerance")
         if new:
-            console.print(f"{len(new)} metrics are not in the baseline and not gated, e.g. {', '.join(new[:3])}")
+            no_rule = [n for n in new if regression.rule_for(n) is None]
+            console.print(f"{len(new)} metrics are not in the baseline and not gated, e.g. {', '.join(new[:3])}"
+                          + (f"; {len(no_rule)} have no rule in regression.TOLERANCES: measure their spread with "
+                             "`ddmbench spread` and add one" if no_rule else ""))
         return 1 if failed else 0
 
     code = _guard(body)
@@ -282,7 +285,7 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
 @app.command()
 def spread(runs: Annotated[list[Path], typer.Argument(help="Metrics folders of runs of one profile (e.g. one per seed).")],
            out: Annotated[Path, typer.Option(help="Where to save the JSON.")] = Path("reports/baseline/spread.json"),
-           all_metrics: Annotated[bool, typer.Option("--all", help="Also list ungated metrics with zero spread.")] = False
+           all_metrics: Annotated[bool, typer.Option("--all", help="Also list metrics a rule marks as not compared.")] = False
            ) -> None:
     """Run-to-run spread (mean, std, min, max, max-min) of every metric, next to the tolerance that gates it."""
     from rich.table import Table
@@ -295,10 +298,10 @@ def spread(runs: Annotated[list[Path], typer.Argument(help="Metrics folders of r
         write_json(out, result)
         table = Table(title=f"spread over {len(runs)} runs")
         for col in ("metric", "mean", "std", "min", "max", "max-min", "tolerance", "tol/range"):
-            table.add_column(col, justify="left" if col == "metric" else "right")
+            table.add_column(col, justify="left" if col == "metric" else "right", overflow="fold")
         for name, m in result["metrics"].items():
-            if not (all_metrics or m["gated"] or m["range"] > 0):
-                continue
+            if not (all_metrics or m["gated"] or m["rule"] is None):
+                continue  # timings and other metrics a rule marks "not compared"
             ratio = m["tol_over_range"]
             tol = ("no rule" if m["rule"] is None else "not gated") if m["tolerance"] is None else f"± {m['tolerance']:.4g}"
             table.add_row(name, f"{m['mean']:.6g}", f"{m['std']:.3g}", f"{m['min']:.6g}", f"{m['max']:.6g}",

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from ddmbench import nets
 from ddmbench.checkpoints import save_weights
 from ddmbench.cli import app
-from ddmbench.io import save_tensors, write_json
+from ddmbench.io import load_tensors, save_tensors, write_json
 from ddmbench.policies import parse_policy
 from ddmbench.stages import cluster, evaluate, prepare, sample
 
@@ -264,3 +264,15 @@ def test_bad_input(case: Case, staged: Project, tmp_path: Path, monkeypatch: pyt
     after = snapshot(root)
     assert after == before, {"new": sorted(set(after) - set(before)), "gone": sorted(set(before) - set(after)),
                              "changed": sorted(k for k in set(after) & set(before) if after[k] != before[k])}
+
+
+def test_prepare_reads_only_the_verified_raw_files(project: Project) -> None:
+    """torchvision's MNIST class prefers a legacy MNIST/processed/*.pt over the raw files; ddmbench must not."""
+    processed = project.root / "data" / "MNIST" / "processed"
+    processed.mkdir(parents=True)
+    fake = (torch.zeros(5, 28, 28, dtype=torch.uint8), torch.zeros(5, dtype=torch.long))
+    for name in ("training.pt", "test.pt"):
+        torch.save(fake, processed / name)
+    manifest = prepare.run(project.config(), project.paths)
+    assert manifest["n_train"] == 240 and manifest["n_test"] == 80  # the raw files, not the 5 fake images
+    assert load_tensors(project.paths.dataset, "x")["train_x"].float().mean() > 0

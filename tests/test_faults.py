@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -123,6 +124,17 @@ def test_only_temps_of_dead_writers_are_removed(tmp_path: Path) -> None:
         live.wait()
 
 
+def reattach_closed_log_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Libraries bind a log handler to the sys.stderr of their first import; in-process that may be the stream
+    of an earlier CliRunner invoke, closed since, and logging then prints a "Logging error" traceback of its
+    own. A harness artefact (one command per process in real use), so point such handlers at a live stream."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for handler in (h for lg in loggers for h in lg.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            monkeypatch.setattr(handler, "stream", sys.__stderr__)
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,15 +143,13 @@ def _closed_port() -> int:
 
 @pytest.mark.slow
 def test_unreachable_mlflow_warns_once_and_keeps_the_metrics(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow  # noqa: F401  (imported first, its log handler binds pytest's stderr, not a CliRunner stream
-    #                           that closes after the first invoke: a harness artefact, not ddmbench output)
-
     uri = f"http://127.0.0.1:{_closed_port()}"
     project.update(tracking={"enabled": True, "uri": uri})
     monkeypatch.chdir(project.root)
     runner = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"})
     for command, metrics in (("prepare", project.paths.manifest),
                              ("train-evaluator", project.paths.model_metrics("evaluator"))):
+        reattach_closed_log_streams(monkeypatch)
         start = time.monotonic()
         result = runner.invoke(app, [command, "--params", "params.yaml"])
         seconds = time.monotonic() - start

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
+from test_faults import reattach_closed_log_streams
 from typer.testing import CliRunner
 
 from ddmbench import nets
@@ -84,6 +85,7 @@ def test_pipeline_logs_to_a_real_server(project: Project, mlflow_server: str, tm
     save_weights(project.paths.model("monolith"), nets.build_velocity_net("unet-xs"), {"kind": "monolith", "net": "unet-xs"})
     runner = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"})
     for args in (["prepare"], ["train-evaluator"], ["sample", "--policy", "monolith"], ["evaluate", "--policy", "monolith"]):
+        reattach_closed_log_streams(monkeypatch)
         result = runner.invoke(app, [*args, "--params", "params.yaml"])
         assert result.exit_code == 0, result.output
         assert "warning:" not in result.stderr, result.stderr  # the server took every call
