@@ -308,6 +308,15 @@ def spread(runs: Annotated[list[Path], typer.Argument(help="Metrics folders of r
                           f"{m['range']:.3g}", tol, "" if ratio is None else
                           (f"{ratio:.2f}" if ratio >= 1 else f"[red]{ratio:.2f}[/]"))
         console.print(table)
+        rules = Table(title=f"per rule: widest spread, and {result['multiple']:g} x it (how TOLERANCES are set)")
+        for col in ("rule", "n", "abs_tol", "rel_tol", "range", "range/|mean|", "suggested abs", "suggested rel"):
+            rules.add_column(col, justify="left" if col == "rule" else "right", overflow="fold", no_wrap=col != "rule")
+        for r in result["rules"]:
+            rules.add_row(r["rule"] or f"[red]no rule[/] ({escape(r['example'])})", str(r["metrics"]),
+                          "" if r["abs_tol"] is None else f"{r['abs_tol']:.3g}",
+                          "" if r["rel_tol"] is None else f"{r['rel_tol']:.3g}", f"{r['max_range']:.3g}",
+                          f"{r['max_rel_range']:.3g}", f"{r['suggested_abs']:.3g}", f"{r['suggested_rel']:.3g}")
+        console.print(rules)
         narrow = [n for n, m in result["metrics"].items() if m["tol_over_range"] is not None and m["tol_over_range"] < 1]
         no_rule = [n for n, m in result["metrics"].items() if m["rule"] is None]
         console.print(f"wrote {out}; {len(narrow)} tolerances narrower than the observed spread; "

@@ -40,6 +40,10 @@ TOLERANCES: list[Rule] = [
 ]
 
 
+# Tolerances are this many times the widest seed-to-seed range (max - min) measured by `ddmbench spread`.
+SPREAD_MULTIPLE = 2.0
+
+
 def flatten_metrics(metrics_dir: Path) -> dict[str, float]:
     """Every finite number in every JSON file under ``metrics_dir`` as {"<file>:<dotted.key>": value}."""
     metrics_dir = Path(metrics_dir)
@@ -155,4 +159,27 @@ def spread(runs: dict[str, dict[str, float]]) -> dict[str, Any]:
                          "gated": rule is not None and rule[1] is not None, "tolerance": tol,
                          "tol_over_range": None if tol is None or rng == 0 else tol / rng}
     partial = sorted(set.union(*(set(m) for m in runs.values())) - set(names))
-    return {"runs": list(runs), "metrics": metrics, "missing_in_some_runs": partial}
+    return {"runs": list(runs), "multiple": SPREAD_MULTIPLE, "rules": rule_spread(metrics), "metrics": metrics,
+            "missing_in_some_runs": partial}
+
+
+def rule_spread(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per tolerance rule (or per metric without one): the widest spread among the metrics it covers.
+
+    ``suggested_abs`` = SPREAD_MULTIPLE x the widest range and ``suggested_rel`` = SPREAD_MULTIPLE x the
+    widest range / |mean|: how the tolerances in ``TOLERANCES`` are set (see reports/baseline/README.md).
+    """
+    groups: dict[str, list[str]] = {}
+    for name, m in metrics.items():
+        if m["rule"] is None or m["gated"]:
+            groups.setdefault(m["rule"] or name, []).append(name)
+    out = []
+    for key, names in groups.items():
+        rng = max(metrics[n]["range"] for n in names)
+        rel = max(metrics[n]["range"] / abs(metrics[n]["mean"]) if metrics[n]["mean"] else 0.0 for n in names)
+        rule = rule_for(names[0])
+        out.append({"rule": rule[0] if rule else None, "metrics": len(names), "example": names[0],
+                    "abs_tol": rule[1] if rule else None, "rel_tol": rule[2] if rule else None,
+                    "max_range": rng, "max_rel_range": rel,
+                    "suggested_abs": SPREAD_MULTIPLE * rng, "suggested_rel": SPREAD_MULTIPLE * rel})
+    return out
