@@ -16,8 +16,11 @@ from typing import Any
 
 from ddmbench.errors import ArtifactError
 
-# (glob over "<file relative to metrics/>:<dotted key>", abs_tol, rel_tol); None = not compared.
-# The numbers are justified in reports/baseline/README.md by measured seed-to-seed spread.
+# (glob over "<file relative to metrics/>:<dotted key>", abs_tol, rel_tol); None = not compared; first match wins.
+# Noisy metrics: SPREAD_MULTIPLE x the widest seed-to-seed range among the rule's metrics, measured with
+# `ddmbench spread` on the CI profile (reports/baseline/spread-ci.json; method in reports/baseline/README.md),
+# rounded up, floor 0.02. Counts fixed by construction are exact (their measured range is 0).
+# A metric no rule matches (a new metric family) is not gated: `compare` lists it until a rule is added here.
 Rule = tuple[str, float, float] | tuple[str, None, None]
 TOLERANCES: list[Rule] = [
     ("*:wall_time_s", None, None), ("*:images_per_s", None, None), ("*:cost.wall_time_s", None, None),
@@ -27,15 +30,22 @@ TOLERANCES: list[Rule] = [
     ("sample/*:nfe_per_sample", 0.0, 0.0), ("sample/*:nfe_steps", 0.0, 0.0), ("sample/*:n", 0.0, 0.0),
     ("evaluate/*:n_*", 0.0, 0.0),
     ("*:cost.nfe_per_sample", 0.0, 0.0),
-    ("*expert_evals_per_image", 0.0, 0.10), ("*router_evals_per_image", 0.0, 0.0), ("*gflops_per_image", 0.0, 0.10),
+    # measured widest range: 6.1 % (nucleus) / 5.8 %; exact for monolith/oracle/full/top-k/sample-k
+    ("*expert_evals_per_image", 0.0, 0.13), ("*router_evals_per_image", 0.0, 0.0), ("*gflops_per_image", 0.0, 0.12),
     ("sample/*:expert_evals_by_expert.*", None, None),
-    ("evaluate/*:fid", 0.0, 0.35), ("evaluate/*:kid", 0.35, 0.0), ("evaluate/*:kid_std", None, None),
-    ("evaluate/*:fid_reference_train", 0.0, 0.25),
-    ("evaluate/*:confidence", 0.08, 0.0), ("evaluate/*:class_entropy", 0.15, 0.0),
-    ("cluster.json:sizes.*", None, None), ("cluster.json:inertia", 0.0, 0.05), ("cluster.json:*", 0.1, 0.0),
-    ("evaluator.json:test_acc", 0.05, 0.0), ("evaluator.json:feature_scale", 0.0, 0.25),
-    ("router.json:heldout.*", 0.12, 0.0), ("*:heldout_loss", 0.0, 0.15),
-    ("*:steps", 0.0, 0.0), ("*:n_train", 0.0, 0.0), ("*:params", 0.0, 0.0), ("*:k", 0.0, 0.0), ("*:pca_dim", 0.0, 0.0),
+    # measured widest range: FID 27 % (top-1), KID 0.63 (top-1/monolith), FID of real train images 22 %
+    ("evaluate/*:fid", 0.0, 0.55), ("evaluate/*:kid", 1.3, 0.0), ("evaluate/*:kid_std", None, None),
+    ("evaluate/*:fid_reference_train", 0.0, 0.44),
+    ("evaluate/*:confidence", 0.14, 0.0), ("evaluate/*:class_entropy", 0.28, 0.0),  # ranges 0.067, 0.14
+    ("cluster.json:sizes.*", None, None), ("cluster.json:inertia", 0.0, 0.02), ("cluster.json:*", 0.02, 0.0),
+    ("evaluator.json:test_acc", 0.031, 0.0), ("evaluator.json:feature_scale", 0.0, 0.51),  # ranges 0.016, 25 %
+    # router accuracy on held-out x_t: 0.11 up to t = 0.5, 0.29 near pure noise (100 steps in the CI profile)
+    ("router.json:heldout.acc_t0", 0.22, 0.0), ("router.json:heldout.acc_t0.[25]*", 0.22, 0.0),
+    ("router.json:heldout.*", 0.58, 0.0),
+    # per expert: k-means numbers clusters arbitrarily per seed, so the spread is measured with experts
+    # matched by cluster size (held-out loss 6.5 %, n_train 0.56 %); a relabelling itself would fail
+    ("*:heldout_loss", 0.0, 0.14), ("*:n_train", 0.0, 0.012),
+    ("*:steps", 0.0, 0.0), ("*:params", 0.0, 0.0), ("*:k", 0.0, 0.0), ("*:pca_dim", 0.0, 0.0),
     ("*:num_features", 0.0, 0.0),
 ]
 
