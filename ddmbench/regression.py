@@ -30,17 +30,19 @@ TOLERANCES: list[Rule] = [
     ("sample/*:nfe_per_sample", 0.0, 0.0), ("sample/*:nfe_steps", 0.0, 0.0), ("sample/*:n", 0.0, 0.0),
     ("evaluate/*:n_*", 0.0, 0.0),
     ("*:cost.nfe_per_sample", 0.0, 0.0),
-    # measured widest range: 6.1 % (nucleus) / 5.8 %; exact for monolith/oracle/full/top-k/sample-k
-    ("*expert_evals_per_image", 0.0, 0.13), ("*router_evals_per_image", 0.0, 0.0), ("*gflops_per_image", 0.0, 0.12),
+    # router-dependent cost: widest range nucleus 27 % / 26 %, threshold 13 % / 12 %; fixed for the other policies
+    ("*nucleus-*:*expert_evals_per_image", 0.0, 0.55), ("*nucleus-*:*gflops_per_image", 0.0, 0.52),
+    ("*threshold-*:*expert_evals_per_image", 0.0, 0.26), ("*threshold-*:*gflops_per_image", 0.0, 0.24),
+    ("*expert_evals_per_image", 0.0, 0.0), ("*router_evals_per_image", 0.0, 0.0), ("*gflops_per_image", 0.0, 1e-9),
     ("sample/*:expert_evals_by_expert.*", None, None),
-    # measured widest range: FID 27 % (top-1), KID 0.63 (top-1/monolith), FID of real train images 22 %
-    ("evaluate/*:fid", 0.0, 0.55), ("evaluate/*:kid", 1.3, 0.0), ("evaluate/*:kid_std", None, None),
+    # measured widest range: FID 27 % (top-1), KID 0.66, FID of real train images 22 %
+    ("evaluate/*:fid", 0.0, 0.54), ("evaluate/*:kid", 1.4, 0.0), ("evaluate/*:kid_std", None, None),
     ("evaluate/*:fid_reference_train", 0.0, 0.44),
-    ("evaluate/*:confidence", 0.14, 0.0), ("evaluate/*:class_entropy", 0.28, 0.0),  # ranges 0.067, 0.14
+    ("evaluate/*:confidence", 0.16, 0.0), ("evaluate/*:class_entropy", 0.39, 0.0),  # ranges 0.076, 0.19
     ("cluster.json:sizes.*", None, None), ("cluster.json:inertia", 0.0, 0.02), ("cluster.json:*", 0.02, 0.0),
     ("evaluator.json:test_acc", 0.031, 0.0), ("evaluator.json:feature_scale", 0.0, 0.51),  # ranges 0.016, 25 %
-    # router accuracy on held-out x_t: 0.11 up to t = 0.5, 0.29 near pure noise (100 steps in the CI profile)
-    ("router.json:heldout.acc_t0", 0.22, 0.0), ("router.json:heldout.acc_t0.[25]*", 0.22, 0.0),
+    # router accuracy on held-out x_t: 0.072 at t = 0, 0.11 up to t = 0.5, 0.29 near pure noise (100 steps)
+    ("router.json:heldout.acc_t0", 0.15, 0.0), ("router.json:heldout.acc_t0.[25]*", 0.22, 0.0),
     ("router.json:heldout.*", 0.58, 0.0),
     # per expert: k-means numbers clusters arbitrarily per seed, so the spread is measured with experts
     # matched by cluster size (held-out loss 6.5 %, n_train 0.56 %); a relabelling itself would fail
