@@ -54,6 +54,9 @@ def _policy(cfg: Config, policy: str, k: int | None, tau: float | None, p: float
 
 def _guard(fn: Callable[[], Any]) -> Any:
     """Run a command body; a DDMBenchError becomes one line on stderr and exit code 2."""
+    from ddmbench import tracking
+
+    tracking.forget_failures()  # one warning per command for an unreachable MLflow, even in-process
     try:
         return fn()
     except DDMBenchError as exc:
@@ -261,7 +264,10 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
         console.print(table)
         console.print(f"{len(rows) - len(failed)} of {len(rows)} metrics within tolerance")
         if new:
-            console.print(f"{len(new)} metrics are not in the baseline and not gated, e.g. {', '.join(new[:3])}")
+            no_rule = [n for n in new if regression.rule_for(n) is None]
+            console.print(f"{len(new)} metrics are not in the baseline and not gated, e.g. {', '.join(new[:3])}"
+                          + (f"; {len(no_rule)} have no rule in regression.TOLERANCES: measure their spread with "
+                             "`ddmbench spread` and add one" if no_rule else ""))
         return 1 if failed else 0
 
     code = _guard(body)
@@ -326,6 +332,49 @@ def ablations(from_json: Annotated[Optional[Path], typer.Option(
         console.print(tbl)
         write_text(out, ab.markdown(rows, source))
         console.print(f"wrote {out}")
+
+    _guard(body)
+
+
+@app.command()
+def spread(runs: Annotated[list[Path], typer.Argument(help="Metrics folders of runs of one profile (e.g. one per seed).")],
+           out: Annotated[Path, typer.Option(help="Where to save the JSON.")] = Path("reports/baseline/spread.json"),
+           all_metrics: Annotated[bool, typer.Option("--all", help="Also list metrics a rule marks as not compared.")] = False
+           ) -> None:
+    """Run-to-run spread (mean, std, min, max, max-min) of every metric, next to the tolerance that gates it."""
+    from rich.table import Table
+
+    from ddmbench import regression
+    from ddmbench.io import write_json
+
+    def body() -> None:
+        result = regression.spread({str(d): regression.flatten_metrics(d) for d in runs})
+        write_json(out, result)
+        table = Table(title=f"spread over {len(runs)} runs")
+        for col in ("metric", "mean", "std", "min", "max", "max-min", "tolerance", "tol/range"):
+            table.add_column(col, justify="left" if col == "metric" else "right", overflow="fold")
+        for name, m in result["metrics"].items():
+            if not (all_metrics or m["gated"] or m["rule"] is None):
+                continue  # timings and other metrics a rule marks "not compared"
+            ratio = m["tol_over_range"]
+            tol = ("no rule" if m["rule"] is None else "not gated") if m["tolerance"] is None else f"± {m['tolerance']:.4g}"
+            table.add_row(name, f"{m['mean']:.6g}", f"{m['std']:.3g}", f"{m['min']:.6g}", f"{m['max']:.6g}",
+                          f"{m['range']:.3g}", tol, "" if ratio is None else
+                          (f"{ratio:.2f}" if ratio >= 1 else f"[red]{ratio:.2f}[/]"))
+        console.print(table)
+        rules = Table(title=f"per rule: widest spread, and {result['multiple']:g} x it (how TOLERANCES are set)")
+        for col in ("rule", "n", "abs_tol", "rel_tol", "range", "range/|mean|", "suggested abs", "suggested rel"):
+            rules.add_column(col, justify="left" if col == "rule" else "right", overflow="fold", no_wrap=col != "rule")
+        for r in result["rules"]:
+            rules.add_row(r["rule"] or f"[red]no rule[/] ({escape(r['example'])})", str(r["metrics"]),
+                          "" if r["abs_tol"] is None else f"{r['abs_tol']:.3g}",
+                          "" if r["rel_tol"] is None else f"{r['rel_tol']:.3g}", f"{r['max_range']:.3g}",
+                          f"{r['max_rel_range']:.3g}", f"{r['suggested_abs']:.3g}", f"{r['suggested_rel']:.3g}")
+        console.print(rules)
+        narrow = [n for n, m in result["metrics"].items() if m["tol_over_range"] is not None and m["tol_over_range"] < 1]
+        no_rule = [n for n, m in result["metrics"].items() if m["rule"] is None]
+        console.print(f"wrote {out}; {len(narrow)} tolerances narrower than the observed spread; "
+                      f"{len(no_rule)} metrics have no tolerance rule" + (f" (e.g. {', '.join(no_rule[:3])})" if no_rule else ""))
 
     _guard(body)
 

@@ -17,6 +17,7 @@ from ddmbench.errors import ConfigError
 from ddmbench.policies import PolicySpec, parse_policy
 
 NET_PRESETS = ("unet-xs", "unet-s", "unet-m", "dit-xs", "dit-s")
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
 
 
 class Section(BaseModel):
@@ -169,6 +170,16 @@ class TrackingConfig(Section):
     uri: str | None = Field(None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI or "
                                               "sqlite:///<repo root>/mlflow.db.")
     experiment: str = Field("ddmbench", min_length=1, description="MLflow experiment name.")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        # A bare path would select MLflow's file store, which raises on MLflow >= 3.13 (ECOSYSTEM section 1).
+        scheme = v.split(":", 1)[0].split("+", 1)[0].lower() if v and ":" in v else None  # postgresql+psycopg2
+        if v is not None and scheme not in TRACKING_SCHEMES:
+            raise ValueError(f"must be a URI with one of the schemes {', '.join(TRACKING_SCHEMES)}, "
+                             "e.g. sqlite:///abs/path/mlflow.db or http://127.0.0.1:5000 (or null)")
+        return v
 
 
 class Config(Section):

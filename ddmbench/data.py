@@ -201,18 +201,29 @@ def ensure_mnist(root: Path, sources: list[str], checksums: dict[str, str], time
 
 
 def load_tensors_of(root: Path, dataset: str = "mnist") -> dict[str, torch.Tensor]:
-    """Parse the raw files with torchvision's class for ``dataset`` -> uint8 images (N, 28, 28), int64 labels (N,)."""
-    import torchvision.datasets
+    """Parse the four raw idx files of ``dataset`` -> uint8 images (N, 28, 28) and int64 labels (N,).
+
+    Reads exactly the files :func:`verify_files` checked. (torchvision's dataset classes would prefer a
+    legacy ``<folder>/processed/*.pt`` if one is present, i.e. unverified data.)
+    """
+    from torchvision.datasets.mnist import read_image_file, read_label_file
 
     spec = dataset_spec(dataset)
-    cls = getattr(torchvision.datasets, spec.folder)
+    raw = Path(root) / spec.folder / "raw"
+    out = {}
+    name = ""
     try:
-        train, test = cls(str(root), train=True), cls(str(root), train=False)
-    except (RuntimeError, ValueError, AssertionError) as exc:
-        raise DataError(f"cannot parse the {spec.folder} files under {root}/{spec.folder}/raw ({exc}); "
+        for key, name, read in zip(("train_x", "train_y", "test_x", "test_y"), spec.files,
+                                   (read_image_file, read_label_file, read_image_file, read_label_file)):
+            out[key] = read(str(raw / name)).clone()
+    except (OSError, RuntimeError, ValueError, TypeError, AssertionError, KeyError) as exc:
+        raise DataError(f"cannot parse the {spec.folder} files under {raw} ({name}: {first_line(exc)}); "
                         "delete them and re-run prepare") from exc
-    return {"train_x": train.data.clone(), "train_y": train.targets.clone().long(),
-            "test_x": test.data.clone(), "test_y": test.targets.clone().long()}
+    for split in ("train", "test"):
+        if len(out[f"{split}_x"]) != len(out[f"{split}_y"]) or tuple(out[f"{split}_x"].shape[1:]) != (28, 28):
+            raise DataError(f"the {spec.folder} {split} files under {raw} disagree in length or are not 28x28 images; "
+                            "delete them and re-run prepare")
+    return {k: v.long() if k.endswith("_y") else v for k, v in out.items()}
 
 
 def load_mnist_tensors(root: Path) -> dict[str, torch.Tensor]:

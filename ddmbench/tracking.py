@@ -71,16 +71,31 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+# Stores that failed in this process: later calls skip them silently, so a command warns once, not per call.
+_FAILED_URIS: set[str] = set()
+
+
+def forget_failures() -> None:
+    """Start a new command: try every store again (the CLI calls this per command)."""
+    _FAILED_URIS.clear()
+
+
+def _give_up(uri: str, message: str) -> None:
+    _FAILED_URIS.add(uri)
+    warn(message)
+
+
 def mirror(cfg: Config, paths: Paths, run_name: str, stage: str, params: Mapping[str, Any],
            metrics: Mapping[str, Any], artifacts: Iterable[Path] = (), run_id: str | None = None,
            tags: Mapping[str, str] | None = None) -> str | None:
     """Log params, numeric metrics, tags and artefact files to an MLflow run (new, or ``run_id``)."""
-    if not cfg.tracking.enabled:
+    uri = tracking_uri(cfg, paths)
+    if not cfg.tracking.enabled or uri in _FAILED_URIS:
         return None
     try:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri(cfg, paths))
+        client = MlflowClient(uri)
         if run_id is None:
             exp = client.get_experiment_by_name(cfg.tracking.experiment)
             exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment)
@@ -98,22 +113,25 @@ def mirror(cfg: Config, paths: Paths, run_name: str, stage: str, params: Mapping
         client.set_terminated(run_id, "FINISHED")
         return run_id
     except Exception as exc:  # tracking must never cost a result
-        warn(f"MLflow tracking failed for '{run_name}' ({first_line(exc)}); results are still in the metrics files")
+        _give_up(uri, f"MLflow tracking failed for '{run_name}' at {uri} ({first_line(exc)}); "
+                      "results are still in the metrics files")
         return None
 
 
 def lightning_logger(cfg: Config, paths: Paths, run_name: str, stage: str) -> Any:
     """An ``MLFlowLogger`` with an explicit URI whose run exists already, or None (warned) when tracking fails."""
-    if not cfg.tracking.enabled:
+    uri = tracking_uri(cfg, paths)
+    if not cfg.tracking.enabled or uri in _FAILED_URIS:
         return None
     try:
         from lightning.pytorch.loggers import MLFlowLogger
 
         logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_name=run_name,
-                              tracking_uri=tracking_uri(cfg, paths), tags=run_tags(paths, stage))
+                              tracking_uri=uri, tags=run_tags(paths, stage))
         if is_rank_zero():
             _ = logger.run_id  # creates the run now, so an unreachable store fails here, not mid-training
         return logger
     except Exception as exc:
-        warn(f"MLflow tracking unavailable for '{run_name}' ({first_line(exc)}); training without it")
+        _give_up(uri, f"MLflow tracking unavailable for '{run_name}' at {uri} ({first_line(exc)}); "
+                      "training without it, results are still in the metrics files")
         return None

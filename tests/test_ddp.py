@@ -120,7 +120,7 @@ def test_ranks_draw_their_own_noise(project: Project) -> None:
     proc = subprocess.run([sys.executable, str(script), str(project.root)], cwd=project.root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    t0 = torch.load(project.root / "t-rank0.pt")
-    t1 = torch.load(project.root / "t-rank1.pt")
+    t0 = torch.load(project.root / "t-rank0.pt", weights_only=True)
+    t1 = torch.load(project.root / "t-rank1.pt", weights_only=True)
     assert t0.shape == t1.shape == (3 * 8,)
     assert not torch.equal(t0, t1), "both ranks drew the same training times (and noise) at every step"

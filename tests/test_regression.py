@@ -73,3 +73,44 @@ def test_cli_compare_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "expert_evals_per_image" in result.output
     missing = runner.invoke(app, ["compare", "metrics", "nope.json"])
     assert missing.exit_code == 2 and "nope.json" in missing.output
+
+
+def test_spread_statistics_rules_and_missing_metrics(tmp_path: Path) -> None:
+    runs = {f"seed{i}": regression.flatten_metrics(_metrics(tmp_path / f"s{i}", fid=fid, wall=w))
+            for i, (fid, w) in enumerate([(40.0, 3.0), (44.0, 5.0), (42.0, 4.0)])}
+    runs["seed2"]["evaluate/full.json:amplification"] = 1.5  # a new metric family in one run only
+    out = regression.spread(runs)
+    fid = out["metrics"]["evaluate/full.json:fid"]
+    assert (fid["n"], fid["mean"], fid["min"], fid["max"], fid["range"]) == (3, 42.0, 40.0, 44.0, 4.0)
+    assert fid["std"] == pytest.approx(2.0)  # sample std (ddof=1) of 40, 44, 42
+    abs_tol, rel_tol = regression.tolerance_for("evaluate/full.json:fid")
+    assert fid["gated"] and fid["tolerance"] == pytest.approx(abs_tol + rel_tol * 42.0)
+    assert fid["tol_over_range"] == pytest.approx(fid["tolerance"] / 4.0)
+    wall = out["metrics"]["evaluate/full.json:cost.wall_time_s"]
+    assert not wall["gated"] and wall["tolerance"] is None and wall["rule"] == "*:cost.wall_time_s"
+    assert out["missing_in_some_runs"] == ["evaluate/full.json:amplification"]
+    with pytest.raises(ArtifactError, match="at least 2 runs"):
+        regression.spread({"only": runs["seed0"]})
+
+
+def test_metric_without_a_rule_is_reported_not_silently_gated(tmp_path: Path) -> None:
+    """New families (amplification, convergence, ...) stay ungated until a rule backed by `ddmbench spread` exists."""
+    name = "evaluate/full.json:amplification.mean"
+    assert regression.rule_for(name) is None
+    runs = {"a": {name: 1.0}, "b": {name: 1.2}}
+    m = regression.spread(runs)["metrics"][name]
+    assert m["rule"] is None and not m["gated"] and m["range"] == pytest.approx(0.2)
+    base = regression.make_baseline({name: 1.0}, why="t", git_commit="x", profile="p")
+    assert name not in base["metrics"] and regression.ungated({name: 1.0}, base) == [name]
+
+
+def test_cli_spread_writes_json_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for i, fid in enumerate((40.0, 41.0)):
+        _metrics(tmp_path / f"run{i}", fid=fid)
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["spread", "run0/metrics", "run1/metrics", "--out", "s.json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(Path("s.json").read_text())
+    assert data["runs"] == ["run0/metrics", "run1/metrics"]
+    assert data["metrics"]["evaluate/full.json:fid"]["range"] == pytest.approx(1.0)
+    assert "evaluate/full.json:fid" in result.output and "wrote s.json" in result.output

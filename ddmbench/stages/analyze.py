@@ -25,7 +25,7 @@ from ddmbench.console import progress
 from ddmbench.data import load_prepared, to_model_space
 from ddmbench.errors import ArtifactError
 from ddmbench.field import RoutedField
-from ddmbench.io import load_tensors, write_json
+from ddmbench.io import ensure_writable, load_tensors, write_json
 from ddmbench.metrics import extract_features
 from ddmbench.paths import Paths
 from ddmbench.policies import PolicySpec
@@ -61,6 +61,7 @@ def clustering_feature_map(cfg: Config, paths: Paths, clusters: dict[str, torch.
 
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     a = cfg.analysis
+    ensure_writable(paths.analysis_metrics(spec.label), paths.curves(spec.label))
     seeds = sample_seeds(cfg)[:a.n]
     field = build_field(cfg, paths, spec, sampling_device(cfg))
     clusters = load_clusters(paths)

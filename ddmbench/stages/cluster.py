@@ -11,7 +11,7 @@ from ddmbench import cluster as clustering
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data import load_prepared, to_model_space
 from ddmbench.errors import ArtifactError, ConfigError
-from ddmbench.io import save_tensors, write_json
+from ddmbench.io import ensure_writable, save_tensors, write_json
 from ddmbench.paths import Paths
 from ddmbench.tracking import mirror
 
@@ -44,6 +44,7 @@ def assign_test_split(cfg: Config, c: clustering.Clustering, test_feats: np.ndar
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
+    ensure_writable(paths.clusters, paths.cluster_metrics)
     ds = load_prepared(paths.dataset)
     train_y = ds["train_y"].numpy()
     cc, k = cfg.cluster, cfg.cluster.k

@@ -14,7 +14,7 @@ from ddmbench.checkpoints import load_classifier
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data import load_prepared, to_model_space
 from ddmbench.errors import ArtifactError
-from ddmbench.io import load_tensors, read_json, save_tensors, write_json
+from ddmbench.io import ensure_writable, load_tensors, read_json, save_tensors, write_json
 from ddmbench.metrics import (
     class_probabilities,
     classifier_stats,
@@ -34,6 +34,7 @@ PR_STREAM = 0x9E11  # offsets the real-subset draw of precision/recall from the 
 
 @torch.no_grad()
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
+    ensure_writable(paths.eval_metrics(spec.label), paths.quality(spec.label))
     what = f"ddmbench sample --policy {spec.label}"
     samples = load_tensors(paths.samples(spec.label), what)
     if "images" not in samples or samples["images"].dim() != 3:

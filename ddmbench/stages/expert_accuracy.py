@@ -9,7 +9,7 @@ import torch
 from ddmbench.analysis.expert_accuracy import expert_accuracy
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data import load_prepared, to_model_space
-from ddmbench.io import write_json
+from ddmbench.io import ensure_writable, write_json
 from ddmbench.paths import Paths
 from ddmbench.stages.cluster import load_clusters
 from ddmbench.stages.sample import build_field
@@ -20,6 +20,7 @@ SUBSET_STREAM = 0xACC  # offsets the held-out subset draw from the other uses of
 
 @torch.no_grad()
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
+    ensure_writable(paths.expert_accuracy)
     ds = load_prepared(paths.dataset)
     clusters = load_clusters(paths, ds)  # test images' clusters: nearest centroid in the saved PCA space
     n = min(cfg.analysis.accuracy_n, len(ds["test_x"]))

@@ -7,7 +7,7 @@ from typing import Any
 
 from ddmbench import data
 from ddmbench.config import Config, config_to_dict
-from ddmbench.io import save_tensors, write_json
+from ddmbench.io import ensure_writable, save_tensors, write_json
 from ddmbench.paths import Paths
 from ddmbench.tracking import mirror
 
@@ -17,6 +17,7 @@ def _resolve(paths: Paths, p: str) -> Path:
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
+    ensure_writable(paths.dataset, paths.manifest)
     root = _resolve(paths, cfg.data.root)
     spec = data.dataset_spec(cfg.data.dataset)
     checksums = data.read_checksums(_resolve(paths, cfg.data.checksums) if cfg.data.checksums else None, spec.name)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from rich.table import Table
 
 from ddmbench import figures, tables
 from ddmbench.config import Config
 from ddmbench.console import console
-from ddmbench.io import load_tensors, read_json, write_json, write_text
+from ddmbench.errors import ArtifactError
+from ddmbench.io import ensure_writable, load_tensors, read_json, write_json, write_text
 from ddmbench.paths import Paths
 from ddmbench.report import Document, fmt, save_grid
 from ddmbench.summary import dissociation, summary_text
@@ -119,6 +121,16 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     return doc
 
 
+def _sample_images(paths: Paths, label: str) -> torch.Tensor:
+    """uint8 (N, 28, 28) images of one policy's samples file."""
+    what = f"ddmbench sample --policy {label}"
+    samples = load_tensors(paths.samples(label), what)
+    images = samples.get("images") if isinstance(samples, dict) else None
+    if not torch.is_tensor(images) or images.dim() != 3:
+        raise ArtifactError(f"{paths.samples(label)} holds no (N, 28, 28) images; re-run `{what}`")
+    return images
+
+
 def write_plot_data(paths: Paths, curves: dict[str, list[dict[str, Any]]]) -> list[Any]:
     """reports/plots/<curve>.json: [{t, policy, <curve>}] for every policy (DVC plots, template by_policy)."""
     written = []
@@ -134,9 +146,13 @@ def run(cfg: Config, paths: Paths) -> tables.Results:
     results, curves = collect(cfg, paths)
     accuracy = (read_json(paths.expert_accuracy, "ddmbench expert-accuracy")
                 if paths.expert_accuracy.exists() else None)
-    for label in results:
-        samples = load_tensors(paths.samples(label), f"ddmbench sample --policy {label}")
-        save_grid(samples["images"], paths.sample_grid(label))
+    ensure_writable(paths.report_md, paths.report_html, *(paths.sample_grid(label) for label in results),
+                    *(paths.figure(name) for name in ("fid_vs_amplification", *(f"curve_{c}" for c, _, _ in CURVES))),
+                    *(paths.plot_data(c) for c, _, _ in CURVES))
+    # read every input before writing anything, so a bad samples file leaves no partial report behind
+    images = {label: _sample_images(paths, label) for label in results}
+    for label, grid in images.items():
+        save_grid(grid, paths.sample_grid(label))
     figures.fid_vs_amplification(results, paths.figure("fid_vs_amplification"))
     for name, ylabel, log in CURVES:
         if not figures.curves_over_t(curves, name, ylabel, paths.figure(f"curve_{name}"), log=log):

@@ -13,7 +13,7 @@ from ddmbench.cost import flops_per_image, gflops_per_image
 from ddmbench.data import to_uint8
 from ddmbench.errors import ArtifactError, ConfigError
 from ddmbench.field import ModelField, RoutedField
-from ddmbench.io import save_tensors, write_json
+from ddmbench.io import ensure_writable, save_tensors, write_json
 from ddmbench.paths import Paths
 from ddmbench.policies import PolicySpec
 from ddmbench.sampling import draw_clusters, generate
@@ -51,6 +51,7 @@ def sampling_device(cfg: Config) -> torch.device:
 
 
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
+    ensure_writable(paths.samples(spec.label), paths.sample_metrics(spec.label))
     seeds = sample_seeds(cfg)
     device = sampling_device(cfg)
     field = build_field(cfg, paths, spec, device)

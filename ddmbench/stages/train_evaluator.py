@@ -10,7 +10,7 @@ from ddmbench import nets
 from ddmbench.checkpoints import save_weights
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data import dataset_spec, load_prepared, to_model_space
-from ddmbench.io import write_json
+from ddmbench.io import ensure_writable, write_json
 from ddmbench.lit import ClassifierTraining
 from ddmbench.paths import Paths
 from ddmbench.tracking import mirror
@@ -24,6 +24,7 @@ def test_accuracy(net: nets.Classifier, images: torch.Tensor, labels: torch.Tens
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
+    ensure_writable(paths.model("evaluator"), paths.model_metrics("evaluator"))
     ds = load_prepared(paths.dataset)
     seed = seed_for(cfg, 0)
     seed_everything(seed)

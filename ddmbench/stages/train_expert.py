@@ -14,7 +14,7 @@ from ddmbench.checkpoints import save_weights
 from ddmbench.config import Config, FlowTrainConfig, config_to_dict
 from ddmbench.data import load_prepared, to_model_space
 from ddmbench.errors import ConfigError
-from ddmbench.io import write_json
+from ddmbench.io import ensure_writable, write_json
 from ddmbench.lit import FlowMatching, ema_callback
 from ddmbench.paths import Paths
 from ddmbench.stages.cluster import load_clusters
@@ -41,6 +41,7 @@ def train_flow(cfg: Config, paths: Paths, *, kind: str, run_name: str, section: 
                images: torch.Tensor, heldout: torch.Tensor, seed: int, out: Path, metrics_path: Path,
                meta: dict[str, Any]) -> dict[str, Any] | None:
     """Train a velocity net on uint8 images (N, 28, 28); rank zero writes weights and metrics."""
+    ensure_writable(out, metrics_path)
     seed_everything(seed)
     net = nets.build_velocity_net(section.net)
     module = FlowMatching(net, lr=section.lr, weight_decay=section.weight_decay)

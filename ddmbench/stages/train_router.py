@@ -10,7 +10,7 @@ from ddmbench import flow, nets
 from ddmbench.checkpoints import save_weights
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data import load_prepared, to_model_space
-from ddmbench.io import write_json
+from ddmbench.io import ensure_writable, write_json
 from ddmbench.lit import RouterTraining
 from ddmbench.paths import Paths
 from ddmbench.stages.cluster import load_clusters
@@ -37,6 +37,7 @@ def accuracy_by_t(router: torch.nn.Module, images: torch.Tensor, clusters: torch
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
+    ensure_writable(paths.model("router"), paths.model_metrics("router"))
     ds = load_prepared(paths.dataset)
     clusters = load_clusters(paths, ds)
     seed = seed_for(cfg, 1)
