@@ -26,7 +26,7 @@ from ddmbench.checkpoints import save_weights
 from ddmbench.cli import app
 from ddmbench.io import load_tensors, save_tensors, write_json
 from ddmbench.policies import parse_policy
-from ddmbench.stages import cluster, evaluate, prepare, sample
+from ddmbench.stages import analyze, cluster, evaluate, prepare, sample
 
 RUNNER = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200", "TYPER_USE_RICH": "0"})
 
@@ -149,6 +149,10 @@ CASES = [
          params={"expert": {"lr": float("nan")}}),
     Case("inf-weight-decay", ["train-router"], ("router.weight_decay", "finite", "inf"),
          params={"router": {"weight_decay": float("inf")}}),
+    Case("analysis-n-larger-than-samples", ["analyze", "--policy", "full"], ("analysis.n=100", "sample.n=32"),
+         params={"analysis": {"n": 100}}),
+    Case("analysis-eps-not-positive", ["analyze", "--policy", "full"], ("analysis.eps", "positive"),
+         params={"analysis": {"eps": [0.1, -1.0]}}),
     Case("kid-subset-larger-than-samples", ["evaluate", "--policy", "full"], ("evaluate.kid_subset_size=100", "sample.n=32"),
          params={"evaluate": {"kid_subset_size": 100}}),
     Case("tracking-uri-without-scheme", ["prepare"], ("tracking.uri", "'mlruns'", "sqlite:///"),
@@ -223,6 +227,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Project:
                  {"kind": "evaluator", "net": "classifier-s", "num_classes": 10})
     sample.run(cfg, paths, parse_policy("full"))
     evaluate.run(cfg, paths, parse_policy("full"))
+    analyze.run(cfg, paths, parse_policy("full"))
     return project
 
 
