@@ -110,7 +110,9 @@ def test_pipeline_logs_to_a_real_server(project: Project, mlflow_server: str, tm
     assert runs["evaluate@monolith"].data.tags["policy"] == "monolith"
     # artifacts went through the server's artifact proxy and come back byte for byte
     run_id = runs["evaluate@monolith"].info.run_id
-    assert [a.path for a in client.list_artifacts(run_id)] == ["monolith.json"]
+    # the metrics JSON and the per-sample quality file (evaluator confidence, nearest-real distance)
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["monolith.json", "monolith.pt"]
+    assert runs["evaluate@monolith"].data.metrics["fid_ci95/0"] == pytest.approx(evaluated["fid_ci95"][0])
     local = client.download_artifacts(run_id, "monolith.json", str(tmp_path / "download"))
     assert Path(local).read_bytes() == project.paths.eval_metrics("monolith").read_bytes()
     assert [a.path for a in client.list_artifacts(runs["prepare"].info.run_id)] == ["manifest.json"]
