@@ -50,6 +50,7 @@ warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
 
 LAST = "last.ckpt"
+PROGRESS_EVERY_N_STEPS = 20
 
 
 @dataclass
@@ -238,12 +239,18 @@ def build_trainer(cfg: Config, *, max_steps: int, logger: Any = None, callbacks:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     tc = cfg.trainer
+    callbacks = list(callbacks or [])
+    if enable_progress_bar:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        # Redrawing the bar every step cost ~10% of a unet-xs step on the CPU (bench-train).
+        callbacks.append(RichProgressBar(refresh_rate=PROGRESS_EVERY_N_STEPS))
     try:
         return L.Trainer(
             accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
             strategy="ddp" if tc.world_size > 1 else "auto", precision=tc.precision,
             max_steps=max_steps, max_epochs=-1, logger=logger if logger is not None else False,
-            callbacks=callbacks or [], enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks or []),
+            callbacks=callbacks, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
             enable_model_summary=False, enable_progress_bar=enable_progress_bar,
             log_every_n_steps=min(tc.log_every_n_steps, max_steps),
             default_root_dir=str(default_root_dir) if default_root_dir else None,
