@@ -36,7 +36,7 @@ from ddmbench.console import err_console
 from ddmbench.errors import ConfigError, TrainingError, first_line
 from ddmbench.lit import NonFiniteLoss
 from ddmbench.paths import Paths
-from ddmbench.tracking import lightning_logger
+from ddmbench.tracking import flatten, lightning_logger
 
 
 class _DropAdverts(logging.Filter):
@@ -187,7 +187,8 @@ def data_digest(tensors: tuple[torch.Tensor, ...]) -> str:
 def _fingerprint(cfg: Config, run_name: str, max_steps: int, settings: Mapping[str, Any], loader: DataLoader
                  ) -> dict[str, Any]:
     tc = cfg.trainer
-    fp: dict[str, Any] = {"stage": run_name, "max_steps": max_steps, **{k: v for k, v in settings.items()},
+    fp: dict[str, Any] = {"stage": run_name, "max_steps": max_steps,
+                          **{k.replace("/", "."): v for k, v in flatten(settings).items()},
                           "trainer.world_size": tc.world_size, "trainer.precision": tc.precision,
                           "trainer.compile": tc.compile, "trainer.accelerator": tc.accelerator}
     if isinstance(loader.dataset, _Rows):

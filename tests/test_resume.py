@@ -102,7 +102,7 @@ def test_other_settings_start_fresh_instead_of_resuming(project: Project, monkey
     project.update(expert={"lr": 1e-3})
     metrics = train_expert.run(project.config(), project.paths, 0)
     assert metrics is not None and metrics["resumed_from_step"] == 0
-    assert "expert" in capsys.readouterr().err.split("other settings (")[1].split(")")[0]
+    assert capsys.readouterr().err.split("other settings (")[1].split(")")[0] == "expert.lr changed"
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_checkpoint_and_old_weights(project: Project,
