@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from ddmbench import flow, nets
 from ddmbench.config import parse_config
 from ddmbench.lit import FlowMatching, WarmupEMA, ema_callback, step_seed
-from ddmbench.training import _AlignData, build_trainer, train_loader
+from ddmbench.training import _AlignData, build_trainer, compiled, train_loader
 
 SEED = 0
 LR, EMA_DECAY = 2e-3, 0.999
@@ -64,14 +64,13 @@ def lightning_steps_per_s(net_name: str, images: torch.Tensor, batch: int, steps
                                     "compile": compile}, "tracking": {"enabled": False}})
     torch.manual_seed(SEED)
     net = nets.build_velocity_net(net_name)
-    if compile:
-        net.compile()
     module = FlowMatching(net, lr=LR, weight_decay=0.0, seed=SEED)
     loader = train_loader((images,), batch, SEED)
     timer = _Timer(warmup, device)
     trainer = build_trainer(cfg, max_steps=warmup + steps, callbacks=[ema_callback(EMA_DECAY), _AlignData(loader.sampler),
                                                                        timer])
-    trainer.fit(module, train_dataloaders=loader)
+    with compiled(net, compile):
+        trainer.fit(module, train_dataloaders=loader)
     return steps / (timer.end - timer.start), net
 
 
@@ -80,13 +79,19 @@ def plain_steps_per_s(net_name: str, images: torch.Tensor, batch: int, steps: in
     """(steps/s, the EMA copy of the trained net)."""
     torch.manual_seed(SEED)
     net = nets.build_velocity_net(net_name).to(device)
-    if compile:
-        net.compile()
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.0)
     ema = AveragedModel(net, avg_fn=WarmupEMA(EMA_DECAY), use_buffers=True)
     gen = torch.Generator(device=device)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     net.train()
+    with compiled(net, compile):
+        rate = _plain_loop(net, opt, ema, gen, autocast, images, batch, steps, warmup, device)
+    return rate, ema.module
+
+
+def _plain_loop(net: torch.nn.Module, opt: torch.optim.Optimizer, ema: AveragedModel, gen: torch.Generator,
+                autocast: torch.autocast, images: torch.Tensor, batch: int, steps: int, warmup: int, device: str
+                ) -> float:
     start = 0.0
     for step, (x0,) in zip(range(warmup + steps), train_loader((images,), batch, SEED)):
         if step == warmup:
@@ -104,7 +109,7 @@ def plain_steps_per_s(net_name: str, images: torch.Tensor, batch: int, steps: in
         opt.step()
         ema.update_parameters(net)
     _sync(device)
-    return steps / (time.perf_counter() - start), ema.module
+    return steps / (time.perf_counter() - start)
 
 
 def time_training(net_name: str, batch: int, steps: int, warmup: int, repeats: int, device: str = "cpu",

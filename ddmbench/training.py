@@ -22,6 +22,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,10 +263,20 @@ def build_trainer(cfg: Config, *, max_steps: int, logger: Any = None, callbacks:
                           "fix trainer.accelerator / devices / precision") from exc
 
 
-def maybe_compile(module: L.LightningModule, cfg: Config) -> None:
-    """``trainer.compile``: compile the network in place (its state_dict keys stay the same)."""
-    if cfg.trainer.compile:
-        module.net.compile()
+@contextmanager
+def compiled(net: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """``trainer.compile``: run ``net.forward`` through torch.compile inside the block only.
+
+    The compiled function is an instance attribute, so parameter names, the state_dict and the saved
+    weights are those of the plain net, and the net is plain again afterwards (sampling, held-out loss)."""
+    if not enabled:
+        yield
+        return
+    net.forward = torch.compile(net.forward)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del net.forward
 
 
 def fit(module: L.LightningModule, loader: DataLoader, cfg: Config, paths: Paths, *, max_steps: int,
@@ -284,10 +295,10 @@ def fit(module: L.LightningModule, loader: DataLoader, cfg: Config, paths: Paths
     logger = lightning_logger(cfg, paths, run_name, stage)
     trainer = build_trainer(cfg, max_steps=max_steps, logger=logger, callbacks=[*(callbacks or []), *extra, checkpoint],
                             default_root_dir=paths.lightning_dir)
-    maybe_compile(module, cfg)
     try:
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt_path) if ckpt_path else None,
-                    weights_only=True)
+        with compiled(module.net, cfg.trainer.compile):
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                        weights_only=True)
     except NonFiniteLoss as exc:
         lr = f"lower {section}.lr (now {getattr(module, 'lr', '?')})" if section else "lower the learning rate"
         kept_step = checkpoint.saved_step or (resumed_from if ckpt_path else None)

@@ -42,3 +42,23 @@ def test_train_commands_take_devices_and_nodes(project: Project, command: list[s
     assert result.exit_code == 2, result.output
     assert "--num-nodes" in result.output and "trainer.num_nodes" in result.output
     assert "Traceback" not in result.output
+
+
+def test_compiled_forward_keeps_weight_names_and_is_undone() -> None:
+    """trainer.compile must not rename the saved weights (torch.compile(net) would prefix _orig_mod.)."""
+    import copy
+
+    import torch
+
+    from ddmbench import nets
+    from ddmbench.training import compiled
+
+    net = nets.build_velocity_net("unet-xs")
+    keys = list(net.state_dict())
+    with compiled(net, True):
+        assert "forward" in vars(net) and list(net.state_dict()) == keys
+        assert list(copy.deepcopy(net).state_dict()) == keys  # WeightAveraging deep-copies the module
+    assert "forward" not in vars(net)
+    with compiled(net, False):
+        assert "forward" not in vars(net)
+    assert net(torch.zeros(1, 1, 28, 28), torch.zeros(1)).shape == (1, 1, 28, 28)
