@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from ddmbench import flow, nets
 from ddmbench.config import parse_config
 from ddmbench.lit import FlowMatching, WarmupEMA, ema_callback, step_seed
-from ddmbench.training import _AlignData, build_trainer, compiled, train_loader
+from ddmbench.training import AlignData, build_trainer, compiled, train_loader
 
 SEED = 0
 LR, EMA_DECAY = 2e-3, 0.999
@@ -67,7 +67,7 @@ def lightning_steps_per_s(net_name: str, images: torch.Tensor, batch: int, steps
     module = FlowMatching(net, lr=LR, weight_decay=0.0, seed=SEED)
     loader = train_loader((images,), batch, SEED)
     timer = _Timer(warmup, device)
-    trainer = build_trainer(cfg, max_steps=warmup + steps, callbacks=[ema_callback(EMA_DECAY), _AlignData(loader.sampler),
+    trainer = build_trainer(cfg, max_steps=warmup + steps, callbacks=[ema_callback(EMA_DECAY), AlignData(loader.sampler),
                                                                        timer])
     with compiled(net, compile):
         trainer.fit(module, train_dataloaders=loader)

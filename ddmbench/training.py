@@ -91,7 +91,7 @@ class StepBatches(Sampler[torch.Tensor]):
 
     Epoch e is the permutation ``randperm(n)`` of generator seed·1000003 + e; step s takes global batch
     s mod (n // (B·W)) of that epoch and rank r its rows r·B..(r+1)·B. ``rank`` and ``first_step`` (read
-    when iteration begins, after Lightning restored a checkpoint) are set by ``_AlignData``, so a resumed
+    when iteration begins, after Lightning restored a checkpoint) are set by ``AlignData``, so a resumed
     run continues the same sequence."""
 
     def __init__(self, n: int, batch_size: int, seed: int, world_size: int = 1) -> None:
@@ -113,7 +113,7 @@ class StepBatches(Sampler[torch.Tensor]):
             step += 1
 
 
-class _AlignData(L.Callback):
+class AlignData(L.Callback):
     """Point the sampler at this rank, the number of ranks and the step training (re)starts from."""
 
     def __init__(self, sampler: StepBatches) -> None:
@@ -291,7 +291,7 @@ def fit(module: L.LightningModule, loader: DataLoader, cfg: Config, paths: Paths
     ckpt_path, resumed_from = resume_point(resume_dir, fingerprint, run_name, max_steps)
     checkpoint = ResumeCheckpoint(resume_dir, cfg.trainer.checkpoint_every_n_steps, fingerprint)
     sampler = _step_sampler(loader)
-    extra = [_AlignData(sampler)] if sampler is not None else []
+    extra = [AlignData(sampler)] if sampler is not None else []
     logger = lightning_logger(cfg, paths, run_name, stage)
     trainer = build_trainer(cfg, max_steps=max_steps, logger=logger, callbacks=[*(callbacks or []), *extra, checkpoint],
                             default_root_dir=paths.lightning_dir)

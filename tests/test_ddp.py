@@ -139,7 +139,7 @@ def _loss_curve(uri: str, run_name: str) -> dict[int, float]:
 def test_two_processes_follow_the_one_process_loss_curve(project: Project, tmp_path, mlflow_template) -> None:
     """Same global batch (2 x 8 vs 1 x 16): the ranks take complementary rows of the same data batch and of the
     same noise draw, so the logged (rank-averaged) loss curve equals the one-process curve up to float
-    summation order. Tolerance: 1e-4 relative per step."""
+    summation order. Tolerance: 1e-4 relative per step (measured: final loss 3.5e-7 relative, weights 4e-5 after 8 steps)."""
     import shutil
 
     from conftest import make_project
