@@ -22,7 +22,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,8 @@ class FitResult:
         """Remove the resume folder; call after the final weights are written (rank zero)."""
         if self.is_global_zero and self.resume_dir is not None:
             shutil.rmtree(self.resume_dir, ignore_errors=True)
+            with suppress(OSError):  # outputs/resume itself, once no stage has checkpoints left
+                self.resume_dir.parent.rmdir()
 
 
 # ----------------------------------------------------------------------------------------------

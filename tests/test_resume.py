@@ -64,7 +64,7 @@ def test_killed_expert_resumes_to_the_same_weights_as_an_uninterrupted_run(proje
     resumed = train_expert.run(project.config(), project.paths, 0)
     assert resumed is not None and resumed["resumed_from_step"] == step and resumed["steps"] == STEPS
     assert json.loads(project.paths.expert_metrics(0).read_text())["resumed_from_step"] == step
-    assert not project.paths.resume("train-expert@0").exists()  # removed once the final weights were written
+    assert not project.paths.resume("train-expert@0").parent.exists()  # removed once the final weights were written
     net = load_velocity_net(project.paths.expert(0), "expert", "ddmbench train-expert --expert 0")
 
     other = make_project(tmp_path / "uninterrupted")
