@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from ddmbench.config import Config, load_config
+from ddmbench.config import Config, load_config, with_trainer
 from ddmbench.console import console, err_console
 from ddmbench.errors import ConfigError, DDMBenchError
 from ddmbench.paths import Paths
@@ -29,11 +29,19 @@ KOption = Annotated[Optional[int], typer.Option("--k", help="k for --policy top 
 TauOption = Annotated[Optional[float], typer.Option("--tau", help="tau for --policy threshold.")]
 PMassOption = Annotated[Optional[float], typer.Option("--p", help="Probability mass for --policy nucleus.")]
 TempOption = Annotated[Optional[float], typer.Option("--temperature", help="Temperature for --policy nucleus.")]
+DevicesOption = Annotated[Optional[int], typer.Option("--devices", help="Devices (processes) per node; overrides "
+                                                      "trainer.devices. batch_size stays per device.")]
+NodesOption = Annotated[Optional[int], typer.Option("--num-nodes", help="Nodes; overrides trainer.num_nodes.")]
 
 
 def _context(params: Path) -> tuple[Config, Paths]:
     cfg = load_config(params)
     return cfg, Paths(Path.cwd())
+
+
+def _train_context(params: Path, devices: int | None, num_nodes: int | None) -> tuple[Config, Paths]:
+    cfg, paths = _context(params)
+    return with_trainer(cfg, devices=devices, num_nodes=num_nodes), paths
 
 
 def _policy(cfg: Config, policy: str, k: int | None, tau: float | None, p: float | None,
@@ -82,35 +90,39 @@ def cluster(params: ParamsOption = Path("params.yaml")) -> None:
 
 @app.command("train-expert")
 def train_expert(expert: Annotated[int, typer.Option("--expert", "-e", help="Expert (cluster) id.")],
-                 params: ParamsOption = Path("params.yaml")) -> None:
-    """Train the flow-matching expert of one cluster (Lightning; DDP when trainer.devices > 1)."""
+                 params: ParamsOption = Path("params.yaml"), devices: DevicesOption = None,
+                 num_nodes: NodesOption = None) -> None:
+    """Train the flow-matching expert of one cluster (Lightning; DDP when devices x nodes > 1; resumable)."""
     from ddmbench.stages import train_expert as stage
 
-    _guard(lambda: stage.run(*_context(params), expert))
+    _guard(lambda: stage.run(*_train_context(params, devices, num_nodes), expert))
 
 
 @app.command("train-router")
-def train_router(params: ParamsOption = Path("params.yaml")) -> None:
+def train_router(params: ParamsOption = Path("params.yaml"), devices: DevicesOption = None,
+                 num_nodes: NodesOption = None) -> None:
     """Train the router: noisy x_t, t -> cluster id."""
     from ddmbench.stages import train_router as stage
 
-    _guard(lambda: stage.run(*_context(params)))
+    _guard(lambda: stage.run(*_train_context(params, devices, num_nodes)))
 
 
 @app.command("train-evaluator")
-def train_evaluator(params: ParamsOption = Path("params.yaml")) -> None:
+def train_evaluator(params: ParamsOption = Path("params.yaml"), devices: DevicesOption = None,
+                    num_nodes: NodesOption = None) -> None:
     """Train the evaluator classifier (its features serve FID/KID)."""
     from ddmbench.stages import train_evaluator as stage
 
-    _guard(lambda: stage.run(*_context(params)))
+    _guard(lambda: stage.run(*_train_context(params, devices, num_nodes)))
 
 
 @app.command("train-monolith")
-def train_monolith(params: ParamsOption = Path("params.yaml")) -> None:
+def train_monolith(params: ParamsOption = Path("params.yaml"), devices: DevicesOption = None,
+                   num_nodes: NodesOption = None) -> None:
     """Train the dense baseline on all data with the experts' total step budget."""
     from ddmbench.stages import train_monolith as stage
 
-    _guard(lambda: stage.run(*_context(params)))
+    _guard(lambda: stage.run(*_train_context(params, devices, num_nodes)))
 
 
 def _policy_stage(module: str, params: Path, policy: str, k: int | None, tau: float | None, p: float | None,
@@ -234,6 +246,56 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
         console.print(table)
         console.print("median wall per pass (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timing["median_s"].items()))
         console.print(f"wrote {out}")
+
+    _guard(body)
+
+
+@app.command("bench-train")
+def bench_train(net: Annotated[str, typer.Option(help="Expert architecture preset (unet-xs, unet-s, unet-m).")] = "unet-xs",
+                batch: Annotated[int, typer.Option(help="Images per optimizer step.", min=1)] = 128,
+                steps: Annotated[int, typer.Option(help="Timed optimizer steps per run.", min=1)] = 40,
+                warmup: Annotated[int, typer.Option(help="Untimed steps before timing starts.", min=1)] = 5,
+                repeats: Annotated[int, typer.Option(help="Interleaved repeats per path (median is used).", min=1)] = 5,
+                device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+                precision: Annotated[str, typer.Option(help="32-true or bf16-mixed.")] = "32-true",
+                compile: Annotated[bool, typer.Option("--compile", help="torch.compile the net in both paths.")] = False,
+                out: Annotated[Path, typer.Option(help="Where to save the JSON results.")] = Path("reports/bench-train.json"),
+                ) -> None:
+    """Training throughput of one expert: our Lightning fit path vs a plain PyTorch loop (target ratio >= 0.95)."""
+
+    def body() -> None:
+        import torch
+        from rich.table import Table
+
+        from ddmbench.bench_train import time_training
+        from ddmbench.io import write_json
+        from ddmbench.nets import UNET_PRESETS
+
+        if net not in UNET_PRESETS:
+            raise ConfigError(f"--net: unknown preset '{net}'; choose one of {', '.join(UNET_PRESETS)}")
+        if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+            raise ConfigError(f"--device: '{device}' is not available here; use cpu" + (" or cuda" if
+                              torch.cuda.is_available() else ""))
+        if precision not in ("32-true", "bf16-mixed"):
+            raise ConfigError(f"--precision: '{precision}' is not supported here; use 32-true or bf16-mixed")
+        if compile and device != "cuda":
+            raise ConfigError("--compile: torch.compile is timed on GPUs only; add --device cuda or drop --compile")
+        with err_console.status("timing training") as status:
+            result = time_training(net, batch, steps, warmup, repeats, device=device, precision=precision,
+                                   compile=compile, progress=status.update)
+        table = Table(title=f"training throughput: {net}, batch {batch}, {device}, {precision}"
+                            f"{', compiled' if compile else ''} (median of {repeats} interleaved runs)")
+        for col in ("path", "steps/s (median)", "min", "max", "images/s"):
+            table.add_column(col, justify="left" if col == "path" else "right")
+        for name in ("plain", "lightning"):
+            runs = result["steps_per_s"][name]
+            table.add_row(name, f"{result['median_steps_per_s'][name]:.2f}", f"{min(runs):.2f}", f"{max(runs):.2f}",
+                          f"{result['images_per_s'][name]:.0f}")
+        console.print(table)
+        verdict = "meets" if result["ratio"] >= result["target"] else "misses"
+        console.print(f"Lightning / plain = {result['ratio']:.3f} ({verdict} the target >= {result['target']})")
+        write_json(out, result)
+        console.print(f"saved {out}")
 
     _guard(body)
 

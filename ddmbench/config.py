@@ -98,12 +98,26 @@ class TrainerConfig(Section):
     accelerator: Literal["cpu", "gpu", "auto"] = Field("cpu", description="Lightning accelerator.")
     devices: int = Field(1, ge=1, description="Devices (processes) per node; >1 uses DDP (gloo on CPU, NCCL on GPU).")
     num_nodes: int = Field(1, ge=1, description="Nodes for DDP.")
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field("32-true", description="Lightning precision.")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
+        "32-true", description="Lightning precision; the mixed ones are for GPU profiles (16-mixed needs a GPU).")
+    compile: bool = Field(False, description="torch.compile the network in place before training (GPU profiles; "
+                                             "the saved weights are the same either way).")
     log_every_n_steps: int = Field(50, ge=1, description="Logging interval (steps).")
+    checkpoint_every_n_steps: int = Field(100, ge=1, description="Steps between resume checkpoints "
+                                                                 "(outputs/resume/<stage>/last.ckpt).")
 
     @property
     def world_size(self) -> int:
         return self.devices * self.num_nodes
+
+    @model_validator(mode="after")
+    def _gpu_only_options(self) -> TrainerConfig:
+        if self.accelerator == "cpu" and self.precision == "16-mixed":
+            raise ValueError("precision 16-mixed needs a GPU; use 32-true (or bf16-mixed) with accelerator cpu")
+        if self.accelerator == "cpu" and self.compile:
+            raise ValueError("compile: true is for GPU profiles (on the CPU compiling costs more than it saves "
+                             "for these nets); set accelerator: gpu or compile: false")
+        return self
 
 
 class SampleConfig(Section):
@@ -296,6 +310,17 @@ def load_config(path: Path) -> Config:
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
     return parse_config(raw, str(path.name))
+
+
+def with_trainer(cfg: Config, **overrides: Any) -> Config:
+    """``cfg`` with trainer keys overridden (CLI flags such as --devices), validated like params.yaml."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if not given:
+        return cfg
+    raw = config_to_dict(cfg)
+    raw["trainer"].update(given)
+    flags = ", ".join(f"--{key.replace('_', '-')}" for key in given)
+    return parse_config(raw, f"params.yaml with {flags}")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -40,9 +40,16 @@ def time_grid(nfe_steps: int, device: torch.device | str = "cpu") -> torch.Tenso
     return torch.linspace(1.0, 0.0, nfe_steps + 1, device=device)
 
 
-def sample_training_pair(x0: torch.Tensor, generator: torch.Generator | None = None
+def sample_training_pair(x0: torch.Tensor, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw t ~ U(0, 1) and eps for a batch; return (x_t, t, target velocity)."""
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    t = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+    """Draw t ~ U(0, 1) and eps for a batch; return (x_t, t, target velocity).
+
+    shard = (rank, world): x0 (B, C, H, W) is rank's slice of a global batch of world x B rows; eps and t
+    are drawn for the whole global batch and sliced, so a row's noise does not depend on the number of
+    processes (a DDP run draws exactly what a one-process run with the same global batch draws)."""
+    rank, world = shard
+    b = x0.shape[0]
+    rows = slice(rank * b, (rank + 1) * b)
+    eps = torch.randn((world * b, *x0.shape[1:]), generator=generator, device=x0.device, dtype=x0.dtype)[rows]
+    t = torch.rand(world * b, generator=generator, device=x0.device, dtype=x0.dtype)[rows]
     return interpolate(x0, eps, t), t, velocity_target(x0, eps)

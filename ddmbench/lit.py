@@ -10,28 +10,57 @@ from ddmbench import flow
 from ddmbench.errors import TrainingError
 
 
+class NonFiniteLoss(TrainingError):
+    """The loss became NaN or infinite; ``training.fit`` turns it into the stage's one-line error."""
+
+    def __init__(self, message: str, step: int, value: float) -> None:
+        super().__init__(message)
+        self.step, self.value = step, value
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of the noise (t, eps) drawn at optimizer step ``step``: a function of (seed, step) only, so a
+    resumed run draws what an uninterrupted one draws."""
+    return (seed * 1_000_003 + step) % (2**63)
+
+
 class _Base(L.LightningModule):
-    def __init__(self, net: nn.Module, lr: float, weight_decay: float) -> None:
+    def __init__(self, net: nn.Module, lr: float, weight_decay: float, seed: int | None = None) -> None:
         super().__init__()
         self.net = net
         self.lr = lr
         self.weight_decay = weight_decay
-        self.noise: torch.Generator | None = None  # per-rank t/noise stream, set when training starts
+        self.seed = seed                            # None: torch.initial_seed() when training starts
+        self.noise: torch.Generator | None = None   # re-seeded at every step, see training_pair
 
     def on_train_start(self) -> None:
-        # Every DDP rank starts from the same global seed; the noise and t draws must differ per rank.
-        self.noise = torch.Generator(device=self.device).manual_seed(torch.initial_seed() + self.global_rank)
+        if self.seed is None:
+            self.seed = torch.initial_seed()
+        self.noise = torch.Generator(device=self.device)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def training_pair(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, target) for this rank's rows x0 (B, 1, 28, 28) of the step's global batch.
+
+        Every rank seeds the same generator from (seed, step) and keeps its own rows of the global draw, so
+        the noise of a sample depends on (seed, step, row of the global batch) only: not on the number of
+        processes, and not on whether the run was resumed."""
+        world = self._trainer.world_size if self._trainer is not None else 1
+        if self.noise is not None:
+            self.noise.manual_seed(step_seed(int(self.seed or 0), self.global_step))
+        return flow.sample_training_pair(x0, generator=self.noise, shard=(self.global_rank, world))
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         finite = bool(torch.isfinite(loss))
         if self._trainer is not None:  # under DDP every rank must stop together, not hang in the all-reduce
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            raise TrainingError(f"{type(self).__name__}: loss became {loss.item()} at step {self.global_step}; "
-                                "lower the learning rate (the weights before this step are kept)")
+            value = float(loss.detach())
+            raise NonFiniteLoss(f"{type(self).__name__}: loss became {value} at step {self.global_step}; "
+                                "lower the learning rate (the weights before this step are kept)",
+                                self.global_step, value)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         loss, extra = self.model_step(batch)
@@ -50,7 +79,7 @@ class FlowMatching(_Base):
 
     def model_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0 = batch[0]                                          # (B, 1, 28, 28)
-        x_t, t, target = flow.sample_training_pair(x0, generator=self.noise)
+        x_t, t, target = self.training_pair(x0)
         loss = nn.functional.mse_loss(self.net(x_t, t), target)
         return loss, {}
 
@@ -60,7 +89,7 @@ class RouterTraining(_Base):
 
     def model_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0, cluster = batch[0], batch[1]
-        x_t, t, _ = flow.sample_training_pair(x0, generator=self.noise)
+        x_t, t, _ = self.training_pair(x0)
         logits = self.net(x_t, t)                              # (B, K)
         loss = nn.functional.cross_entropy(logits, cluster)
         return loss, {"acc": (logits.argmax(1) == cluster).float().mean()}

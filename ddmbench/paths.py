@@ -95,6 +95,10 @@ class Paths:
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
 
+    def resume(self, run_name: str) -> Path:
+        """Resume checkpoints of one training stage (e.g. train-expert@3); not a DVC out, removed on success."""
+        return self.root / "outputs" / "resume" / run_name
+
     @property
     def lightning_dir(self) -> Path:
         return self.root / "outputs" / "lightning"

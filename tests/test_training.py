@@ -118,10 +118,11 @@ def test_fixed_decay_ema_would_stay_near_init() -> None:
 def test_train_loader_clamps_batch_and_is_seeded() -> None:
     x = torch.arange(10).float()
     loader = train_loader((x,), batch_size=64, seed=1)
-    assert loader.batch_size == 10 and len(loader) == 1
-    a = [b[0].tolist() for b in train_loader((x,), 4, seed=3)]
-    b = [b[0].tolist() for b in train_loader((x,), 4, seed=3)]
-    assert a == b and len(a) == 2  # drop_last
+    assert loader.sampler.batch_size == 10 and sorted(next(iter(loader))[0].tolist()) == x.tolist()
+    a = [b[0].tolist() for _, b in zip(range(6), train_loader((x,), 4, seed=3))]
+    b = [b[0].tolist() for _, b in zip(range(6), train_loader((x,), 4, seed=3))]
+    assert a == b and all(len(batch) == 4 for batch in a)  # endless, whole batches only
+    assert len(set(sum(a[:2], []))) == 8  # two batches per epoch, no repeats inside one
 
 
 class NaNNet(nn.Module):

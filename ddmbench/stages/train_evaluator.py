@@ -30,11 +30,12 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     seed_everything(seed)
     num_classes = len(dataset_spec(cfg.data.dataset).classes)
     net = nets.build_classifier(cfg.evaluator.net, num_classes=num_classes)
-    module = ClassifierTraining(net, lr=cfg.evaluator.lr, weight_decay=cfg.evaluator.weight_decay)
+    module = ClassifierTraining(net, lr=cfg.evaluator.lr, weight_decay=cfg.evaluator.weight_decay, seed=seed)
     loader = train_loader((to_model_space(ds["train_x"]), ds["train_y"]), cfg.evaluator.batch_size, seed,
                           cfg.trainer.world_size, "train-evaluator")
     result = fit(module, loader, cfg, paths, max_steps=cfg.evaluator.steps, run_name="train-evaluator",
-                 stage="train-evaluator")
+                 stage="train-evaluator", section="evaluator",
+                 settings={"evaluator": cfg.evaluator.model_dump(mode="json"), "seed": seed})
     if not result.is_global_zero:
         return None
     net.eval()
@@ -46,6 +47,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
                                  "num_features": net.num_features})
     save_weights(paths.model("evaluator"), net, {"kind": "evaluator", "net": cfg.evaluator.net, "num_classes": num_classes})
     write_json(paths.model_metrics("evaluator"), metrics)
+    result.discard_checkpoints()
     mirror(cfg, paths, "train-evaluator", "train-evaluator", {"evaluator": config_to_dict(cfg)["evaluator"], "seed": seed},
            metrics, [paths.model_metrics("evaluator")], run_id=result.run_id)
     return metrics

@@ -44,10 +44,11 @@ def train_flow(cfg: Config, paths: Paths, *, kind: str, run_name: str, section: 
     ensure_writable(out, metrics_path)
     seed_everything(seed)
     net = nets.build_velocity_net(section.net)
-    module = FlowMatching(net, lr=section.lr, weight_decay=section.weight_decay)
+    module = FlowMatching(net, lr=section.lr, weight_decay=section.weight_decay, seed=seed)
     loader = train_loader((to_model_space(images),), section.batch_size, seed, cfg.trainer.world_size, run_name)
     result = fit(module, loader, cfg, paths, max_steps=steps, run_name=run_name, stage=run_name.split("@")[0],
-                 callbacks=[ema_callback(section.ema_decay)])
+                 callbacks=[ema_callback(section.ema_decay)], section=kind,
+                 settings={kind: section.model_dump(mode="json"), "seed": seed})
     if not result.is_global_zero:
         return None
     net.eval()
@@ -55,6 +56,7 @@ def train_flow(cfg: Config, paths: Paths, *, kind: str, run_name: str, section: 
                                  "heldout_loss": heldout_loss(net, to_model_space(heldout), seed)})
     save_weights(out, net, {"kind": kind, "net": section.net, **meta})
     write_json(metrics_path, metrics)
+    result.discard_checkpoints()
     mirror(cfg, paths, run_name, run_name.split("@")[0], {kind: section.model_dump(mode="json"), "seed": seed,
            "trainer": config_to_dict(cfg)["trainer"]}, metrics, [metrics_path], run_id=result.run_id)
     return metrics

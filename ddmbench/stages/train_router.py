@@ -44,10 +44,11 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     seed_everything(seed)
     k = cfg.cluster.k
     net = nets.build_router(cfg.router.net, k)
-    module = RouterTraining(net, lr=cfg.router.lr, weight_decay=cfg.router.weight_decay)
+    module = RouterTraining(net, lr=cfg.router.lr, weight_decay=cfg.router.weight_decay, seed=seed)
     loader = train_loader((to_model_space(ds["train_x"]), clusters["assignments"]), cfg.router.batch_size, seed,
                           cfg.trainer.world_size, "train-router")
-    result = fit(module, loader, cfg, paths, max_steps=cfg.router.steps, run_name="train-router", stage="train-router")
+    result = fit(module, loader, cfg, paths, max_steps=cfg.router.steps, run_name="train-router", stage="train-router",
+                 section="router", settings={"router": cfg.router.model_dump(mode="json"), "seed": seed, "k": k})
     if not result.is_global_zero:
         return None
     net.eval()
@@ -55,6 +56,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     metrics = summarise(result, {"steps": cfg.router.steps, "heldout": heldout})
     save_weights(paths.model("router"), net, {"kind": "router", "net": cfg.router.net, "num_experts": k})
     write_json(paths.model_metrics("router"), metrics)
+    result.discard_checkpoints()
     mirror(cfg, paths, "train-router", "train-router", {"router": config_to_dict(cfg)["router"], "seed": seed},
            metrics, [paths.model_metrics("router")], run_id=result.run_id)
     return metrics

@@ -1,0 +1,64 @@
+"""Trainer options: GPU-only settings are refused on the CPU, and --devices / --num-nodes override params."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Project
+from typer.testing import CliRunner
+
+from ddmbench.cli import app
+from ddmbench.config import parse_config, with_trainer
+from ddmbench.errors import ConfigError
+
+
+@pytest.mark.parametrize("trainer, fragment", [
+    ({"precision": "16-mixed"}, "16-mixed needs a GPU"),
+    ({"compile": True}, "compile: true is for GPU profiles"),
+    ({"checkpoint_every_n_steps": 0}, "trainer.checkpoint_every_n_steps"),
+])
+def test_gpu_only_and_bad_trainer_options_are_refused(trainer: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        parse_config({"trainer": {"accelerator": "cpu", **trainer}})
+
+
+def test_gpu_profile_options_validate() -> None:
+    cfg = parse_config({"trainer": {"accelerator": "gpu", "precision": "bf16-mixed", "compile": True}})
+    assert cfg.trainer.compile and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_cli_overrides_replace_params_and_are_validated() -> None:
+    cfg = parse_config({"trainer": {"devices": 1, "num_nodes": 1}})
+    assert with_trainer(cfg) is cfg
+    over = with_trainer(cfg, devices=8, num_nodes=2)
+    assert (over.trainer.devices, over.trainer.num_nodes, over.trainer.world_size) == (8, 2, 16)
+    with pytest.raises(ConfigError, match=r"params.yaml with --devices: trainer.devices: .*\(got 0\)"):
+        with_trainer(cfg, devices=0)
+
+
+@pytest.mark.parametrize("command", [["train-expert", "--expert", "0"], ["train-router"], ["train-evaluator"],
+                                     ["train-monolith"]])
+def test_train_commands_take_devices_and_nodes(project: Project, command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--params", str(project.params), "--num-nodes", "0"])
+    assert result.exit_code == 2, result.output
+    assert "--num-nodes" in result.output and "trainer.num_nodes" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_compiled_forward_keeps_weight_names_and_is_undone() -> None:
+    """trainer.compile must not rename the saved weights (torch.compile(net) would prefix _orig_mod.)."""
+    import copy
+
+    import torch
+
+    from ddmbench import nets
+    from ddmbench.training import compiled
+
+    net = nets.build_velocity_net("unet-xs")
+    keys = list(net.state_dict())
+    with compiled(net, True):
+        assert "forward" in vars(net) and list(net.state_dict()) == keys
+        assert list(copy.deepcopy(net).state_dict()) == keys  # WeightAveraging deep-copies the module
+    assert "forward" not in vars(net)
+    with compiled(net, False):
+        assert "forward" not in vars(net)
+    assert net(torch.zeros(1, 1, 28, 28), torch.zeros(1)).shape == (1, 1, 28, 28)
