@@ -193,9 +193,22 @@ def run(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOp
     _guard(body)
 
 
+def _check_bench_net_and_device(net: str, device: str) -> None:
+    """--net must be a velocity-net preset and --device one this machine has (one-line ConfigError)."""
+    import torch
+
+    from ddmbench.config import NET_PRESETS
+
+    if net not in NET_PRESETS:
+        raise ConfigError(f"--net: unknown preset '{net}'; choose one of {', '.join(NET_PRESETS)}")
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise ConfigError(f"--device: '{device}' is not available here; use cpu" + (" or cuda" if
+                          torch.cuda.is_available() else ""))
+
+
 @app.command()
 def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=1)] = 8,
-          net: Annotated[str, typer.Option(help="Expert architecture preset (unet-xs, unet-s, unet-m).")] = "unet-s",
+          net: Annotated[str, typer.Option(help="Velocity-net preset (unet-xs|s|m, dit-xs|s).")] = "unet-s",
           batch: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 256,
           nfe_steps: Annotated[int, typer.Option(help="Euler steps per timed pass.", min=1)] = 4,
           repeats: Annotated[int, typer.Option(help="Interleaved repeats (median is used).", min=1)] = 3,
@@ -214,13 +227,8 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
 
         from ddmbench import bench as b
         from ddmbench.io import write_json
-        from ddmbench.nets import UNET_PRESETS
 
-        if net not in UNET_PRESETS:
-            raise ConfigError(f"--net: unknown preset '{net}'; choose one of {', '.join(UNET_PRESETS)}")
-        if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-            raise ConfigError(f"--device: '{device}' is not available here; use cpu" + (" or cuda" if
-                              torch.cuda.is_available() else ""))
+        _check_bench_net_and_device(net, device)
         if experts < 2:
             raise ConfigError("--experts: the ratios need at least 2 experts")
         chunk = chunk_rows if chunk_rows is not None else (b.DEFAULT_CHUNK_ROWS if device == "cpu" else 0)
@@ -251,7 +259,7 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
 
 
 @app.command("bench-train")
-def bench_train(net: Annotated[str, typer.Option(help="Expert architecture preset (unet-xs, unet-s, unet-m).")] = "unet-xs",
+def bench_train(net: Annotated[str, typer.Option(help="Velocity-net preset (unet-xs|s|m, dit-xs|s).")] = "unet-xs",
                 batch: Annotated[int, typer.Option(help="Images per optimizer step.", min=1)] = 128,
                 steps: Annotated[int, typer.Option(help="Timed optimizer steps per run.", min=1)] = 40,
                 warmup: Annotated[int, typer.Option(help="Untimed steps before timing starts.", min=1)] = 5,
@@ -264,18 +272,12 @@ def bench_train(net: Annotated[str, typer.Option(help="Expert architecture prese
     """Training throughput of one expert: our Lightning fit path vs a plain PyTorch loop (target ratio >= 0.95)."""
 
     def body() -> None:
-        import torch
         from rich.table import Table
 
         from ddmbench.bench_train import time_training
         from ddmbench.io import write_json
-        from ddmbench.nets import UNET_PRESETS
 
-        if net not in UNET_PRESETS:
-            raise ConfigError(f"--net: unknown preset '{net}'; choose one of {', '.join(UNET_PRESETS)}")
-        if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-            raise ConfigError(f"--device: '{device}' is not available here; use cpu" + (" or cuda" if
-                              torch.cuda.is_available() else ""))
+        _check_bench_net_and_device(net, device)
         if precision not in ("32-true", "bf16-mixed"):
             raise ConfigError(f"--precision: '{precision}' is not supported here; use 32-true or bf16-mixed")
         if compile and device != "cuda":
