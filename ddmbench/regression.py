@@ -25,7 +25,7 @@ Rule = tuple[str, float, float] | tuple[str, None, None]
 TOLERANCES: list[Rule] = [
     ("*:wall_time_s", None, None), ("*:images_per_s", None, None), ("*:cost.wall_time_s", None, None),
     ("*:cost.images_per_s", None, None), ("*:train_*", None, None), ("*:world_size", None, None),
-    ("*:class_entropy_max", None, None),
+    ("*:class_entropy_max", None, None), ("*:resumed_from_step", None, None),
     ("*:expert_gflops_per_eval", 0.0, 1e-9), ("*:router_gflops_per_eval", 0.0, 1e-9),
     ("sample/*:nfe_per_sample", 0.0, 0.0), ("sample/*:nfe_steps", 0.0, 0.0), ("sample/*:n", 0.0, 0.0),
     ("evaluate/*:n_*", 0.0, 0.0),
@@ -39,22 +39,24 @@ TOLERANCES: list[Rule] = [
     ("evaluate/*:fid", 0.0, 0.54), ("evaluate/*:kid", 1.4, 0.0), ("evaluate/*:kid_std", None, None),
     ("evaluate/*:fid_reference_train", 0.0, 0.44),
     ("evaluate/*:confidence", 0.16, 0.0), ("evaluate/*:class_entropy", 0.39, 0.0),  # ranges 0.076, 0.19
-    # interval bounds, bootstrap biases, precision/recall (evaluate); their spread: reports/baseline/README.md
+    # evaluate's intervals, bootstrap biases, precision/recall and the analyses: 2 x the widest range over
+    # seeds 0-2 of the CI profile (reports/baseline/spread-ci-analyses.json); counts exact
     ("evaluate/*:bootstrap", 0.0, 0.0), ("evaluate/*:pr_k", 0.0, 0.0), ("evaluate/*:pr_n_real", 0.0, 0.0),
-    ("evaluate/*:fid_ci95.*", 0.0, 0.54), ("evaluate/*:fid_bootstrap_bias", 0.0, 0.5),
-    ("evaluate/*:kid_ci95.*", 1.4, 0.0), ("evaluate/*:kid_unbiased", 1.4, 0.0), ("evaluate/*:kid_bootstrap_bias", 0.5, 0.0),
-    ("evaluate/*:precision", 0.15, 0.0), ("evaluate/*:recall", 0.15, 0.0),
-    # trajectory analyses (analyze) and per-expert accuracy: counts exact, the rest from the measured spread
+    ("evaluate/*:fid_ci95.*", 0.0, 0.50), ("evaluate/*:fid_bootstrap_bias", 0.0, 0.36),
+    ("evaluate/*:kid_ci95.*", 1.3, 0.0), ("evaluate/*:kid_unbiased", 1.3, 0.0), ("evaluate/*:kid_bootstrap_bias", 0.02, 0.0),
+    ("evaluate/*:precision", 0.23, 0.0), ("evaluate/*:recall", 0.35, 0.0),
     ("analyze/*:n", 0.0, 0.0), ("analyze/*:convergence.steps.*", 0.0, 0.0),
     ("analyze/*:convergence.reference_steps", 0.0, 0.0), ("analyze/*:lipschitz.delta", 0.0, 0.0),
     ("analyze/*:disagreement.by_quantile.*.n", 0.0, 0.0), ("analyze/*:disagreement.by_quantile.*.quantile", 0.0, 0.0),
-    ("analyze/*:convergence.order", 0.5, 0.0),
-    ("analyze/*:amplification.*", 0.0, 0.5), ("analyze/*:lipschitz.*", 0.0, 0.5), ("analyze/*:convergence.*", 0.0, 0.5),
-    ("analyze/*:alignment.*_rate", 0.2, 0.0), ("analyze/*:alignment.*", 0.0, 0.3),
-    ("analyze/*:disagreement.spearman_*", 0.5, 0.0), ("analyze/*:disagreement.*", 0.0, 0.6),
-    ("expert_accuracy.json:n", 0.0, 0.0), ("expert_accuracy.json:t.*", 0.0, 0.0),
-    ("expert_accuracy.json:rows.*.t", 0.0, 0.0), ("expert_accuracy.json:rows.*.router_top1_is_oracle", 0.1, 0.0),
-    ("expert_accuracy.json:rows.*", 0.0, 0.2),
+    # quantile groups of N/5 = 60 samples at the CI size: their FIDs and means are too noisy to gate
+    ("analyze/*:disagreement.by_quantile.*", None, None), ("analyze/*:disagreement.spearman_*", 0.75, 0.0),
+    ("analyze/*:disagreement.*", 0.014, 0.0),
+    ("analyze/*:convergence.order", 0.44, 0.0), ("analyze/*:convergence.*", 0.084, 0.0),
+    ("analyze/*:amplification.*", 0.0, 0.68), ("analyze/*:lipschitz.*", 0.0, 0.29),
+    ("analyze/*:alignment.*_rate", 0.25, 0.0), ("analyze/*:alignment.*", 0.0, 0.42),
+    ("expert_accuracy.json:n", 0.0, 0.0), ("expert_accuracy.json:seed", 0.0, 0.0), ("expert_accuracy.json:t.*", 0.0, 0.0),
+    ("expert_accuracy.json:rows.*.t", 0.0, 0.0), ("expert_accuracy.json:rows.*.router_top1_is_oracle", 0.37, 0.0),
+    ("expert_accuracy.json:rows.*", 0.0, 0.21),
     ("cluster.json:sizes.*", None, None), ("cluster.json:inertia", 0.0, 0.02), ("cluster.json:*", 0.02, 0.0),
     ("evaluator.json:test_acc", 0.031, 0.0), ("evaluator.json:feature_scale", 0.0, 0.51),  # ranges 0.016, 25 %
     # router accuracy on held-out x_t: 0.072 at t = 0, 0.11 up to t = 0.5, 0.29 near pure noise (100 steps)
