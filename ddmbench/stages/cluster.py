@@ -17,7 +17,7 @@ from ddmbench.tracking import mirror
 
 
 def features(cfg: Config, paths: Paths, images: torch.Tensor) -> np.ndarray:
-    """uint8 images (N, H, W) -> float32 (N, D) raw clustering features named by ``cluster.features``."""
+    """uint8 images (N, C, H, W) -> float32 (N, D) raw clustering features named by ``cluster.features``."""
     if cfg.cluster.features == "pixel-pca":
         return clustering.pixel_features(images.numpy())
     from ddmbench.checkpoints import load_classifier
@@ -31,7 +31,7 @@ def features(cfg: Config, paths: Paths, images: torch.Tensor) -> np.ndarray:
 
 
 def nearest_centroid(images: np.ndarray, c: clustering.Clustering) -> np.ndarray:
-    """(N,) cluster of each image (uint8 (N, H, W)) by its nearest centroid in pixel-PCA space."""
+    """(N,) cluster of each image (uint8 (N, C, H, W)) by its nearest centroid in pixel-PCA space."""
     return clustering.nearest_centroid(clustering.pixel_features(images), c)
 
 
