@@ -9,6 +9,7 @@ sampling many images with traces off is measured in a fresh subprocess.
 from __future__ import annotations
 
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ from ddmbench.errors import DDMBenchError
 from ddmbench.field import DEFAULT_CHUNK_ROWS, ModelField, RoutedField
 from ddmbench.policies import parse_policy
 from ddmbench.sampling import generate
+from ddmbench.shapes import MNIST_SHAPE, ImageShape
 
 BENCH_POLICIES = ("monolith", "full", "top-2", "top-1", "sample-1")
 # (numerator, denominator) -> the largest acceptable ratio of wall times.
@@ -40,23 +42,26 @@ class BenchRouter(torch.nn.Module):
     one expert; a trained router spreads the load, and so does the projection (its cost is negligible).
     """
 
-    def __init__(self, num_experts: int, seed: int) -> None:
+    def __init__(self, num_experts: int, seed: int, image_shape: ImageShape = MNIST_SHAPE) -> None:
         super().__init__()
-        self.net = nets.build_router("router-s", num_experts)
+        self.net = nets.build_router("router-s", num_experts, image_shape)
+        self.image_shape = tuple(image_shape)
         g = torch.Generator().manual_seed(seed)
-        self.register_buffer("proj", torch.randn(28 * 28, num_experts, generator=g))
+        self.register_buffer("proj", torch.randn(math.prod(image_shape), num_experts, generator=g))  # (C*H*W, K)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(x, t) + x.flatten(1) @ self.proj  # (B, K)
 
 
-def build_models(num_experts: int, preset: str, seed: int = 0, device: str = "cpu"
-                 ) -> tuple[list[torch.nn.Module], torch.nn.Module, torch.nn.Module]:
-    """K experts and a monolith of the same architecture, and a router that spreads the load."""
+def build_models(num_experts: int, preset: str, seed: int = 0, device: str = "cpu",
+                 image_shape: ImageShape = MNIST_SHAPE) -> tuple[list[torch.nn.Module], torch.nn.Module, torch.nn.Module]:
+    """K experts and a monolith of the same architecture, and a router that spreads the load, all for
+    images of ``image_shape`` (C, H, W) (the dataset's)."""
     torch.manual_seed(seed)
-    experts = [nets.build_velocity_net(preset).eval().requires_grad_(False).to(device) for _ in range(num_experts)]
-    monolith = nets.build_velocity_net(preset).eval().requires_grad_(False).to(device)
-    router = BenchRouter(num_experts, seed).eval().requires_grad_(False).to(device)
+    experts = [nets.build_velocity_net(preset, image_shape).eval().requires_grad_(False).to(device)
+               for _ in range(num_experts)]
+    monolith = nets.build_velocity_net(preset, image_shape).eval().requires_grad_(False).to(device)
+    router = BenchRouter(num_experts, seed, image_shape).eval().requires_grad_(False).to(device)
     return experts, router, monolith
 
 
@@ -69,8 +74,9 @@ def make_field(label: str, experts: list[torch.nn.Module], router: torch.nn.Modu
 
 def time_policies(num_experts: int = 8, preset: str = "unet-s", batch: int = 256, nfe_steps: int = 4,
                   repeats: int = 3, progress: Callable[[str], None] | None = None, device: str = "cpu",
-                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, Any]:
-    experts, router, monolith = build_models(num_experts, preset, device=device)
+                  chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape = MNIST_SHAPE) -> dict[str, Any]:
+    """Median wall time of each policy over interleaved repeats on images of ``image_shape`` and their ratios."""
+    experts, router, monolith = build_models(num_experts, preset, device=device, image_shape=image_shape)
     seeds = list(range(batch))
     walls: dict[str, list[float]] = {label: [] for label in BENCH_POLICIES}
     loads: dict[str, list[int]] = {}
@@ -97,9 +103,9 @@ def time_policies(num_experts: int = 8, preset: str = "unet-s", batch: int = 256
 
 
 def memory_probe(num_experts: int, preset: str, n: int, batch: int, nfe_steps: int, label: str,
-                 chunk_rows: int) -> None:
+                 chunk_rows: int, image_shape: ImageShape = MNIST_SHAPE) -> None:
     """Run in a fresh process: sample n images, print peak resident memory (GiB) as JSON."""
-    experts, router, monolith = build_models(num_experts, preset)
+    experts, router, monolith = build_models(num_experts, preset, image_shape=image_shape)
     field = make_field(label, experts, router, monolith, chunk_rows)
     out = generate(field, list(range(n)), nfe_steps=nfe_steps, solver="euler", batch_size=batch)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
@@ -107,9 +113,11 @@ def memory_probe(num_experts: int, preset: str, n: int, batch: int, nfe_steps: i
 
 
 def measure_memory(num_experts: int, preset: str, n: int, batch: int, nfe_steps: int = 1,
-                   label: str = "top-2", chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, Any]:
+                   label: str = "top-2", chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                   image_shape: ImageShape = MNIST_SHAPE) -> dict[str, Any]:
     code = (f"from ddmbench.bench import memory_probe; "
-            f"memory_probe({num_experts}, {preset!r}, {n}, {batch}, {nfe_steps}, {label!r}, {chunk_rows})")
+            f"memory_probe({num_experts}, {preset!r}, {n}, {batch}, {nfe_steps}, {label!r}, {chunk_rows}, "
+            f"{tuple(int(d) for d in image_shape)!r})")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -22,7 +22,9 @@ from torch.optim.swa_utils import AveragedModel
 
 from ddmbench import flow, nets
 from ddmbench.config import parse_config
+from ddmbench.data import shape_of_images
 from ddmbench.lit import FlowMatching, WarmupEMA, ema_callback, step_seed
+from ddmbench.shapes import MNIST_SHAPE, ImageShape
 from ddmbench.training import AlignData, build_trainer, compiled, train_loader
 
 SEED = 0
@@ -34,9 +36,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_data(n: int, seed: int = SEED) -> torch.Tensor:
-    """(n, 1, 28, 28) images in model space [-1, 1]; the timing does not depend on their content."""
-    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+def bench_data(n: int, seed: int = SEED, image_shape: ImageShape = MNIST_SHAPE) -> torch.Tensor:
+    """(n, C, H, W) images of ``image_shape`` in model space [-1, 1]; the timing does not depend on their
+    content."""
+    return torch.rand(n, *image_shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 class _Timer(L.Callback):
@@ -63,7 +66,7 @@ def lightning_steps_per_s(net_name: str, images: torch.Tensor, batch: int, steps
     cfg = parse_config({"trainer": {"accelerator": "gpu" if device == "cuda" else "cpu", "precision": precision,
                                     "compile": compile}, "tracking": {"enabled": False}})
     torch.manual_seed(SEED)
-    net = nets.build_velocity_net(net_name)
+    net = nets.build_velocity_net(net_name, shape_of_images(images))
     module = FlowMatching(net, lr=LR, weight_decay=0.0, seed=SEED)
     loader = train_loader((images,), batch, SEED)
     timer = _Timer(warmup, device)
@@ -78,7 +81,7 @@ def plain_steps_per_s(net_name: str, images: torch.Tensor, batch: int, steps: in
                       precision: str, compile: bool) -> tuple[float, torch.nn.Module]:
     """(steps/s, the EMA copy of the trained net)."""
     torch.manual_seed(SEED)
-    net = nets.build_velocity_net(net_name).to(device)
+    net = nets.build_velocity_net(net_name, shape_of_images(images)).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.0)
     ema = AveragedModel(net, avg_fn=WarmupEMA(EMA_DECAY), use_buffers=True)
     gen = torch.Generator(device=device)
@@ -114,9 +117,11 @@ def _plain_loop(net: torch.nn.Module, opt: torch.optim.Optimizer, ema: AveragedM
 
 def time_training(net_name: str, batch: int, steps: int, warmup: int, repeats: int, device: str = "cpu",
                   precision: str = "32-true", compile: bool = False, n_images: int = 4096,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Median steps/s of both paths over interleaved repeats and their ratio (Lightning / plain)."""
-    images = bench_data(n_images)
+                  progress: Callable[[str], None] | None = None, image_shape: ImageShape = MNIST_SHAPE
+                  ) -> dict[str, Any]:
+    """Median steps/s of both paths over interleaved repeats and their ratio (Lightning / plain), training on
+    random images of ``image_shape`` (C, H, W) (the dataset's)."""
+    images = bench_data(n_images, image_shape=image_shape)
     runs: dict[str, list[float]] = {"lightning": [], "plain": []}
     paths = {"lightning": lightning_steps_per_s, "plain": plain_steps_per_s}
     for r in range(repeats):
@@ -126,7 +131,8 @@ def time_training(net_name: str, batch: int, steps: int, warmup: int, repeats: i
             runs[name].append(paths[name](net_name, images, batch, steps, warmup, device, precision, compile)[0])
     median = {name: statistics.median(v) for name, v in runs.items()}
     return {"net": net_name, "batch": batch, "steps": steps, "warmup": warmup, "repeats": repeats, "device": device,
-            "precision": precision, "compile": compile, "n_images": n_images, "threads": torch.get_num_threads(),
+            "precision": precision, "compile": compile, "n_images": n_images, "image_shape": list(image_shape),
+            "threads": torch.get_num_threads(),
             "steps_per_s": runs, "median_steps_per_s": median,
             "images_per_s": {name: v * batch for name, v in median.items()},
             "ratio": median["lightning"] / median["plain"], "target": 0.95,

@@ -11,6 +11,7 @@ from torch import nn
 from ddmbench import nets
 from ddmbench.errors import ArtifactError, first_line
 from ddmbench.io import load_tensors, save_tensors
+from ddmbench.shapes import MNIST_SHAPE, ImageShape
 
 
 def save_weights(path: Path, net: nn.Module, meta: dict[str, Any]) -> None:
@@ -37,21 +38,40 @@ def _restore(build: Callable[[], nn.Module], state: dict[str, Any], path: Path, 
     return net.eval().requires_grad_(False)
 
 
-def load_velocity_net(path: Path, kind: str, what: str, expect: dict[str, Any] | None = None) -> nn.Module:
-    """kind: 'expert' or 'monolith'; ``expect`` lists metadata the checkpoint must carry (e.g. num_experts)."""
+def _image_shape(meta: dict[str, Any], path: Path, what: str, expect: ImageShape | None) -> ImageShape:
+    """The (C, H, W) the network was trained on (checkpoints without the key predate CIFAR-10: 1x28x28);
+    ArtifactError if ``expect`` (the prepared dataset's shape) differs."""
+    raw = meta.get("image_shape", list(MNIST_SHAPE))
+    if not isinstance(raw, (list, tuple)) or len(raw) != 3 or not all(isinstance(d, int) and d > 0 for d in raw):
+        raise ArtifactError(f"{path} has a malformed image_shape {raw!r}; re-run `{what}`")
+    shape = (raw[0], raw[1], raw[2])
+    if expect is not None and shape != tuple(expect):
+        raise ArtifactError(f"{path} was trained on {'x'.join(map(str, shape))} images but the prepared dataset "
+                            f"holds {'x'.join(map(str, expect))}; re-run `{what}`")
+    return shape
+
+
+def load_velocity_net(path: Path, kind: str, what: str, expect: dict[str, Any] | None = None,
+                      image_shape: ImageShape | None = None) -> nn.Module:
+    """kind: 'expert' or 'monolith'; ``expect`` lists metadata the checkpoint must carry (e.g. num_experts);
+    ``image_shape`` (C, H, W), if given, is the shape the network must have been trained on."""
     state, meta = _load(path, kind, what)
     for key, value in (expect or {}).items():
         if meta.get(key) != value:
             raise ArtifactError(f"{path} was trained with {key}={meta.get(key)} but the config needs {value}; "
                                 f"re-run `{what}`")
-    return _restore(lambda: nets.build_velocity_net(meta["net"]), state, path, what)
+    shape = _image_shape(meta, path, what, image_shape)
+    return _restore(lambda: nets.build_velocity_net(meta["net"], shape), state, path, what)
 
 
-def load_router(path: Path, what: str = "ddmbench train-router") -> nets.Router:
+def load_router(path: Path, what: str = "ddmbench train-router", image_shape: ImageShape | None = None) -> nets.Router:
     state, meta = _load(path, "router", what)
-    return _restore(lambda: nets.build_router(meta["net"], int(meta["num_experts"])), state, path, what)
+    shape = _image_shape(meta, path, what, image_shape)
+    return _restore(lambda: nets.build_router(meta["net"], int(meta["num_experts"]), shape), state, path, what)
 
 
-def load_classifier(path: Path, what: str = "ddmbench train-evaluator") -> nets.Classifier:
+def load_classifier(path: Path, what: str = "ddmbench train-evaluator",
+                    image_shape: ImageShape | None = None) -> nets.Classifier:
     state, meta = _load(path, "evaluator", what)
-    return _restore(lambda: nets.build_classifier(meta["net"], int(meta["num_classes"])), state, path, what)
+    shape = _image_shape(meta, path, what, image_shape)
+    return _restore(lambda: nets.build_classifier(meta["net"], int(meta["num_classes"]), shape), state, path, what)

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 
 from ddmbench.errors import DataError, first_line
+from ddmbench.shapes import CIFAR_SHAPE
 
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 FILES = TRAIN_FILES + TEST_FILES
-IMAGE_SHAPE = (3, 32, 32)
+IMAGE_SHAPE = CIFAR_SHAPE
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),

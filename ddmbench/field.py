@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ddmbench.policies import PolicySpec, RoutingContext
+from ddmbench.shapes import ImageShape, image_shape_of
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_CHUNK_ROWS = 64
@@ -29,10 +30,14 @@ def evaluate_in_chunks(model: Model, x: torch.Tensor, t: torch.Tensor, chunk_row
 
 
 class ModelField:
-    """One velocity model as a field (the monolith, or a single expert), with an evaluation counter."""
+    """One velocity model as a field (the monolith, or a single expert), with an evaluation counter.
 
-    def __init__(self, model: Model, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+    ``image_shape`` (C, H, W) of the states it integrates: given, or the one the model was built for."""
+
+    def __init__(self, model: Model, chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape | None = None
+                 ) -> None:
         self.model = model
+        self.image_shape: ImageShape = tuple(image_shape) if image_shape else image_shape_of(model)  # type: ignore[assignment]
         self.chunk_rows = chunk_rows
         self.evals = 0  # rows evaluated
 
@@ -60,12 +65,18 @@ class RoutedField:
     ``spread`` (B,) accumulates, per row of the current batch, the policy-weighted disagreement of the
     experts it evaluated, sum_j w_j * mean_pixels (v_j - v)^2, over the batch's evaluations (``spread_evals``).
     It is free: only the experts the policy selected enter it (a one-expert policy has spread 0).
+
+    ``image_shape`` (C, H, W): given, or the one the experts were built for (they and the router must agree).
     """
 
     def __init__(self, experts: Sequence[Model], router: Model | None, policy: PolicySpec,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape | None = None) -> None:
         if policy.uses_router and router is None:
             raise ValueError(f"policy '{policy.label}' needs a router")
+        shapes = {image_shape_of(m) for m in [*experts, *([router] if router is not None else [])]}
+        if image_shape is None and len(shapes) > 1:
+            raise ValueError(f"the experts and the router were built for different image shapes {sorted(shapes)}")
+        self.image_shape: ImageShape = tuple(image_shape) if image_shape else shapes.pop()  # type: ignore[assignment]
         self.experts = list(experts)
         self.chunk_rows = chunk_rows
         self.router = router

@@ -42,7 +42,7 @@ class _Base(L.LightningModule):
         return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def training_pair(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, target) for this rank's rows x0 (B, 1, 28, 28) of the step's global batch.
+        """(x_t, t, target) for this rank's rows x0 (B, C, H, W) of the step's global batch.
 
         Every rank seeds the same generator from (seed, step) and keeps its own rows of the global draw, so
         the noise of a sample depends on (seed, step, row of the global batch) only: not on the number of
@@ -78,7 +78,7 @@ class FlowMatching(_Base):
     """Rectified-flow velocity regression: loss = ||v_theta(x_t, t) - (eps - x_0)||^2."""
 
     def model_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x0 = batch[0]                                          # (B, 1, 28, 28)
+        x0 = batch[0]                                          # (B, C, H, W)
         x_t, t, target = self.training_pair(x0)
         loss = nn.functional.mse_loss(self.net(x_t, t), target)
         return loss, {}

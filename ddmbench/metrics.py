@@ -24,7 +24,7 @@ warnings.filterwarnings("ignore", message=r".*will save all extracted features i
 
 @torch.no_grad()
 def extract_features(classifier: Classifier, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """(N, 1, 28, 28) images in [-1, 1] -> (N, num_features) evaluator features (eval mode, no grad)."""
+    """(N, C, H, W) images in [-1, 1] -> (N, num_features) evaluator features (eval mode, no grad)."""
     classifier.eval()
     return torch.cat([classifier.features(chunk.float()) for chunk in images.split(batch)])
 
@@ -63,7 +63,7 @@ def kid(real: torch.Tensor, fake: torch.Tensor, *, subset_size: int, subsets: in
 
 @torch.no_grad()
 def class_probabilities(classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
-    """(N, 1, 28, 28) images -> (N, classes) evaluator softmax; its row max is a sample's confidence."""
+    """(N, C, H, W) images -> (N, classes) evaluator softmax; its row max is a sample's confidence."""
     classifier.eval()
     return torch.cat([torch.softmax(classifier(chunk.float()), dim=1) for chunk in images.split(1000)])
 

@@ -1,6 +1,9 @@
 """Plain ``nn.Module`` networks and their presets (UNet and DiT velocity nets, router, classifier).
 
-Images are (B, 1, 28, 28) in [-1, 1]; t is (B,) in [0, 1]."""
+Images are (B, C, H, W) in [-1, 1] with (C, H, W) the dataset's image shape (1x28x28 for MNIST and
+Fashion-MNIST, 3x32x32 for CIFAR-10); t is (B,) in [0, 1]. Every network records the shape it was built
+for as ``image_shape`` (a plain attribute, not part of the state dict); the builders take it from the
+prepared dataset or a checkpoint's metadata."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import math
 
 import torch
 from torch import nn
+
+from ddmbench.shapes import MNIST_SHAPE, ImageShape
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -48,11 +53,15 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """A two-level UNet velocity network: (x_t (B, 1, 28, 28), t (B,)) -> v (B, 1, 28, 28)."""
+    """A two-level UNet velocity network: (x_t (B, C, H, W), t (B,)) -> v (B, C, H, W).
 
-    def __init__(self, channels: int = 32, t_dim: int = 64, in_channels: int = 1) -> None:
+    Two stride-2 downsamplings: 28x28 -> 14 -> 7, 32x32 -> 16 -> 8 (odd sizes are upsampled back to the
+    skip's size)."""
+
+    def __init__(self, channels: int = 32, t_dim: int = 64, image_shape: ImageShape = MNIST_SHAPE) -> None:
         super().__init__()
-        c = channels
+        c, in_channels = channels, image_shape[0]
+        self.image_shape = tuple(image_shape)
         self.temb = TimeEmbed(t_dim)
         self.inc = nn.Conv2d(in_channels, c, 3, padding=1)
         self.down1 = ResBlock(c, c, t_dim)                        # 28x28
@@ -66,58 +75,65 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         temb = self.temb(t)                                    # (B, t_dim)
-        h1 = self.down1(self.inc(x), temb)                     # (B, c, 28, 28)
-        h2 = self.down2(self.pool1(h1), temb)                  # (B, 2c, 14, 14)
-        h = self.mid(self.pool2(h2), temb)                     # (B, 2c, 7, 7)
+        h1 = self.down1(self.inc(x), temb)                     # (B, c, H, W)
+        h2 = self.down2(self.pool1(h1), temb)                  # (B, 2c, H/2, W/2)
+        h = self.mid(self.pool2(h2), temb)                     # (B, 2c, H/4, W/4)
         h = nn.functional.interpolate(h, size=h2.shape[-2:], mode="nearest")
-        h = self.up2(torch.cat([h, h2], dim=1), temb)          # (B, 2c, 14, 14)
+        h = self.up2(torch.cat([h, h2], dim=1), temb)          # (B, 2c, H/2, W/2)
         h = nn.functional.interpolate(h, size=h1.shape[-2:], mode="nearest")
-        h = self.up1(torch.cat([h, h1], dim=1), temb)          # (B, c, 28, 28)
-        return self.out(h)                                     # (B, 1, 28, 28)
+        h = self.up1(torch.cat([h, h1], dim=1), temb)          # (B, c, H, W)
+        return self.out(h)                                     # (B, C, H, W)
 
 
 class Router(nn.Module):
-    """Noisy-input cluster classifier: (x_t (B, 1, 28, 28), t (B,)) -> logits (B, K).
+    """Noisy-input cluster classifier: (x_t (B, C, H, W), t (B,)) -> logits (B, K).
 
     It downsamples at once so that it costs a small fraction of an expert (the router runs at every step
     for every policy that uses it, so its cost is the floor under Top-1's)."""
 
-    def __init__(self, num_experts: int, channels: int = 16, t_dim: int = 32) -> None:
+    def __init__(self, num_experts: int, channels: int = 16, t_dim: int = 32,
+                 image_shape: ImageShape = MNIST_SHAPE) -> None:
         super().__init__()
         c = channels
+        self.image_shape = tuple(image_shape)
         self.temb = TimeEmbed(t_dim)
-        self.inc = nn.Conv2d(1, c, 3, stride=2, padding=1)           # -> 14x14
+        self.inc = nn.Conv2d(image_shape[0], c, 3, stride=2, padding=1)  # -> H/2 x W/2
         self.block1 = ResBlock(c, c, t_dim)
-        self.pool = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)      # -> 7x7
+        self.pool = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)      # -> H/4 x W/4 (pooled to 1x1 by the head)
         self.block2 = ResBlock(2 * c, 2 * c, t_dim)
         self.head = nn.Sequential(nn.GroupNorm(8, 2 * c), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(2 * c, num_experts))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         temb = self.temb(t)                                  # (B, t_dim)
-        h = self.block1(self.inc(x), temb)                   # (B, c, 14, 14)
-        h = self.block2(self.pool(h), temb)                  # (B, 2c, 7, 7)
+        h = self.block1(self.inc(x), temb)                   # (B, c, H/2, W/2)
+        h = self.block2(self.pool(h), temb)                  # (B, 2c, H/4, W/4)
         return self.head(h)                                  # (B, K)
 
 
 class Classifier(nn.Module):
     """Digit classifier whose penultimate layer is the FID/KID feature space.
 
-    ``features(x)`` maps (B, 1, 28, 28) in [-1, 1] to (B, num_features); ``forward`` gives (B, classes) logits.
+    ``features(x)`` maps (B, C, H, W) in [-1, 1] to (B, num_features); ``forward`` gives (B, classes) logits.
+    H and W must be multiples of 4 (two 2x2 max-pools feed a linear layer over the (H/4)x(W/4) map).
     ``feature_scale`` (a buffer set after training) makes the features' mean per-dimension variance 1 on the
     training set, so FID and KID come out in comparable units rather than in the arbitrary ReLU scale.
     """
 
-    def __init__(self, num_classes: int = 10, channels: int = 32, num_features: int = 128) -> None:
+    def __init__(self, num_classes: int = 10, channels: int = 32, num_features: int = 128,
+                 image_shape: ImageShape = MNIST_SHAPE) -> None:
         super().__init__()
-        c = channels
+        c, (in_channels, h, w) = channels, image_shape
+        if h % 4 or w % 4:
+            raise ValueError(f"the classifier needs an image size divisible by 4, not {h}x{w}")
         self.num_features = num_features
+        self.image_shape = tuple(image_shape)
         self.body = nn.Sequential(
-            nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),                                                     # 14x14
+            nn.Conv2d(in_channels, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),                                                     # H/2 x W/2
             nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),                                                     # 7x7
-            nn.Flatten(), nn.Linear(2 * c * 7 * 7, num_features), nn.ReLU(),
+            nn.MaxPool2d(2),                                                     # H/4 x W/4 (7x7 for 28x28)
+            nn.Flatten(), nn.Linear(2 * c * (h // 4) * (w // 4), num_features), nn.ReLU(),
         )
         self.head = nn.Linear(num_features, num_classes)
         self.register_buffer("feature_scale", torch.ones(()))
@@ -130,7 +146,7 @@ class Classifier(nn.Module):
 
     @torch.no_grad()
     def calibrate_feature_scale(self, x: torch.Tensor) -> float:
-        """Set ``feature_scale`` so features of x (N, 1, 28, 28) have mean per-dimension variance 1."""
+        """Set ``feature_scale`` so features of x (N, C, H, W) have mean per-dimension variance 1."""
         feats = torch.cat([self.body(chunk) for chunk in x.split(1000)])
         self.feature_scale.fill_(float(feats.var(dim=0).mean().clamp_min(1e-12).rsqrt()))
         return float(self.feature_scale)
@@ -214,13 +230,18 @@ class FinalLayer(nn.Module):
 class DiT(nn.Module):
     """Patchified transformer velocity network: (x_t (B, C, H, W), t (B,)) -> v (B, C, H, W).
 
-    H and W must be multiples of ``patch``; tokens T = (H/p)(W/p). At initialisation every adaLN-Zero gate
-    and the final linear layer are zero, so the output is exactly zero (DiT's initialisation).
+    Images are square (H = W) and H must be a multiple of ``patch``; tokens T = (H/p)(W/p) (patch 4: 7x7 at
+    28x28, 8x8 at 32x32). At initialisation every adaLN-Zero gate and the final linear layer are zero, so
+    the output is exactly zero (DiT's initialisation).
     """
 
     def __init__(self, patch: int = 4, hidden: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0,
-                 in_channels: int = 1, image_size: int = 28, freq_dim: int = 256) -> None:
+                 image_shape: ImageShape = MNIST_SHAPE, freq_dim: int = 256) -> None:
         super().__init__()
+        in_channels, image_size, width = image_shape
+        if image_size != width:
+            raise ValueError(f"DiT needs square images, not {image_size}x{width}")
+        self.image_shape = tuple(image_shape)
         if image_size % patch or hidden % heads:
             raise ValueError(f"DiT patch {patch} must divide the image size {image_size} and heads {heads} "
                              f"the width {hidden}")
@@ -292,17 +313,21 @@ VELOCITY_PRESETS: dict[str, tuple[type[nn.Module], dict[str, int]]] = {
 }
 
 
-def build_velocity_net(preset: str) -> nn.Module:
-    """A velocity network (x_t (B, 1, 28, 28), t (B,)) -> v by preset name (UNet or DiT)."""
+def build_velocity_net(preset: str, image_shape: ImageShape = MNIST_SHAPE) -> nn.Module:
+    """A velocity network (x_t (B, C, H, W), t (B,)) -> v (B, C, H, W) by preset name (UNet or DiT), for
+    images of ``image_shape`` (C, H, W)."""
     if preset not in VELOCITY_PRESETS:
         raise ValueError(f"unknown network preset '{preset}'; known: {', '.join(VELOCITY_PRESETS)}")
     cls, kw = VELOCITY_PRESETS[preset]
-    return cls(**kw)
+    return cls(**kw, image_shape=tuple(image_shape))
 
 
-def build_router(preset: str, num_experts: int) -> Router:
-    return Router(num_experts, **_preset(ROUTER_PRESETS, preset))
+def build_router(preset: str, num_experts: int, image_shape: ImageShape = MNIST_SHAPE) -> Router:
+    """A router (x_t (B, C, H, W), t (B,)) -> logits (B, num_experts) for images of ``image_shape``."""
+    return Router(num_experts, **_preset(ROUTER_PRESETS, preset), image_shape=tuple(image_shape))
 
 
-def build_classifier(preset: str, num_classes: int = 10) -> Classifier:
-    return Classifier(num_classes, **_preset(CLASSIFIER_PRESETS, preset))
+def build_classifier(preset: str, num_classes: int = 10, image_shape: ImageShape = MNIST_SHAPE) -> Classifier:
+    """The evaluator classifier (B, C, H, W) -> (B, num_classes) logits for images of ``image_shape``."""
+    return Classifier(num_classes, **_preset(CLASSIFIER_PRESETS, preset), image_shape=tuple(image_shape))
+

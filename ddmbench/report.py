@@ -102,7 +102,11 @@ class Document:
 
 
 def save_grid(images: torch.Tensor, path: Path, n: int = 64) -> None:
-    """uint8 images (N, 28, 28) -> an 8-column PNG grid of the first n, written atomically."""
-    grid = make_grid(images[:n].unsqueeze(1), nrow=8, padding=2, pad_value=255)  # (3, H, W) uint8
+    """uint8 images (N, C, H, W), C = 1 (gray) or 3 (RGB) -> an 8-column PNG grid of the first n (an 8-bit
+    gray PNG for C = 1, RGB for C = 3), written atomically."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"sample grids need (N, 1 or 3, H, W) images, not {tuple(images.shape)}")
+    grid = make_grid(images[:n], nrow=8, padding=2, pad_value=255)  # (3, H', W') uint8 (gray is repeated)
+    pixels = grid[0].numpy() if images.shape[1] == 1 else grid.permute(1, 2, 0).contiguous().numpy()
     with atomic_path(path) as tmp:
-        Image.fromarray(grid[0].numpy()).save(tmp, format="PNG")
+        Image.fromarray(pixels).save(tmp, format="PNG")

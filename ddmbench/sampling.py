@@ -18,11 +18,11 @@ from ddmbench.solvers import EVALS_PER_STEP, SOLVERS, Field
 from ddmbench.traces import TraceRecorder
 
 ROUTING_STREAM = 0x5EED_0F_0A  # offsets routing draws from the noise stream of the same seed
-IMAGE_SHAPE = (1, 28, 28)
 
 
-def noise_for(seeds: Sequence[int], shape: tuple[int, ...] = IMAGE_SHAPE) -> torch.Tensor:
-    """(N, *shape) standard normal noise; row i from its own generator seeded with seeds[i]."""
+def noise_for(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """(N, *shape) standard normal noise, shape = the image shape (C, H, W); row i from its own generator
+    seeded with seeds[i] (so image i's noise does not depend on the batch it is drawn in)."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
@@ -37,7 +37,7 @@ def draw_clusters(seeds: Sequence[int], prior: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class SampleResult:
-    images: torch.Tensor        # (N, 1, 28, 28) float in model space
+    images: torch.Tensor        # (N, C, H, W) float in model space, (C, H, W) = field.image_shape
     seconds: float
     nfe_per_sample: int
     expert_evals: list[int]     # rows evaluated per expert (the monolith counts as one expert)
@@ -54,7 +54,8 @@ def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps
 
     With a ``recorder`` (routed fields only) every evaluation's routing is traced, and for the first
     ``probe_n`` samples also the states and every expert's prediction. Noise and routing draws come from
-    CPU generators whatever the device, so a seed gives the same draws on every device; the images
+    CPU generators whatever the device, so a seed gives the same draws on every device; the noise has the
+    field's ``image_shape`` (that of the networks, i.e. of the dataset they were trained on); the images
     are returned on the CPU. ``noise`` (N, C, H, W) replaces the seeds' initial noise (the routing draws
     still come from the seeds, so a perturbed start replays the same routing randomness); ``wrap`` lets
     an analysis interpose on every field evaluation (e.g. a finite-difference probe).
@@ -68,7 +69,7 @@ def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps
     start = time.perf_counter()
     for lo in range(0, len(seeds), batch_size):
         batch_seeds = seeds[lo:lo + batch_size]
-        x = (noise_for(batch_seeds) if noise is None else noise[lo:lo + batch_size]).to(device)
+        x = (noise_for(batch_seeds, field.image_shape) if noise is None else noise[lo:lo + batch_size]).to(device)
         if isinstance(field, RoutedField):
             n_probe = max(0, min(probe_n - lo, len(batch_seeds)))
             probe = torch.arange(n_probe, device=device) if recorder is not None else None

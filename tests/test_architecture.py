@@ -55,7 +55,7 @@ def test_plain_algorithms_import_only_numerics(module: str) -> None:
 
 
 def test_field_needs_only_policies_from_the_package() -> None:
-    assert {n for n in _imports("field") if n.startswith("ddmbench")} <= {"ddmbench.policies"}
+    assert {n for n in _imports("field") if n.startswith("ddmbench")} <= {"ddmbench.policies", "ddmbench.shapes"}
 
 
 def test_solvers_know_nothing_of_experts_or_policies() -> None:

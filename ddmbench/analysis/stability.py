@@ -37,7 +37,7 @@ def amplification(field: ModelField | RoutedField, seeds: Sequence[int], eps: Se
 
     base: the unperturbed samples x0(z) (N, C, H, W) if already drawn with the same settings.
     """
-    z = noise_for(seeds)
+    z = noise_for(seeds, field.image_shape)
     u = unit_directions(seeds, tuple(z.shape[1:]))
     kw: dict[str, Any] = {"nfe_steps": nfe_steps, "solver": solver, "batch_size": batch_size, "cluster": cluster}
     if base is None:

@@ -12,8 +12,7 @@ import torch
 
 from ddmbench.checkpoints import load_classifier
 from ddmbench.config import Config, config_to_dict
-from ddmbench.data import load_prepared, to_model_space
-from ddmbench.errors import ArtifactError
+from ddmbench.data import check_sample_images, load_prepared, shape_of_images, to_model_space
 from ddmbench.io import ensure_writable, load_tensors, read_json, save_tensors, write_json
 from ddmbench.metrics import (
     class_probabilities,
@@ -37,14 +36,12 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     ensure_writable(paths.eval_metrics(spec.label), paths.quality(spec.label))
     what = f"ddmbench sample --policy {spec.label}"
     samples = load_tensors(paths.samples(spec.label), what)
-    if "images" not in samples or samples["images"].dim() != 3:
-        raise ArtifactError(f"{paths.samples(spec.label)} holds no (N, 28, 28) images; re-run `{what}`")
-    if "seeds" not in samples or len(samples["seeds"]) != len(samples["images"]):
-        raise ArtifactError(f"{paths.samples(spec.label)} holds no seed per image; re-run `{what}`")
-    fake = to_model_space(samples["images"])
     ds = load_prepared(paths.dataset)
+    shape = shape_of_images(ds["test_x"])
+    check_sample_images(samples, paths.samples(spec.label), what, shape)
+    fake = to_model_space(samples["images"])
     real = to_model_space(ds["test_x"][:cfg.evaluate.n_real])
-    classifier = load_classifier(paths.model("evaluator"))
+    classifier = load_classifier(paths.model("evaluator"), image_shape=shape)
     real_feats, fake_feats = extract_features(classifier, real), extract_features(classifier, fake)
     kid_mean, kid_std = kid(real_feats, fake_feats, subset_size=cfg.evaluate.kid_subset_size,
                             subsets=cfg.evaluate.kid_subsets, seed=cfg.seed)

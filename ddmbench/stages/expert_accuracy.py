@@ -8,7 +8,7 @@ import torch
 
 from ddmbench.analysis.expert_accuracy import expert_accuracy
 from ddmbench.config import Config, config_to_dict
-from ddmbench.data import load_prepared, to_model_space
+from ddmbench.data import load_prepared, shape_of_images, to_model_space
 from ddmbench.io import ensure_writable, write_json
 from ddmbench.paths import Paths
 from ddmbench.stages.cluster import load_clusters
@@ -25,7 +25,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     clusters = load_clusters(paths, ds)  # test images' clusters: nearest centroid in the saved PCA space
     n = min(cfg.analysis.accuracy_n, len(ds["test_x"]))
     pick = torch.randperm(len(ds["test_x"]), generator=torch.Generator().manual_seed(cfg.seed + SUBSET_STREAM))[:n]
-    field = build_field(cfg, paths, cfg.policy("full"), torch.device("cpu"))  # checked experts + router
+    field = build_field(cfg, paths, cfg.policy("full"), torch.device("cpu"),  # checked experts + router
+                        image_shape=shape_of_images(ds["test_x"]))
     data = expert_accuracy(field.experts, field.router, to_model_space(ds["test_x"][pick]),
                            clusters["test_assignments"][pick], cfg.analysis.accuracy_t, seed=cfg.seed)
     data["seed"] = cfg.seed

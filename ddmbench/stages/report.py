@@ -12,7 +12,7 @@ from rich.table import Table
 from ddmbench import figures, tables
 from ddmbench.config import Config
 from ddmbench.console import console
-from ddmbench.errors import ArtifactError
+from ddmbench.data import check_sample_images
 from ddmbench.io import ensure_writable, load_tensors, read_json, write_json, write_text
 from ddmbench.paths import Paths
 from ddmbench.report import Document, fmt, save_grid
@@ -122,13 +122,9 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
 
 
 def _sample_images(paths: Paths, label: str) -> torch.Tensor:
-    """uint8 (N, 28, 28) images of one policy's samples file."""
+    """uint8 (N, C, H, W) images of one policy's samples file."""
     what = f"ddmbench sample --policy {label}"
-    samples = load_tensors(paths.samples(label), what)
-    images = samples.get("images") if isinstance(samples, dict) else None
-    if not torch.is_tensor(images) or images.dim() != 3:
-        raise ArtifactError(f"{paths.samples(label)} holds no (N, 28, 28) images; re-run `{what}`")
-    return images
+    return check_sample_images(load_tensors(paths.samples(label), what), paths.samples(label), what)
 
 
 def write_plot_data(paths: Paths, curves: dict[str, list[dict[str, Any]]]) -> list[Any]:

@@ -17,6 +17,7 @@ from ddmbench.io import ensure_writable, save_tensors, write_json
 from ddmbench.paths import Paths
 from ddmbench.policies import PolicySpec
 from ddmbench.sampling import draw_clusters, generate
+from ddmbench.shapes import ImageShape, image_shape_of
 from ddmbench.stages.cluster import load_clusters
 from ddmbench.traces import TraceRecorder
 from ddmbench.tracking import mirror
@@ -28,16 +29,21 @@ def sample_seeds(cfg: Config) -> list[int]:
     return list(range(base, base + cfg.sample.n))
 
 
-def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.device) -> ModelField | RoutedField:
+def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.device,
+                image_shape: ImageShape | None = None) -> ModelField | RoutedField:
+    """The policy's field from the trained checkpoints. Every network must have been trained on one image
+    shape (C, H, W): ``image_shape`` if given (the prepared dataset's), else that of the first expert; the
+    field's noise has that shape."""
     if not spec.uses_experts:
-        return ModelField(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith").to(device),
-                          cfg.sample.chunk_rows)
-    experts = []
+        return ModelField(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith",
+                                            image_shape=image_shape).to(device), cfg.sample.chunk_rows)
+    experts: list[torch.nn.Module] = []
     for k in range(cfg.cluster.k):
         net = load_velocity_net(paths.expert(k), "expert", f"ddmbench train-expert --expert {k}",
-                                expect={"k": k, "num_experts": cfg.cluster.k})
+                                expect={"k": k, "num_experts": cfg.cluster.k}, image_shape=image_shape)
+        image_shape = image_shape_of(net)
         experts.append(net.to(device))
-    router = load_router(paths.model("router")).to(device) if spec.uses_router else None
+    router = load_router(paths.model("router"), image_shape=image_shape).to(device) if spec.uses_router else None
     if router is not None and router.head[-1].out_features != cfg.cluster.k:
         raise ArtifactError(f"{paths.model('router')} routes to {router.head[-1].out_features} experts but "
                             f"cluster.k={cfg.cluster.k}; re-run `ddmbench train-router`")

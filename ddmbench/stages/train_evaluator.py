@@ -9,7 +9,7 @@ import torch
 from ddmbench import nets
 from ddmbench.checkpoints import save_weights
 from ddmbench.config import Config, config_to_dict
-from ddmbench.data import dataset_spec, load_prepared, to_model_space
+from ddmbench.data import dataset_spec, load_prepared, shape_of_images, to_model_space
 from ddmbench.io import ensure_writable, write_json
 from ddmbench.lit import ClassifierTraining
 from ddmbench.paths import Paths
@@ -29,7 +29,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     seed = seed_for(cfg, 0)
     seed_everything(seed)
     num_classes = len(dataset_spec(cfg.data.dataset).classes)
-    net = nets.build_classifier(cfg.evaluator.net, num_classes=num_classes)
+    shape = shape_of_images(ds["train_x"])
+    net = nets.build_classifier(cfg.evaluator.net, num_classes=num_classes, image_shape=shape)
     module = ClassifierTraining(net, lr=cfg.evaluator.lr, weight_decay=cfg.evaluator.weight_decay, seed=seed)
     loader = train_loader((to_model_space(ds["train_x"]), ds["train_y"]), cfg.evaluator.batch_size, seed,
                           cfg.trainer.world_size, "train-evaluator")
@@ -45,7 +46,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     metrics = summarise(result, {"steps": cfg.evaluator.steps, "feature_scale": feature_scale,
                                  "test_acc": test_accuracy(net, to_model_space(ds["test_x"]), ds["test_y"]),
                                  "num_features": net.num_features})
-    save_weights(paths.model("evaluator"), net, {"kind": "evaluator", "net": cfg.evaluator.net, "num_classes": num_classes})
+    save_weights(paths.model("evaluator"), net, {"kind": "evaluator", "net": cfg.evaluator.net, "num_classes": num_classes,
+                                                   "image_shape": list(shape)})
     write_json(paths.model_metrics("evaluator"), metrics)
     result.discard_checkpoints()
     mirror(cfg, paths, "train-evaluator", "train-evaluator", {"evaluator": config_to_dict(cfg)["evaluator"], "seed": seed},

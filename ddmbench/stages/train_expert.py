@@ -12,7 +12,7 @@ import torch
 from ddmbench import flow, nets
 from ddmbench.checkpoints import save_weights
 from ddmbench.config import Config, FlowTrainConfig, config_to_dict
-from ddmbench.data import load_prepared, to_model_space
+from ddmbench.data import load_prepared, shape_of_images, to_model_space
 from ddmbench.errors import ConfigError
 from ddmbench.io import ensure_writable, write_json
 from ddmbench.lit import FlowMatching, ema_callback
@@ -26,7 +26,7 @@ HELDOUT_MAX = 2000
 
 @torch.no_grad()
 def heldout_loss(net: torch.nn.Module, images: torch.Tensor, seed: int) -> float:
-    """Flow-matching MSE of ``net`` on held-out images (N, 1, 28, 28) with fixed t and noise draws."""
+    """Flow-matching MSE of ``net`` on held-out images (N, C, H, W) with fixed t and noise draws."""
     if len(images) == 0:
         return float("nan")
     g = torch.Generator().manual_seed(seed)
@@ -40,10 +40,12 @@ def heldout_loss(net: torch.nn.Module, images: torch.Tensor, seed: int) -> float
 def train_flow(cfg: Config, paths: Paths, *, kind: str, run_name: str, section: FlowTrainConfig, steps: int,
                images: torch.Tensor, heldout: torch.Tensor, seed: int, out: Path, metrics_path: Path,
                meta: dict[str, Any]) -> dict[str, Any] | None:
-    """Train a velocity net on uint8 images (N, 28, 28); rank zero writes weights and metrics."""
+    """Train a velocity net on uint8 images (N, C, H, W); rank zero writes weights and metrics (the metadata
+    records the image shape (C, H, W), which sampling takes its noise shape from)."""
     ensure_writable(out, metrics_path)
     seed_everything(seed)
-    net = nets.build_velocity_net(section.net)
+    shape = shape_of_images(images)
+    net = nets.build_velocity_net(section.net, shape)
     module = FlowMatching(net, lr=section.lr, weight_decay=section.weight_decay, seed=seed)
     loader = train_loader((to_model_space(images),), section.batch_size, seed, cfg.trainer.world_size, run_name)
     result = fit(module, loader, cfg, paths, max_steps=steps, run_name=run_name, stage=run_name.split("@")[0],
@@ -54,7 +56,7 @@ def train_flow(cfg: Config, paths: Paths, *, kind: str, run_name: str, section: 
     net.eval()
     metrics = summarise(result, {"steps": steps, "n_train": len(images), "params": sum(p.numel() for p in net.parameters()),
                                  "heldout_loss": heldout_loss(net, to_model_space(heldout), seed)})
-    save_weights(out, net, {"kind": kind, "net": section.net, **meta})
+    save_weights(out, net, {"kind": kind, "net": section.net, "image_shape": list(shape), **meta})
     write_json(metrics_path, metrics)
     result.discard_checkpoints()
     mirror(cfg, paths, run_name, run_name.split("@")[0], {kind: section.model_dump(mode="json"), "seed": seed,

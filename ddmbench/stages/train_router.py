@@ -9,7 +9,7 @@ import torch
 from ddmbench import flow, nets
 from ddmbench.checkpoints import save_weights
 from ddmbench.config import Config, config_to_dict
-from ddmbench.data import load_prepared, to_model_space
+from ddmbench.data import load_prepared, shape_of_images, to_model_space
 from ddmbench.io import ensure_writable, write_json
 from ddmbench.lit import RouterTraining
 from ddmbench.paths import Paths
@@ -23,7 +23,7 @@ T_GRID = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 @torch.no_grad()
 def accuracy_by_t(router: torch.nn.Module, images: torch.Tensor, clusters: torch.Tensor, seed: int
                   ) -> dict[str, float]:
-    """Held-out routing accuracy at fixed t: images (N, 1, 28, 28), clusters (N,)."""
+    """Held-out routing accuracy at fixed t: images (N, C, H, W) in model space, clusters (N,)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for t_val in T_GRID:
@@ -43,7 +43,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     seed = seed_for(cfg, 1)
     seed_everything(seed)
     k = cfg.cluster.k
-    net = nets.build_router(cfg.router.net, k)
+    shape = shape_of_images(ds["train_x"])
+    net = nets.build_router(cfg.router.net, k, shape)
     module = RouterTraining(net, lr=cfg.router.lr, weight_decay=cfg.router.weight_decay, seed=seed)
     loader = train_loader((to_model_space(ds["train_x"]), clusters["assignments"]), cfg.router.batch_size, seed,
                           cfg.trainer.world_size, "train-router")
@@ -54,7 +55,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     net.eval()
     heldout = accuracy_by_t(net, to_model_space(ds["test_x"][:2000]), clusters["test_assignments"][:2000], seed)
     metrics = summarise(result, {"steps": cfg.router.steps, "heldout": heldout})
-    save_weights(paths.model("router"), net, {"kind": "router", "net": cfg.router.net, "num_experts": k})
+    save_weights(paths.model("router"), net, {"kind": "router", "net": cfg.router.net, "num_experts": k,
+                                                "image_shape": list(shape)})
     write_json(paths.model_metrics("router"), metrics)
     result.discard_checkpoints()
     mirror(cfg, paths, "train-router", "train-router", {"router": config_to_dict(cfg)["router"], "seed": seed},
