@@ -187,6 +187,23 @@ def make_project(root: Path, **overrides: Any) -> Project:
     return project
 
 
+def invoke(root: Path, *args: str) -> str:
+    """Run the CLI in-process from the repo root ``root`` (outputs go under the cwd) with its params.yaml;
+    assert success; return the output."""
+    from typer.testing import CliRunner
+
+    from ddmbench.cli import app
+
+    old = Path.cwd()
+    os.chdir(root)
+    try:
+        result = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"}).invoke(app, [*args, "--params", str(root / "params.yaml")])
+    finally:
+        os.chdir(old)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     """A fresh tiny project (nothing run yet) with tracking disabled."""

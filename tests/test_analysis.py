@@ -15,7 +15,8 @@ from ddmbench.analysis.stability import LipschitzProbes, amplification, unit_dir
 from ddmbench.analysis.stats import bootstrap_ci, spearman, summary
 from ddmbench.field import ModelField, RoutedField
 from ddmbench.policies import parse_policy
-from ddmbench.sampling import IMAGE_SHAPE, generate
+from ddmbench.sampling import generate
+from ddmbench.shapes import MNIST_SHAPE as IMAGE_SHAPE
 from ddmbench.traces import TraceRecorder
 
 SEEDS = list(range(20, 36))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,10 @@ def _flip_byte(path: Path, offset: int = -1) -> None:
 def test_synthetic_files_parse_like_mnist(project: Project) -> None:
     tensors = data.load_mnist_tensors(project.root / "data")
     train_x, train_y = make_images(N_TRAIN, seed=1)
-    assert tensors["train_x"].dtype == torch.uint8 and tensors["train_x"].shape == (N_TRAIN, 28, 28)
-    assert np.array_equal(tensors["train_x"].numpy(), train_x)
+    assert tensors["train_x"].dtype == torch.uint8 and tensors["train_x"].shape == (N_TRAIN, 1, 28, 28)
+    assert np.array_equal(tensors["train_x"].numpy(), train_x[:, None])
     assert np.array_equal(tensors["train_y"].numpy(), train_y)
-    assert tensors["test_x"].shape == (N_TEST, 28, 28) and tensors["test_y"].dtype == torch.int64
+    assert tensors["test_x"].shape == (N_TEST, 1, 28, 28) and tensors["test_y"].dtype == torch.int64
 
 
 @pytest.mark.parametrize("name", data.MNIST_FILES)
@@ -87,14 +88,14 @@ def test_prepare_writes_tensors_and_manifest(project: Project) -> None:
     on_disk = json.loads(project.paths.manifest.read_text())
     assert on_disk == manifest
     assert manifest["source"] == "local" and manifest["dataset"] == "mnist"
-    assert manifest["n_train"] == N_TRAIN and manifest["n_test"] == N_TEST and manifest["image_shape"] == [28, 28]
+    assert manifest["n_train"] == N_TRAIN and manifest["n_test"] == N_TEST and manifest["image_shape"] == [1, 28, 28]
     for name in data.MNIST_FILES:
         raw = (project.raw_dir / name).read_bytes()
         assert manifest["files"][name] == {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
     blob = data.load_prepared(project.paths.dataset)
-    assert blob["train_x"].shape == (N_TRAIN, 28, 28) and blob["train_x"].dtype == torch.uint8
+    assert blob["train_x"].shape == (N_TRAIN, 1, 28, 28) and blob["train_x"].dtype == torch.uint8
     assert blob["test_y"].shape == (N_TEST,) and blob["test_y"].dtype == torch.int64
-    assert np.array_equal(blob["train_x"].numpy(), make_images(N_TRAIN, seed=1)[0])
+    assert np.array_equal(blob["train_x"].numpy(), make_images(N_TRAIN, seed=1)[0][:, None])
 
 
 def test_prepare_honours_limits(project: Project) -> None:
@@ -138,18 +139,26 @@ def test_load_prepared_rejects_wrong_content(tmp_path: Path) -> None:
     from ddmbench.io import save_tensors
 
     path = tmp_path / "dataset.pt"
-    save_tensors(path, {"train_x": torch.zeros(3, 28, 28, dtype=torch.uint8), "train_y": torch.zeros(2)})
+    save_tensors(path, {"train_x": torch.zeros(3, 1, 28, 28, dtype=torch.uint8), "train_y": torch.zeros(2)})
     with pytest.raises(DataError, match="no tensor 'test_x'"):
         data.load_prepared(path)
-    save_tensors(path, {"train_x": torch.zeros(3, 28, 28), "train_y": torch.zeros(2),
-                        "test_x": torch.zeros(1, 28, 28), "test_y": torch.zeros(1)})
+    save_tensors(path, {"train_x": torch.zeros(3, 1, 28, 28), "train_y": torch.zeros(2),
+                        "test_x": torch.zeros(1, 1, 28, 28), "test_y": torch.zeros(1)})
     with pytest.raises(DataError, match="differ in length"):
         data.load_prepared(path)
+    # the (N, H, W) images of an older ddmbench, or train and test images of different shapes
+    for train_x, test_x in ((torch.zeros(2, 28, 28), torch.zeros(1, 28, 28)),
+                            (torch.zeros(2, 1, 28, 28), torch.zeros(1, 3, 32, 32))):
+        save_tensors(path, {"train_x": train_x, "train_y": torch.zeros(2), "test_x": test_x, "test_y": torch.zeros(1)})
+        with pytest.raises(DataError, match=r"holds no \(N, C, H, W\) images.*re-run `ddmbench prepare`"):
+            data.load_prepared(path)
 
 
 def test_model_space_round_trip() -> None:
-    images = torch.arange(256, dtype=torch.uint8).repeat(10)[: 3 * 28 * 28].reshape(3, 28, 28)
-    x = data.to_model_space(images)
-    assert x.shape == (3, 1, 28, 28) and float(x.min()) == -1.0 and float(x.max()) == 1.0
-    assert torch.equal(data.to_uint8(x), images)
-    assert torch.equal(data.to_uint8(torch.full((1, 1, 28, 28), 5.0)), torch.full((1, 28, 28), 255, dtype=torch.uint8))
+    for shape in ((1, 28, 28), (3, 32, 32)):
+        images = torch.arange(256, dtype=torch.uint8).repeat(40)[: 3 * math.prod(shape)].reshape(3, *shape)
+        x = data.to_model_space(images)
+        assert x.shape == (3, *shape) and float(x.min()) == -1.0 and float(x.max()) == 1.0
+        assert torch.equal(data.to_uint8(x), images)
+        assert data.shape_of_images(images) == shape
+    assert torch.equal(data.to_uint8(torch.full((1, 1, 28, 28), 5.0)), torch.full((1, 1, 28, 28), 255, dtype=torch.uint8))

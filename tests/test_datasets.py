@@ -39,7 +39,7 @@ def test_local_fashion_mnist_folder(project: Project) -> None:
     assert json.loads(project.paths.manifest.read_text())["files"]["t10k-images-idx3-ubyte"]["bytes"] == \
         (raw / "t10k-images-idx3-ubyte").stat().st_size
     blob = data.load_prepared(project.paths.dataset)
-    assert np.array_equal(blob["test_x"].numpy(), make_images(30, seed=9)[0])
+    assert np.array_equal(blob["test_x"].numpy(), make_images(30, seed=9)[0][:, None])
 
 
 def test_fashion_mnist_file_is_verified(project: Project) -> None:
@@ -58,11 +58,18 @@ def test_mnist_files_do_not_stand_in_for_fashion_mnist(project: Project) -> None
         prepare.run(project.config(), project.paths)
 
 
-def test_shipped_fashion_list_asks_for_the_missing_image_hashes() -> None:
-    # only the label files' SHA-256 could be checked here; the list must say so rather than pass unverified files
-    with pytest.raises(DataError, match="no entry for train-images-idx3-ubyte, t10k-images-idx3-ubyte; "
-                                        "set data.checksums"):
-        data.read_checksums(None, "fashion-mnist")
+def test_shipped_fashion_list_asks_for_the_missing_image_hashes(project: Project) -> None:
+    # the shipped list covers only the label files; without the .gz archives (whose torchvision MD5s would
+    # vouch for them) an image file is refused rather than passed unverified
+    assert set(data.read_checksums(None, "fashion-mnist")) == {"train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"}
+    fashion_project(project)
+    project.update(data={"checksums": None})
+    with pytest.raises(DataError) as info:
+        prepare.run(project.config(), project.paths)
+    message = str(info.value)
+    assert "FashionMNIST/raw/train-images-idx3-ubyte has no SHA-256 entry and no torchvision MD5 covers it" in message
+    assert "FashionMNIST .gz files" in message and "data.checksums" in message and "\n" not in message
+    assert not project.paths.dataset.exists()
 
 
 def test_each_dataset_has_a_shipped_list_and_ten_classes() -> None:

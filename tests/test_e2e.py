@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project, make_project
+from conftest import Project, invoke, make_project
 from typer.testing import CliRunner
 
 from ddmbench import nets
@@ -27,18 +27,6 @@ from ddmbench.training import seed_everything, seed_for
 pytestmark = pytest.mark.slow
 
 RUNNER = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"})
-
-
-def invoke(root: Path, *args: str) -> str:
-    """Run the CLI in-process from the repo root (outputs go under the cwd); assert success."""
-    old = Path.cwd()
-    os.chdir(root)
-    try:
-        result = RUNNER.invoke(app, [*args, "--params", str(root / "params.yaml")])
-    finally:
-        os.chdir(old)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +79,7 @@ def test_full_costs_K_expert_evaluations_per_step(trained: tuple[Project, str]) 
 def test_samples_file_contents(trained: tuple[Project, str]) -> None:
     project, _ = trained
     blob = load_tensors(project.paths.samples("full"), "sample")
-    assert blob["images"].shape == (32, 28, 28) and blob["images"].dtype == torch.uint8
+    assert blob["images"].shape == (32, 1, 28, 28) and blob["images"].dtype == torch.uint8
     assert blob["seeds"].tolist() == list(range(32))
     assert (blob["cluster"] == -1).all()
     assert blob["images"].float().std() > 0  # not a constant image

@@ -14,7 +14,8 @@ import torch
 from ddmbench.field import ModelField, RoutedField
 from ddmbench.flow import denoised, interpolate, time_grid, velocity_target
 from ddmbench.policies import RoutingContext, parse_policy
-from ddmbench.sampling import IMAGE_SHAPE, draw_clusters, generate, noise_for, routing_generators
+from ddmbench.sampling import draw_clusters, generate, noise_for, routing_generators
+from ddmbench.shapes import MNIST_SHAPE as IMAGE_SHAPE
 from ddmbench.solvers import EVALS_PER_STEP, SOLVERS
 
 K = 3
@@ -263,7 +264,7 @@ def test_exact_velocity_maps_noise_to_data() -> None:
     def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # (x_t - x0) / t for x_t on the straight path
         return (x - target) / t.view(-1, 1, 1, 1)
 
-    out = SOLVERS["euler"](v, noise_for([3, 4]), time_grid(3))
+    out = SOLVERS["euler"](v, noise_for([3, 4], IMAGE_SHAPE), time_grid(3))
     torch.testing.assert_close(out, target.expand(2, -1, -1, -1))
 
 
@@ -272,8 +273,8 @@ def test_exact_velocity_maps_noise_to_data() -> None:
 # ----------------------------------------------------------------------------------------------
 
 def test_noise_row_depends_on_its_seed_only() -> None:
-    batch = noise_for([5, 6, 7])
-    assert torch.equal(batch[1], noise_for([6])[0])
+    batch = noise_for([5, 6, 7], IMAGE_SHAPE)
+    assert torch.equal(batch[1], noise_for([6], IMAGE_SHAPE)[0])
     assert torch.equal(batch[1], torch.randn(IMAGE_SHAPE, generator=torch.Generator().manual_seed(6)))
     assert not torch.equal(batch[0], batch[1])
 

@@ -1,4 +1,5 @@
-"""Stage `prepare`: fetch and verify the dataset (MNIST or Fashion-MNIST), write uint8 tensors and a manifest."""
+"""Stage `prepare`: fetch and verify the dataset (MNIST, Fashion-MNIST or CIFAR-10), write uint8 tensors
+(images (N, C, H, W), labels) and a manifest that records the image shape (C, H, W)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     manifest = {
         "dataset": cfg.data.dataset, "source": source,
         "classes": list(spec.classes),
-        "files": {name: {"sha256": digest, "bytes": (root / spec.folder / "raw" / name).stat().st_size}
+        "files": {name: {"sha256": digest, "bytes": (spec.raw_dir(root) / name).stat().st_size}
                   for name, digest in digests.items()},
         "n_train": len(tensors["train_x"]), "n_test": len(tensors["test_x"]),
         "image_shape": list(tensors["train_x"].shape[1:]),
