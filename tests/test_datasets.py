@@ -1,8 +1,11 @@
-"""Datasets other than MNIST: Fashion-MNIST from a local folder of raw idx files (torchvision's
+"""Datasets other than MNIST: Fashion-MNIST from a local folder of raw idx files or torchvision's .gz archives
+(verified against torchvision's MD5s) (torchvision's
 <root>/FashionMNIST/raw layout), its checksum list, and the class names in the manifest."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -78,3 +81,77 @@ def test_each_dataset_has_a_shipped_list_and_ten_classes() -> None:
         assert len(spec.classes) == 10
     with pytest.raises(DataError, match="unknown data.dataset 'cifar'"):
         data.dataset_spec("cifar")
+
+
+# ----------------------------------------------------------------------------------------------
+# torchvision's .gz archives, verified against the MD5s torchvision ships
+# ----------------------------------------------------------------------------------------------
+
+def gz_only(raw: Path) -> dict[str, str]:
+    """Replace the four idx files in ``raw`` by their .gz archives; {archive name: MD5}."""
+    md5s = {}
+    for name in data.MNIST_FILES:
+        blob = gzip.compress((raw / name).read_bytes(), mtime=0)
+        (raw / f"{name}.gz").write_bytes(blob)
+        (raw / name).unlink()
+        md5s[f"{name}.gz"] = hashlib.md5(blob).hexdigest()
+    return md5s
+
+
+def test_torchvision_lists_are_the_md5_source() -> None:
+    from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
+
+    assert data.dataset_spec("fashion-mnist").torchvision_md5s() == dict(FashionMNIST.resources)
+    assert data.dataset_spec("mnist").torchvision_md5s() == dict(MNIST.resources)
+    assert data.dataset_spec("cifar10").torchvision_md5s() == dict(CIFAR10.train_list + CIFAR10.test_list)
+
+
+def test_fashion_gz_files_are_verified_and_unpacked(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.datasets import FashionMNIST
+
+    raw = fashion_project(project)
+    originals = {name: (raw / name).read_bytes() for name in data.MNIST_FILES}
+    md5s = gz_only(raw)
+    monkeypatch.setattr(FashionMNIST, "resources", list(md5s.items()))
+    # no SHA-256 list at all: the archives' MD5s vouch for every file
+    source, digests = data.ensure_dataset(project.root / "data", ["local"], {}, 1.0, "fashion-mnist")
+    assert source == "local"
+    for name, blob in originals.items():
+        assert (raw / name).read_bytes() == blob and digests[name] == hashlib.sha256(blob).hexdigest()
+    tensors = data.load_tensors_of(project.root / "data", "fashion-mnist")
+    assert np.array_equal(tensors["test_x"].numpy(), make_images(30, seed=9)[0][:, None])
+    # a second run checks the unpacked files against their archives again
+    assert data.ensure_dataset(project.root / "data", ["local"], {}, 1.0, "fashion-mnist")[1] == digests
+    (raw / "train-labels-idx1-ubyte").write_bytes(originals["train-labels-idx1-ubyte"][:-1] + b"\x09")
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte differs from the content of its verified archive"):
+        data.ensure_dataset(project.root / "data", ["local"], {}, 1.0, "fashion-mnist")
+
+
+def test_a_bad_gz_is_rejected_before_anything_is_unpacked(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.datasets import FashionMNIST
+
+    raw = fashion_project(project)
+    md5s = gz_only(raw)
+    monkeypatch.setattr(FashionMNIST, "resources", list(md5s.items()))
+    bad = raw / "t10k-images-idx3-ubyte.gz"
+    blob = bytearray(bad.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    bad.write_bytes(bytes(blob))
+    project.update(data={"checksums": None})
+    with pytest.raises(DataError) as info:
+        prepare.run(project.config(), project.paths)
+    message = str(info.value)
+    assert f"{bad}: MD5 mismatch against torchvision.datasets.FashionMNIST.resources" in message and "\n" not in message
+    assert not any((raw / name).exists() for name in data.MNIST_FILES)       # nothing unpacked
+    assert not project.paths.dataset.exists()
+
+
+def test_mnist_gz_files_with_the_sha256_list(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the .gz path and the SHA-256 list together: archives checked by MD5, unpacked files by SHA-256
+    from torchvision.datasets import MNIST
+
+    md5s = gz_only(project.raw_dir)
+    monkeypatch.setattr(MNIST, "resources", list(md5s.items()))
+    manifest = prepare.run(project.config(), project.paths)
+    assert manifest["source"] == "local" and manifest["n_train"] == N_TRAIN
+    assert all((project.raw_dir / name).exists() for name in data.MNIST_FILES)
