@@ -1,6 +1,6 @@
-"""Datasets other than MNIST: Fashion-MNIST from a local folder of raw idx files or torchvision's .gz archives
-(verified against torchvision's MD5s) (torchvision's
-<root>/FashionMNIST/raw layout), its checksum list, and the class names in the manifest."""
+"""Datasets other than MNIST: Fashion-MNIST from a local folder (torchvision's <root>/FashionMNIST/raw layout)
+of raw idx files or of torchvision's .gz archives (verified against torchvision's MD5s), its checksum list,
+and the class names in the manifest. CIFAR-10 is in test_cifar.py."""
 
 from __future__ import annotations
 
