@@ -40,14 +40,15 @@ def _restore(build: Callable[[], nn.Module], state: dict[str, Any], path: Path, 
 
 def _image_shape(meta: dict[str, Any], path: Path, what: str, expect: ImageShape | None) -> ImageShape:
     """The (C, H, W) the network was trained on (checkpoints without the key predate CIFAR-10: 1x28x28);
-    ArtifactError if ``expect`` (the prepared dataset's shape) differs."""
+    ArtifactError if ``expect`` (the prepared dataset's shape, or that of the networks it is used with) differs."""
     raw = meta.get("image_shape", list(MNIST_SHAPE))
     if not isinstance(raw, (list, tuple)) or len(raw) != 3 or not all(isinstance(d, int) and d > 0 for d in raw):
         raise ArtifactError(f"{path} has a malformed image_shape {raw!r}; re-run `{what}`")
     shape = (raw[0], raw[1], raw[2])
     if expect is not None and shape != tuple(expect):
-        raise ArtifactError(f"{path} was trained on {'x'.join(map(str, shape))} images but the prepared dataset "
-                            f"holds {'x'.join(map(str, expect))}; re-run `{what}`")
+        raise ArtifactError(f"{path} was trained on {'x'.join(map(str, shape))} images, not on the "
+                            f"{'x'.join(map(str, expect))} images of the prepared dataset and the other networks; "
+                            f"re-run `{what}`")
     return shape
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ddmbench.policies import PolicySpec, RoutingContext
-from ddmbench.shapes import ImageShape, image_shape_of
+from ddmbench.shapes import MNIST_SHAPE, ImageShape, image_shape_of
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_CHUNK_ROWS = 64
@@ -73,10 +73,12 @@ class RoutedField:
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape | None = None) -> None:
         if policy.uses_router and router is None:
             raise ValueError(f"policy '{policy.label}' needs a router")
-        shapes = {image_shape_of(m) for m in [*experts, *([router] if router is not None else [])]}
+        models = [*experts, *([router] if router is not None else [])]
+        shapes = {image_shape_of(m) for m in models if getattr(m, "image_shape", None) is not None}
         if image_shape is None and len(shapes) > 1:
             raise ValueError(f"the experts and the router were built for different image shapes {sorted(shapes)}")
-        self.image_shape: ImageShape = tuple(image_shape) if image_shape else shapes.pop()  # type: ignore[assignment]
+        self.image_shape: ImageShape = (tuple(image_shape) if image_shape  # type: ignore[assignment]
+                                        else shapes.pop() if shapes else MNIST_SHAPE)
         self.experts = list(experts)
         self.chunk_rows = chunk_rows
         self.router = router

@@ -282,8 +282,8 @@ def test_checkpoints_record_and_check_the_image_shape(tmp_path: Path) -> None:
     save_weights(path, nets.build_velocity_net("unet-xs", CIFAR_SHAPE),
                  {"kind": "expert", "net": "unet-xs", "image_shape": list(CIFAR_SHAPE)})
     assert load_velocity_net(path, "expert", "x").image_shape == CIFAR_SHAPE
-    with pytest.raises(ArtifactError, match=r"trained on 3x32x32 images but the prepared dataset holds 1x28x28; "
-                                            r"re-run `ddmbench train-expert`"):
+    with pytest.raises(ArtifactError, match=r"trained on 3x32x32 images, not on the 1x28x28 images of the prepared "
+                                            r"dataset and the other networks; re-run `ddmbench train-expert`"):
         load_velocity_net(path, "expert", "ddmbench train-expert", image_shape=MNIST_SHAPE)
     legacy = tmp_path / "legacy.pt"  # written before the shape was recorded: 1x28x28
     save_weights(legacy, nets.build_velocity_net("unet-xs"), {"kind": "expert", "net": "unet-xs"})
@@ -294,6 +294,20 @@ def test_checkpoints_record_and_check_the_image_shape(tmp_path: Path) -> None:
     save_weights(path, nets.build_classifier("classifier-s", 10, CIFAR_SHAPE),
                  {"kind": "evaluator", "net": "classifier-s", "num_classes": 10, "image_shape": [3, 32, 32]})
     assert load_classifier(path, image_shape=CIFAR_SHAPE).image_shape == CIFAR_SHAPE
+
+
+def test_sampling_refuses_experts_trained_on_different_shapes(project: Project) -> None:
+    from ddmbench.stages.sample import build_field
+
+    cfg, paths = project.config(), project.paths
+    for k, shape in enumerate((CIFAR_SHAPE, MNIST_SHAPE)):
+        save_weights(paths.expert(k), nets.build_velocity_net("unet-xs", shape),
+                     {"kind": "expert", "net": "unet-xs", "k": k, "num_experts": 2, "image_shape": list(shape)})
+    with pytest.raises(ArtifactError, match=r"expert-1.pt was trained on 1x28x28 images, not on the 3x32x32"):
+        build_field(cfg, paths, cfg.policy("uniform"), torch.device("cpu"))
+    save_weights(paths.expert(1), nets.build_velocity_net("unet-xs", CIFAR_SHAPE),
+                 {"kind": "expert", "net": "unet-xs", "k": 1, "num_experts": 2, "image_shape": list(CIFAR_SHAPE)})
+    assert build_field(cfg, paths, cfg.policy("uniform"), torch.device("cpu")).image_shape == CIFAR_SHAPE
 
 
 def test_sample_files_are_checked_against_the_dataset_shape(tmp_path: Path) -> None:
