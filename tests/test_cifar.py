@@ -379,3 +379,25 @@ def test_cifar_evaluate_refuses_samples_of_another_shape(cifar_run: Project, tmp
     with pytest.raises(ArtifactError, match=r"holds no uint8 \(N, 3x32x32\) images of the prepared dataset "
                                             r"\(got 1x28x28\); re-run `ddmbench sample --policy full`"):
         evaluate.run(cfg, project.paths, cfg.policy("full"))
+
+
+def test_bench_nets_follow_the_dataset_shape() -> None:
+    from ddmbench import bench, bench_train
+
+    experts, router, monolith = bench.build_models(2, "unet-xs", image_shape=CIFAR_SHAPE)
+    assert router.proj.shape == (3 * 32 * 32, 2) and monolith.image_shape == CIFAR_SHAPE
+    out = generate(bench.make_field("top-1", experts, router, monolith), [0, 1], nfe_steps=1, solver="euler",
+                   batch_size=2)
+    assert out.images.shape == (2, 3, 32, 32)
+    assert bench_train.bench_data(4, image_shape=CIFAR_SHAPE).shape == (4, 3, 32, 32)
+
+
+@pytest.mark.parametrize("command", ["bench", "bench-train"])
+def test_bench_dataset_option_lists_the_choices(command: str) -> None:
+    from typer.testing import CliRunner
+
+    from ddmbench.cli import app
+
+    result = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"}).invoke(app, [command, "--dataset", "cifar100"])
+    assert result.exit_code == 2
+    assert "--dataset: unknown dataset 'cifar100'; choose one of mnist, fashion-mnist, cifar10" in result.output
