@@ -167,6 +167,14 @@ def analyze(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k:
 
 
 @app.command()
+def contrast(params: ParamsOption = Path("params.yaml")) -> None:
+    """Every policy minus full, paired by seed: ΔFID, Δamplification, Δconvergence error with 95% intervals."""
+    from ddmbench.stages import contrast as stage
+
+    _guard(lambda: stage.print_table(stage.run(*_context(params))))
+
+
+@app.command()
 def report(params: ParamsOption = Path("params.yaml")) -> None:
     """Write reports/report.md and sample grids from the metrics of every policy in params.yaml."""
     from ddmbench.stages import report as stage
