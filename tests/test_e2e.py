@@ -265,6 +265,10 @@ def test_analyze_is_deterministic_and_report_has_every_table(copy_of: Project) -
         "amplification"]["eps_1"]["mean"]
     assert top1["amplification"]["eps_1"]["delta"] == pytest.approx(amp_gap, abs=1e-9)
     assert "paired by seed" in contrast_output
+    invoke(copy_of.root, "separation", "--policy", "top-1", "--size", "16", "--size", "32", "--seeds", "2")
+    study = _json(copy_of.paths.reports / "separation-top-1.json")
+    assert [r["n"] for r in study["fid"]] == [16, 32] and [r["n"] for r in study["per_seed"]] == [2]
+    assert study["fid"][-1] == top1["fid"]           # all rows: the same bootstrap as the contrast stage
     output = invoke(copy_of.root, "report")
     md = copy_of.paths.report_md.read_text()
     for title in ("## Summary", "## Table 1", "## Table 2", "## Table 3", "## Table 4", "## Table 5", "## Table 6"):

@@ -70,3 +70,13 @@ def test_paired_fid_delta_equals_the_difference_of_fids_and_detects_a_shift() ->
 def test_paired_fid_delta_rejects_unaligned_rows() -> None:
     with pytest.raises(ValueError, match="row-aligned"):
         paired_fid_delta(torch.randn(50, 4), torch.randn(30, 4), torch.randn(40, 4), resamples=10, seed=0)
+
+
+def test_separation_ladder_halves_down_or_checks_the_requested_sizes() -> None:
+    from ddmbench.errors import ArtifactError
+    from ddmbench.separation import ladder
+
+    assert ladder(1000, None, 125) == [125, 250, 500, 1000] and ladder(64, None, 16) == [16, 32, 64]
+    assert ladder(10, None, 125) == [10] and ladder(1000, [500, 100, 500], 125) == [100, 500]
+    with pytest.raises(ArtifactError, match="outside 2..1000"):
+        ladder(1000, [2000], 125)

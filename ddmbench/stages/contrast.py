@@ -29,7 +29,7 @@ from ddmbench.tracking import mirror
 REFERENCE = "full"
 
 
-def _quality(paths: Paths, label: str) -> dict[str, torch.Tensor]:
+def load_quality(paths: Paths, label: str) -> dict[str, torch.Tensor]:
     what = f"ddmbench evaluate --policy {label}"
     q = load_tensors(paths.quality(label), what)
     if "features" not in q or "seeds" not in q or len(q["features"]) != len(q["seeds"]):
@@ -37,7 +37,7 @@ def _quality(paths: Paths, label: str) -> dict[str, torch.Tensor]:
     return q
 
 
-def _values(paths: Paths, label: str) -> dict[str, torch.Tensor]:
+def load_values(paths: Paths, label: str) -> dict[str, torch.Tensor]:
     what = f"ddmbench analyze --policy {label}"
     v = load_tensors(paths.analysis_values(label), what)
     if any(k not in v for k in ("seeds", "eps", "amplification", "error_at_nfe", "lipschitz")):
@@ -45,9 +45,11 @@ def _values(paths: Paths, label: str) -> dict[str, torch.Tensor]:
     return v
 
 
-def _paired_values(v: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], *, resamples: int,
-                   seed: int) -> dict[str, Any]:
+def paired_values(v: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], *, resamples: int, seed: int,
+                   n_seeds: int | None = None) -> dict[str, Any]:
+    """Per-seed analyses of a policy minus those of the reference, over their first ``n_seeds`` common seeds."""
     ia, ib = align_by_seed(v["seeds"], ref["seeds"])
+    ia, ib = ia[:n_seeds], ib[:n_seeds]
     if len(ia) < 2:
         raise ArtifactError("the analyses of a policy and of full share fewer than 2 seeds; re-run "
                             "`dvc repro` so that every analyze stage uses the same analysis.n")
@@ -63,6 +65,24 @@ def _paired_values(v: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], *, 
     return out
 
 
+def paired_fid(real: torch.Tensor, q: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], *, resamples: int,
+               seed: int, n_rows: int | None = None) -> dict[str, Any]:
+    """FID of a policy's samples minus the reference's, over their first ``n_rows`` common seeds."""
+    ia, ib = align_by_seed(q["seeds"], ref["seeds"])
+    ia, ib = ia[:n_rows], ib[:n_rows]
+    if len(ia) < 2:
+        raise ArtifactError("the samples of a policy and of full share fewer than 2 seeds; re-run `dvc repro` "
+                            "so that every policy samples the same seeds")
+    return paired_fid_delta(real, q["features"][ia], ref["features"][ib], resamples=resamples, seed=seed)
+
+
+def real_features(cfg: Config, paths: Paths) -> torch.Tensor:
+    """(n_real, d) evaluator features of the test split, as `evaluate` computes them."""
+    ds = load_prepared(paths.dataset)
+    return extract_features(load_classifier(paths.model("evaluator")),
+                            to_model_space(ds["test_x"][:cfg.evaluate.n_real]))
+
+
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     ensure_writable(paths.contrast_metrics)
     metrics: dict[str, Any] = {"reference": None, "delta": "policy − full", "contrasts": {}}
@@ -72,24 +92,17 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
         console.print(f"[yellow]{metrics['note']}[/]")
         return metrics
     # read every input before computing anything, so a missing one fails fast with its own message
-    quality = {label: _quality(paths, label) for label in cfg.policies}
-    values = {label: _values(paths, label) for label in cfg.policies}
-    ds = load_prepared(paths.dataset)
-    real = extract_features(load_classifier(paths.model("evaluator")),
-                            to_model_space(ds["test_x"][:cfg.evaluate.n_real]))
-    ref_q, ref_v = quality[REFERENCE], values[REFERENCE]
+    quality = {label: load_quality(paths, label) for label in cfg.policies}
+    values = {label: load_values(paths, label) for label in cfg.policies}
+    real = real_features(cfg, paths)
     metrics["reference"] = REFERENCE
     for label in cfg.policies:
         if label == REFERENCE:
             continue
-        ia, ib = align_by_seed(quality[label]["seeds"], ref_q["seeds"])
-        if len(ia) < 2:
-            raise ArtifactError(f"{paths.quality(label)} and {paths.quality(REFERENCE)} share fewer than 2 seeds; "
-                                "re-run `dvc repro` so that every policy samples the same seeds")
         metrics["contrasts"][label] = {
-            "fid": paired_fid_delta(real, quality[label]["features"][ia], ref_q["features"][ib],
-                                    resamples=cfg.evaluate.bootstrap, seed=cfg.seed),
-            **_paired_values(values[label], ref_v, resamples=cfg.analysis.bootstrap, seed=cfg.seed),
+            "fid": paired_fid(real, quality[label], quality[REFERENCE], resamples=cfg.evaluate.bootstrap,
+                              seed=cfg.seed),
+            **paired_values(values[label], values[REFERENCE], resamples=cfg.analysis.bootstrap, seed=cfg.seed),
         }
     write_json(paths.contrast_metrics, metrics)
     mirror(cfg, paths, "contrast", "contrast", {"evaluate.bootstrap": cfg.evaluate.bootstrap,
