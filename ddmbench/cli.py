@@ -167,6 +167,27 @@ def analyze(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k:
 
 
 @app.command()
+def contrast(params: ParamsOption = Path("params.yaml")) -> None:
+    """Every policy minus full, paired by seed: ΔFID, Δamplification, Δconvergence error with 95% intervals."""
+    from ddmbench.stages import contrast as stage
+
+    _guard(lambda: stage.print_table(stage.run(*_context(params))))
+
+
+@app.command()
+def separation(policy: Annotated[str, typer.Option(help="Policy to contrast with full (a label in policies).")] = "top-2",
+               sizes: Annotated[Optional[list[int]], typer.Option(
+                   "--size", help="Sample count N to test (repeat the option); default: halvings of sample.n.")] = None,
+               seeds: Annotated[Optional[list[int]], typer.Option(
+                   "--seeds", help="Traced-seed count n to test (repeat); default: halvings of analysis.n.")] = None,
+               params: ParamsOption = Path("params.yaml")) -> None:
+    """Paired contrasts vs full on the first N samples / n traced seeds: the smallest run that separates them."""
+    from ddmbench import separation as study
+
+    _guard(lambda: study.run(*_context(params), policy, sizes, seeds))
+
+
+@app.command()
 def report(params: ParamsOption = Path("params.yaml")) -> None:
     """Write reports/report.md and sample grids from the metrics of every policy in params.yaml."""
     from ddmbench.stages import report as stage

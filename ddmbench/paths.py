@@ -53,7 +53,8 @@ class Paths:
         return self.root / "metrics" / "evaluate" / f"{label}.json"
 
     def quality(self, label: str) -> Path:
-        """Per-sample quality of one policy's samples (evaluator confidence, distance to the nearest real feature)."""
+        """Per-sample quality of one policy's samples (evaluator confidence, distance to the nearest real feature,
+        evaluator features)."""
         return self.root / "outputs" / "quality" / f"{label}.pt"
 
     # analyses
@@ -63,6 +64,15 @@ class Paths:
 
     def analysis_metrics(self, label: str) -> Path:
         return self.root / "metrics" / "analyze" / f"{label}.json"
+
+    def analysis_values(self, label: str) -> Path:
+        """Per-seed values of one policy's analyses (amplification per eps, convergence error, Lipschitz)."""
+        return self.root / "outputs" / "analysis" / f"{label}.pt"
+
+    @property
+    def contrast_metrics(self) -> Path:
+        """Paired contrasts of every policy against the full ensemble."""
+        return self.root / "metrics" / "contrast.json"
 
     def curves(self, label: str) -> Path:
         """Per-t curves of one policy's analyses (a DVC plots file)."""

@@ -31,24 +31,40 @@ def sparse_reference(results: Results) -> str | None:
     return min(tops, key=lambda label: results[label]["evaluate"]["fid"]) if tops else None
 
 
-def dissociation(results: Results) -> dict[str, Any]:
-    """Verdicts for full vs the sparse reference: quality (FID CI), stability (amplification CI), convergence."""
+# a paired verdict on (sparse − full), read as full compared with sparse
+_FULL_VS_SPARSE = {"lower": "higher", "higher": "lower", "not separable": "overlapping"}
+
+
+def dissociation(results: Results, contrast: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Verdicts for full vs the sparse reference: quality (FID), stability (amplification), convergence.
+
+    With ``contrast`` (metrics/contrast.json) holding the sparse policy, the verdicts come from the paired
+    intervals of the differences; otherwise from whether the two marginal 95% intervals overlap.
+    """
     sparse = sparse_reference(results)
     if "full" not in results or sparse is None:
         return {"sparse": sparse, "holds": None}
     key = headline_eps(results)
-    full, top = results["full"], results[sparse]
-    fid = compare(_interval(full["evaluate"], "fid", "fid_ci95"), _interval(top["evaluate"], "fid", "fid_ci95"))
-    amp = compare(_interval(full["analyze"]["amplification"][key], "mean", "mean_ci95"),
-                  _interval(top["analyze"]["amplification"][key], "mean", "mean_ci95"))
-    conv = compare(_interval(full["analyze"]["convergence"]["error_at_nfe"], "mean", "mean_ci95"),
-                   _interval(top["analyze"]["convergence"]["error_at_nfe"], "mean", "mean_ci95"))
+    paired = (contrast or {}).get("contrasts", {}).get(sparse)
+    if paired is not None and key in paired["amplification"]:
+        fid = _FULL_VS_SPARSE[paired["fid"]["verdict"]]
+        amp = _FULL_VS_SPARSE[paired["amplification"][key]["verdict"]]
+        conv = _FULL_VS_SPARSE[paired["convergence_error"]["verdict"]]
+        basis = "paired"
+    else:
+        full, top = results["full"], results[sparse]
+        fid = compare(_interval(full["evaluate"], "fid", "fid_ci95"), _interval(top["evaluate"], "fid", "fid_ci95"))
+        amp = compare(_interval(full["analyze"]["amplification"][key], "mean", "mean_ci95"),
+                      _interval(top["analyze"]["amplification"][key], "mean", "mean_ci95"))
+        conv = compare(_interval(full["analyze"]["convergence"]["error_at_nfe"], "mean", "mean_ci95"),
+                       _interval(top["analyze"]["convergence"]["error_at_nfe"], "mean", "mean_ci95"))
+        basis = "marginal"
     return {"sparse": sparse, "eps": eps_value(key), "fid": fid, "amplification": amp, "convergence": conv,
-            "holds": fid == "higher" and amp == "lower"}
+            "basis": basis, "holds": fid == "higher" and amp == "lower"}
 
 
-def summary_text(results: Results) -> str:
-    v = dissociation(results)
+def summary_text(results: Results, contrast: dict[str, Any] | None = None) -> str:
+    v = dissociation(results, contrast)
     if v["holds"] is None:
         return ("The dissociation needs both `full` and a `top-k` policy in `policies`; this run has "
                 f"{', '.join(results)}.")
@@ -58,12 +74,29 @@ def summary_text(results: Results) -> str:
     fa, ta = full["analyze"]["amplification"][key], top["analyze"]["amplification"][key]
     fc, tc = full["analyze"]["convergence"]["error_at_nfe"], top["analyze"]["convergence"]["error_at_nfe"]
     words = {"lower": "lower than", "higher": "higher than", "overlapping": "not separable from"}
-    quality = (f"Quality: full has FID {fe['fid']:.2f}, {words[v['fid']]} {s}'s {te['fid']:.2f} "
-               "(95% bootstrap intervals " + ("do not overlap" if v["fid"] != "overlapping" else "overlap") + ").")
-    stability = (f"Stability: full's mean amplification at ε={v['eps']} is {fa['mean']:.3g}, {words[v['amplification']]} "
-                 f"{s}'s {ta['mean']:.3g}.")
-    convergence = (f"Convergence: full's RMS error against the {full['analyze']['convergence']['reference_steps']}-step "
-                   f"reference is {fc['mean']:.3g}, {words[v['convergence']]} {s}'s {tc['mean']:.3g}.")
+    if v["basis"] == "paired":
+        c = contrast["contrasts"][s]  # type: ignore[index]
+        lo, hi = c["fid"]["delta_ci95"]
+        alo, ahi = c["amplification"][key]["delta_ci95"]
+        clo, chi = c["convergence_error"]["delta_ci95"]
+        side = "excludes" if v["fid"] != "overlapping" else "contains"
+        quality = (f"Quality: full has FID {fe['fid']:.2f}, {words[v['fid']]} {s}'s {te['fid']:.2f} "
+                   f"({s} − full = {c['fid']['delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]: the 95% interval of the "
+                   f"difference, paired by seed, {side} 0).")
+        stability = (f"Stability: full's mean amplification at ε={v['eps']} is {fa['mean']:.3g}, "
+                     f"{words[v['amplification']]} {s}'s {ta['mean']:.3g} ({s} − full = "
+                     f"{c['amplification'][key]['delta']:+.3g} [{alo:+.3g}, {ahi:+.3g}]; {s} is lower on "
+                     f"{c['amplification'][key]['frac_lower']:.0%} of the seeds).")
+        convergence = (f"Convergence: full's RMS error against the {full['analyze']['convergence']['reference_steps']}"
+                       f"-step reference is {fc['mean']:.3g}, {words[v['convergence']]} {s}'s {tc['mean']:.3g} "
+                       f"({s} − full = {c['convergence_error']['delta']:+.3g} [{clo:+.3g}, {chi:+.3g}]).")
+    else:
+        quality = (f"Quality: full has FID {fe['fid']:.2f}, {words[v['fid']]} {s}'s {te['fid']:.2f} "
+                   "(95% bootstrap intervals " + ("do not overlap" if v["fid"] != "overlapping" else "overlap") + ").")
+        stability = (f"Stability: full's mean amplification at ε={v['eps']} is {fa['mean']:.3g}, "
+                     f"{words[v['amplification']]} {s}'s {ta['mean']:.3g}.")
+        convergence = (f"Convergence: full's RMS error against the {full['analyze']['convergence']['reference_steps']}"
+                       f"-step reference is {fc['mean']:.3g}, {words[v['convergence']]} {s}'s {tc['mean']:.3g}.")
     if v["holds"]:
         verdict = (f"The dissociation holds on this run: {s} samples better than the full ensemble, and the full "
                    "ensemble is the more stable sampler.")

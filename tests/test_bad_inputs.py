@@ -119,6 +119,12 @@ class Case:
     with_params: bool = True
 
 
+def _quality_without_features(p: Project) -> None:
+    path = p.root / "outputs/quality/full.pt"
+    quality = load_tensors(path, "evaluate")
+    save_tensors(path, {k: v for k, v in quality.items() if k != "features"})
+
+
 CASES = [
     # params.yaml: keys, types, ranges, cross-checks
     Case("unknown-top-level-key", ["cluster"], ("unknown key 'sed'", "allowed keys"), params={"sed": 1}),
@@ -190,6 +196,14 @@ CASES = [
          setup=_garbage("outputs/samples/full.pt")),
     Case("corrupt-samples-for-report", ["report"], ("samples/full.pt", "cannot be loaded"),
          setup=_garbage("outputs/samples/full.pt")),
+    # paired contrasts
+    Case("contrast-of-an-unevaluated-policy", ["contrast"], ("quality/top-1.pt", "ddmbench evaluate --policy top-1"),
+         params={"policies": ["full", "top-1"]}),
+    Case("contrast-of-quality-without-features", ["contrast"], ("quality/full.pt", "per-sample features"),
+         setup=_quality_without_features),
+    Case("separation-of-full-with-itself", ["separation", "--policy", "full"], ("full with itself", "--policy top-2")),
+    Case("separation-of-an-unanalyzed-policy", ["separation", "--policy", "top-1"],
+         ("quality/top-1.pt", "ddmbench evaluate --policy top-1"), params={"policies": ["full", "top-1"]}),
     # output locations that cannot be written
     Case("samples-folder-is-a-file", ["sample", "--policy", "full"], ("outputs/samples", "writable"),
          setup=_file_instead_of_folder("outputs/samples")),

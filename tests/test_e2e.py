@@ -199,8 +199,8 @@ def test_evaluate_reports_intervals_precision_recall_and_per_sample_quality(trai
         assert lo <= m[key] <= hi, key
     assert 0.0 <= m["precision"] <= 1.0 and 0.0 <= m["recall"] <= 1.0 and m["pr_k"] == 3
     quality = load_tensors(project.paths.quality("full"), "evaluate")
-    assert set(quality) == {"confidence", "nn_distance", "seeds"}
-    assert quality["seeds"].tolist() == list(range(32))
+    assert set(quality) == {"confidence", "nn_distance", "seeds", "features"}
+    assert quality["seeds"].tolist() == list(range(32)) and quality["features"].shape[0] == 32
     assert quality["confidence"].shape == quality["nn_distance"].shape == (32,)
     assert quality["confidence"].mean().item() == pytest.approx(m["confidence"], rel=1e-5)
     assert bool((quality["nn_distance"] >= 0).all())
@@ -243,13 +243,27 @@ def test_analyze_is_deterministic_and_report_has_every_table(copy_of: Project) -
     assert first["disagreement"]["per_sample_mean"] == 0                   # one expert: nothing to disagree
     assert "alignment" not in _json(copy_of.paths.analysis_metrics("monolith"))
     invoke(copy_of.root, "expert-accuracy")
+    contrast_output = invoke(copy_of.root, "contrast")
+    contrast = _json(copy_of.paths.contrast_metrics)
+    assert contrast["reference"] == "full" and set(contrast["contrasts"]) == {"monolith", "top-1"}
+    top1 = contrast["contrasts"]["top-1"]
+    fid_gap = _json(copy_of.paths.eval_metrics("top-1"))["fid"] - _json(copy_of.paths.eval_metrics("full"))["fid"]
+    assert top1["fid"]["delta"] == pytest.approx(fid_gap, rel=1e-5)      # same features, same FID as evaluate
+    amp_gap = first["amplification"]["eps_1"]["mean"] - _json(copy_of.paths.analysis_metrics("full"))[
+        "amplification"]["eps_1"]["mean"]
+    assert top1["amplification"]["eps_1"]["delta"] == pytest.approx(amp_gap, abs=1e-9)
+    assert "paired by seed" in contrast_output
+    invoke(copy_of.root, "separation", "--policy", "top-1", "--size", "16", "--size", "32", "--seeds", "2")
+    study = _json(copy_of.paths.reports / "separation-top-1.json")
+    assert [r["n"] for r in study["fid"]] == [16, 32] and [r["n"] for r in study["per_seed"]] == [2]
+    assert study["fid"][-1] == top1["fid"]           # all rows: the same bootstrap as the contrast stage
     output = invoke(copy_of.root, "report")
     md = copy_of.paths.report_md.read_text()
-    for title in ("## Summary", "## Table 1", "## Table 2", "## Table 3", "## Table 4", "## Table 5"):
+    for title in ("## Summary", "## Table 1", "## Table 2", "## Table 3", "## Table 4", "## Table 5", "## Table 6"):
         assert title in md
-    assert "Not computed" not in md and "The dissociation" in md
+    assert "Not computed" not in md and "The dissociation" in md and "paired by seed" in md
     html = copy_of.paths.report_html.read_text()
-    assert html.count("<table>") == 6 and html.count("data:image/png;base64,") >= 3 + 4 and "](" not in html
+    assert html.count("<table>") == 7 and html.count("data:image/png;base64,") >= 3 + 4 and "](" not in html
     for name in ("lipschitz", "hit_rate", "selected_distance", "disagreement_router"):
         rows = _json(copy_of.paths.plot_data(name))
         assert {r["policy"] for r in rows} <= {"monolith", "full", "top-1"} and all(name in r for r in rows)

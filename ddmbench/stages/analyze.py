@@ -4,7 +4,8 @@ A traced pass over the first ``analysis.n`` sample seeds records routing, states
 prediction, and probes the field's local Lipschitz constant; perturbed and re-discretised passes give
 amplification and convergence. Per-sample disagreement of all N samples (recorded while sampling) is
 related to per-sample quality from the evaluate stage. Scalars go to metrics/analyze/<label>.json, the
-per-t curves to plots/curves/<label>.json.
+per-t curves to plots/curves/<label>.json, the per-seed values (for the paired contrasts) to
+outputs/analysis/<label>.pt.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ddmbench.console import progress
 from ddmbench.data import load_prepared, to_model_space
 from ddmbench.errors import ArtifactError
 from ddmbench.field import RoutedField
-from ddmbench.io import ensure_writable, load_tensors, write_json
+from ddmbench.io import ensure_writable, load_tensors, save_tensors, write_json
 from ddmbench.metrics import extract_features
 from ddmbench.paths import Paths
 from ddmbench.policies import PolicySpec
@@ -61,7 +62,7 @@ def clustering_feature_map(cfg: Config, paths: Paths, clusters: dict[str, torch.
 
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     a = cfg.analysis
-    ensure_writable(paths.analysis_metrics(spec.label), paths.curves(spec.label))
+    ensure_writable(paths.analysis_metrics(spec.label), paths.curves(spec.label), paths.analysis_values(spec.label))
     seeds = sample_seeds(cfg)[:a.n]
     field = build_field(cfg, paths, spec, sampling_device(cfg))
     clusters = load_clusters(paths)
@@ -97,10 +98,18 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     if routed and recorder is not None:
         metrics["alignment"], metrics["disagreement"] = _routing_analyses(cfg, paths, spec, recorder.result(),
                                                                          clusters, curves)
+    save_tensors(paths.analysis_values(spec.label), {
+        "seeds": torch.tensor(list(seeds), dtype=torch.long),                   # (n,)
+        "amplification": torch.stack([r.double() for r in amp.values()]),     # (len(eps), n)
+        "eps": torch.tensor(list(amp), dtype=torch.float64),                   # (len(eps),)
+        "error_at_nfe": conv["error_at_nfe"].double(),                         # (n,) RMS per pixel
+        "lipschitz": lip.mean(1).double(),                                     # (n,) mean over the steps
+    })
     write_json(paths.analysis_metrics(spec.label), metrics)
     write_json(paths.curves(spec.label), [dict(zip(curves, row)) for row in zip(*curves.values())])
     mirror(cfg, paths, f"analyze@{spec.label}", "analyze", {"analysis": config_to_dict(cfg)["analysis"],
-           "policy": spec.label}, metrics, [paths.analysis_metrics(spec.label), paths.curves(spec.label)],
+           "policy": spec.label}, metrics, [paths.analysis_metrics(spec.label), paths.curves(spec.label),
+                                            paths.analysis_values(spec.label)],
            tags={"policy": spec.label})
     return metrics
 

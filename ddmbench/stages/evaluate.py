@@ -69,6 +69,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         "confidence": probs.max(1).values,                          # (N,) evaluator max-softmax
         "nn_distance": nearest_distance(fake_feats, real_feats),    # (N,) to the nearest real feature
         "seeds": samples["seeds"].long(),                           # (N,) the sample's seed
+        "features": fake_feats.float(),                             # (N, d) evaluator features (paired contrasts)
     })
     write_json(paths.eval_metrics(spec.label), metrics)
     mirror(cfg, paths, f"evaluate@{spec.label}", "evaluate", {"evaluate": config_to_dict(cfg)["evaluate"],
