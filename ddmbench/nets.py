@@ -64,13 +64,13 @@ class UNet(nn.Module):
         self.image_shape = tuple(image_shape)
         self.temb = TimeEmbed(t_dim)
         self.inc = nn.Conv2d(in_channels, c, 3, padding=1)
-        self.down1 = ResBlock(c, c, t_dim)                        # 28x28
-        self.pool1 = nn.Conv2d(c, c, 3, stride=2, padding=1)      # -> 14x14
+        self.down1 = ResBlock(c, c, t_dim)                        # H x W
+        self.pool1 = nn.Conv2d(c, c, 3, stride=2, padding=1)      # -> H/2 x W/2
         self.down2 = ResBlock(c, 2 * c, t_dim)
-        self.pool2 = nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)  # -> 7x7
+        self.pool2 = nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)  # -> H/4 x W/4
         self.mid = ResBlock(2 * c, 2 * c, t_dim)
-        self.up2 = ResBlock(4 * c, 2 * c, t_dim)                  # 14x14, with skip
-        self.up1 = ResBlock(3 * c, c, t_dim)                      # 28x28, with skip
+        self.up2 = ResBlock(4 * c, 2 * c, t_dim)                  # H/2 x W/2, with skip
+        self.up1 = ResBlock(3 * c, c, t_dim)                      # H x W, with skip
         self.out = nn.Sequential(nn.GroupNorm(min(8, c), c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

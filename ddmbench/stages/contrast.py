@@ -19,7 +19,7 @@ from ddmbench.analysis.paired import align_by_seed, paired_fid_delta, paired_mea
 from ddmbench.checkpoints import load_classifier
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import console
-from ddmbench.data import load_prepared, to_model_space
+from ddmbench.data import load_prepared, shape_of_images, to_model_space
 from ddmbench.errors import ArtifactError
 from ddmbench.io import ensure_writable, load_tensors, write_json
 from ddmbench.metrics import extract_features
@@ -79,7 +79,7 @@ def paired_fid(real: torch.Tensor, q: dict[str, torch.Tensor], ref: dict[str, to
 def real_features(cfg: Config, paths: Paths) -> torch.Tensor:
     """(n_real, d) evaluator features of the test split, as `evaluate` computes them."""
     ds = load_prepared(paths.dataset)
-    return extract_features(load_classifier(paths.model("evaluator")),
+    return extract_features(load_classifier(paths.model("evaluator"), image_shape=shape_of_images(ds["test_x"])),
                             to_model_space(ds["test_x"][:cfg.evaluate.n_real]))
 
 
