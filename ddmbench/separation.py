@@ -79,17 +79,21 @@ def _print(result: dict[str, Any]) -> None:
         t.add_row(str(r["n"]), fmt_ci(r["delta"], r["delta_ci95"]), r["verdict"])
     console.print(t)
     eps_keys = list(result["per_seed"][0]["amplification"])
-    t = Table(title=f"{p} − full per traced seed, on the first n seeds (mean [95% interval], seeds where {p} is lower)")
+    t = Table(title=f"{p} − full per traced seed, on the first n seeds (mean [95% interval]; seeds where {p} is "
+                    "lower, Wilcoxon p)")
     t.add_column("n", justify="right")
     for k in eps_keys:
         t.add_column(f"Δamp. ε={k.removeprefix('eps_')}", justify="right")
     t.add_column("Δconv. error", justify="right")
     for r in result["per_seed"]:
-        amps = [f"{fmt_ci(r['amplification'][k]['delta'], r['amplification'][k]['delta_ci95'], 3)} "
-                f"({r['amplification'][k]['frac_lower']:.0%})" for k in eps_keys]
-        c = r["convergence_error"]
-        t.add_row(str(r["n"]), *amps, f"{fmt_ci(c['delta'], c['delta_ci95'], 4)} ({c['frac_lower']:.0%})")
+        cells = [_cell(r["amplification"][k], 3) for k in eps_keys]
+        t.add_row(str(r["n"]), *cells, _cell(r["convergence_error"], 4))
     console.print(t)
     s = result["smallest_separating"]
     console.print("smallest size whose interval excludes 0: " + ", ".join(
         f"{k} {'n = ' + str(n) if n else 'none of these'}" for k, n in s.items()))
+
+
+def _cell(d: dict[str, Any], digits: int) -> str:
+    p = "–" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.2g}"
+    return f"{fmt_ci(d['delta'], d['delta_ci95'], digits)} ({d['frac_lower']:.0%}, p={p})"
