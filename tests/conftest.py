@@ -187,9 +187,9 @@ def make_project(root: Path, **overrides: Any) -> Project:
     return project
 
 
-def invoke(root: Path, *args: str) -> str:
+def run_cli(root: Path, *args: str, columns: int = 200) -> Any:
     """Run the CLI in-process from the repo root ``root`` (outputs go under the cwd) with its params.yaml;
-    assert success; return the output."""
+    return typer's Result (exit_code, output), whatever the exit code."""
     from typer.testing import CliRunner
 
     from ddmbench.cli import app
@@ -197,9 +197,15 @@ def invoke(root: Path, *args: str) -> str:
     old = Path.cwd()
     os.chdir(root)
     try:
-        result = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"}).invoke(app, [*args, "--params", str(root / "params.yaml")])
+        return CliRunner(env={"NO_COLOR": "1", "COLUMNS": str(columns)}).invoke(
+            app, [*args, "--params", str(root / "params.yaml")])
     finally:
         os.chdir(old)
+
+
+def invoke(root: Path, *args: str) -> str:
+    """``run_cli`` that must succeed; returns the output."""
+    result = run_cli(root, *args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result.output
 

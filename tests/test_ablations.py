@@ -4,19 +4,14 @@ layout) and on a real tiny K = 1 run (a one-expert DDM whose trivial router chan
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, make_project
-from typer.testing import CliRunner
+from conftest import Project, make_project, run_cli
 
 from ddmbench import ablations as ab
-from ddmbench.cli import app
 from ddmbench.errors import ArtifactError
-
-RUNNER = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "250"})
 
 
 def entry(rev: str, name: str | None, k: int, method: str, fids: dict[str, float], *, error: Any = None,
@@ -72,30 +67,21 @@ def test_a_document_that_is_not_exp_show_is_one_error() -> None:
         ab.rows_from_exp_show({"workspace": {}})
 
 
-def invoke(root: Path, *args: str) -> Any:
-    old = Path.cwd()
-    os.chdir(root)
-    try:
-        return RUNNER.invoke(app, [*args, "--params", str(root / "params.yaml")])
-    finally:
-        os.chdir(old)
-
-
 def test_cli_from_json_writes_the_report(project: Project) -> None:
     doc = project.root / "show.json"
     doc.write_text(json.dumps(exp_show_doc()))
-    result = invoke(project.root, "ablations", "--from-json", str(doc))
+    result = run_cli(project.root, "ablations", "--from-json", str(doc), columns=250)
     assert result.exit_code == 0, result.output
     assert "4 runs from" in result.output
     md = (project.root / "reports" / "ablations.md").read_text()
     assert md.startswith("# Ablations") and "| k1-kmeans |" in md
     doc.write_text("{not json")
-    bad = invoke(project.root, "ablations", "--from-json", str(doc))
+    bad = run_cli(project.root, "ablations", "--from-json", str(doc), columns=250)
     assert bad.exit_code == 2 and "show.json is not valid JSON" in bad.output and "Traceback" not in bad.output
 
 
 def test_no_metrics_and_no_experiments_is_one_error(project: Project) -> None:
-    result = invoke(project.root, "ablations")
+    result = run_cli(project.root, "ablations", columns=250)
     assert result.exit_code == 2 and "no experiments to list" in result.output
 
 
@@ -104,9 +90,9 @@ def test_real_k1_run_is_collected(tmp_path: Path) -> None:
     """A one-expert DDM end to end: every routed policy is that expert, so full and top-1 give the same FID."""
     project = make_project(tmp_path / "repo", cluster={"k": 1}, experts=[0], policies=["full", "top-1"])
     for policy in ("full", "top-1"):
-        result = invoke(project.root, "run", "--policy", policy)
+        result = run_cli(project.root, "run", "--policy", policy, columns=250)
         assert result.exit_code == 0, result.output
-    result = invoke(project.root, "ablations")
+    result = run_cli(project.root, "ablations", columns=250)
     assert result.exit_code == 0, result.output
     fids = {p: json.loads((project.root / "metrics" / "evaluate" / f"{p}.json").read_text())["fid"]
             for p in ("full", "top-1")}

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project, invoke, make_project
-from typer.testing import CliRunner
+from conftest import Project, invoke, make_project, run_cli
 
 from ddmbench import nets
 from ddmbench.checkpoints import load_velocity_net
-from ddmbench.cli import app
 from ddmbench.data import load_prepared, to_model_space
 from ddmbench.io import load_tensors
 from ddmbench.paths import Paths
@@ -26,7 +23,6 @@ from ddmbench.training import seed_everything, seed_for
 
 pytestmark = pytest.mark.slow
 
-RUNNER = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"})
 
 
 @pytest.fixture(scope="module")
@@ -274,11 +270,6 @@ def test_analyze_is_deterministic_and_report_has_every_table(copy_of: Project) -
 
 def test_report_names_the_missing_analysis(copy_of: Project) -> None:
     copy_of.paths.analysis_metrics("full").unlink()
-    old = Path.cwd()
-    os.chdir(copy_of.root)
-    try:
-        result = RUNNER.invoke(app, ["report", "--params", str(copy_of.params)])
-    finally:
-        os.chdir(old)
+    result = run_cli(copy_of.root, "report")
     assert result.exit_code == 2
     assert "ddmbench analyze --policy full" in result.output and "Traceback" not in result.output

@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project
-from typer.testing import CliRunner
+from conftest import Project, run_cli
 
 from ddmbench.analysis.expert_accuracy import ROW_KEYS, expert_accuracy, summarise
-from ddmbench.cli import app
 from ddmbench.config import parse_config
 from ddmbench.errors import ConfigError
 from ddmbench.tables import expert_accuracy as accuracy_table
 
-RUNNER = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"})
 SHAPE = (1, 4, 4)
 
 
@@ -114,24 +109,14 @@ def test_bad_analysis_params_are_one_line_config_errors(analysis: dict, key: str
 
 def test_cli_reports_a_bad_accuracy_n_in_one_line(project: Project) -> None:
     project.update(analysis={"accuracy_n": -5})
-    old = Path.cwd()
-    os.chdir(project.root)
-    try:
-        result = RUNNER.invoke(app, ["expert-accuracy", "--params", str(project.params)])
-    finally:
-        os.chdir(old)
+    result = run_cli(project.root, "expert-accuracy")
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "analysis.accuracy_n" in lines[0] and "-5" in lines[0]
 
 
 def test_stage_needs_the_trained_models_first(project: Project) -> None:
-    old = Path.cwd()
-    os.chdir(project.root)
-    try:
-        result = RUNNER.invoke(app, ["expert-accuracy", "--params", str(project.params)])
-    finally:
-        os.chdir(old)
+    result = run_cli(project.root, "expert-accuracy")
     assert result.exit_code == 2 and "ddmbench prepare" in result.output
 
 
