@@ -30,6 +30,7 @@ REFERENCE = "full"
 
 
 def load_quality(paths: Paths, label: str) -> dict[str, torch.Tensor]:
+    """outputs/quality/<label>.pt: seeds (N,), evaluator features (N, d), per-sample confidence and distance."""
     what = f"ddmbench evaluate --policy {label}"
     q = load_tensors(paths.quality(label), what)
     if "features" not in q or "seeds" not in q or len(q["features"]) != len(q["seeds"]):
@@ -38,6 +39,7 @@ def load_quality(paths: Paths, label: str) -> dict[str, torch.Tensor]:
 
 
 def load_values(paths: Paths, label: str) -> dict[str, torch.Tensor]:
+    """outputs/analysis/<label>.pt: seeds (n,), eps (E,), amplification (E, n), error_at_nfe (n,), lipschitz (n,)."""
     what = f"ddmbench analyze --policy {label}"
     v = load_tensors(paths.analysis_values(label), what)
     if any(k not in v for k in ("seeds", "eps", "amplification", "error_at_nfe", "lipschitz")):
@@ -46,7 +48,7 @@ def load_values(paths: Paths, label: str) -> dict[str, torch.Tensor]:
 
 
 def paired_values(v: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], *, resamples: int, seed: int,
-                   n_seeds: int | None = None) -> dict[str, Any]:
+                  n_seeds: int | None = None) -> dict[str, Any]:
     """Per-seed analyses of a policy minus those of the reference, over their first ``n_seeds`` common seeds."""
     ia, ib = align_by_seed(v["seeds"], ref["seeds"])
     ia, ib = ia[:n_seeds], ib[:n_seeds]
