@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 # Off a terminal (DVC, CI logs) rich would assume 80 columns and squeeze the tables.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -31,3 +32,13 @@ def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     with Progress(*columns, console=err_console, transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def show_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """A (headers, rows) table of strings on stdout: the first column left-aligned, the numbers right."""
+    table = Table(title=title)
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from rich.table import Table
 
 from ddmbench import tables
 from ddmbench.analysis.paired import align_by_seed, paired_fid_delta, paired_mean_delta
 from ddmbench.checkpoints import load_classifier
 from ddmbench.config import Config, config_to_dict
-from ddmbench.console import console
+from ddmbench.console import console, show_table
 from ddmbench.data import load_prepared, shape_of_images, to_model_space
 from ddmbench.errors import ArtifactError
 from ddmbench.io import ensure_writable, load_tensors, write_json
@@ -118,10 +117,5 @@ def print_table(metrics: dict[str, Any]) -> None:
     if not metrics["contrasts"]:
         return
     keys = list(next(iter(metrics["contrasts"].values()))["amplification"])
-    headers, rows = tables.contrasts(metrics, keys[len(keys) // 2] if keys else "")
-    table = Table(title="policy − full, paired by seed (95% intervals)")
-    for h in headers:
-        table.add_column(h, justify="left" if h == headers[0] else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    show_table("policy − full, paired by seed (95% intervals)",
+                *tables.contrasts(metrics, keys[len(keys) // 2] if keys else ""))

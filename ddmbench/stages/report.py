@@ -7,11 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from rich.table import Table
 
 from ddmbench import figures, tables
 from ddmbench.config import Config
-from ddmbench.console import console
+from ddmbench.console import console, show_table
 from ddmbench.data import check_sample_images
 from ddmbench.io import ensure_writable, load_tensors, read_json, write_json, write_text
 from ddmbench.paths import Paths
@@ -174,13 +173,7 @@ def run(cfg: Config, paths: Paths) -> tables.Results:
     write_text(paths.report_md, doc.markdown(paths.reports))
     write_text(paths.report_html, doc.html())
 
-    headers, rows = tables.quality_stability_cost(results)
-    table = Table(title="routing policy vs quality, stability and cost")
-    for h in headers:
-        table.add_column(h, justify="right" if h != "policy" else "left")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    show_table("routing policy vs quality, stability and cost", *tables.quality_stability_cost(results))
     console.print(summary_text(results, contrast))
     console.print(f"wrote {paths.report_md.relative_to(paths.root)} and {paths.report_html.relative_to(paths.root)}")
     verdict = dissociation(results, contrast)
