@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from ddmbench.metrics import (
+from ddmbench.evaluation.metrics import (
     FrechetToReal,
     KernelToReal,
     fid,

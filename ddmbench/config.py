@@ -7,6 +7,7 @@ out-of-range value stops with one line naming the key, the value and what is all
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ddmbench.errors import ConfigError
-from ddmbench.policies import PolicySpec, parse_policy
+from ddmbench.sampling.policies import PolicySpec, parse_policy
 
 NET_PRESETS = ("unet-xs", "unet-s", "unet-m", "dit-xs", "dit-s")
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
@@ -329,3 +330,17 @@ def with_trainer(cfg: Config, **overrides: Any) -> Config:
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1, "c": [2, 3]}} -> {"a/b": 1, "a/c/0": 2, "a/c/1": 3} (lists of numbers or mappings)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}/"))
+        elif isinstance(value, list) and value and all(isinstance(v, (Mapping, int, float)) for v in value):
+            out.update(flatten({str(i): v for i, v in enumerate(value)}, f"{name}/"))
+        else:
+            out[name] = value
+    return out

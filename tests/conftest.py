@@ -30,8 +30,8 @@ import pytest
 import yaml
 
 from ddmbench.config import Config, config_to_dict, load_config, parse_config
-from ddmbench.data import MNIST_FILES
-from ddmbench.paths import Paths
+from ddmbench.data.datasets import MNIST_FILES
+from ddmbench.pipeline.paths import Paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_LABELS = 4        # synthetic "digits" 0..3, each a distinct pattern family
@@ -40,7 +40,7 @@ N_TEST = 80
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Lightning 2.6 on torch 2.14 warns on every fit; ddmbench.training filters it at import, but pytest
+    # Lightning 2.6 on torch 2.14 warns on every fit; ddmbench.train.trainer filters it at import, but pytest
     # resets warning filters per test.
     config.addinivalue_line("filterwarnings", "ignore:.*LeafSpec.*")
     config.addinivalue_line("filterwarnings", "ignore:.*will save all extracted features in buffer.*")

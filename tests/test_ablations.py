@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from conftest import Project, make_project, run_cli
 
-from ddmbench import ablations as ab
 from ddmbench.errors import ArtifactError
+from ddmbench.tools import ablations as ab
 
 
 def entry(rev: str, name: str | None, k: int, method: str, fids: dict[str, float], *, error: Any = None,

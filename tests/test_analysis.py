@@ -13,11 +13,11 @@ from ddmbench.analysis.convergence import convergence, empirical_order, ladder
 from ddmbench.analysis.disagreement import quality_relation, weighted_spread
 from ddmbench.analysis.stability import LipschitzProbes, amplification, unit_directions
 from ddmbench.analysis.stats import bootstrap_ci, spearman, summary
-from ddmbench.field import ModelField, RoutedField
-from ddmbench.policies import parse_policy
-from ddmbench.sampling import generate
-from ddmbench.shapes import MNIST_SHAPE as IMAGE_SHAPE
-from ddmbench.traces import TraceRecorder
+from ddmbench.data.shapes import MNIST_SHAPE as IMAGE_SHAPE
+from ddmbench.sampling.field import ModelField, RoutedField
+from ddmbench.sampling.policies import parse_policy
+from ddmbench.sampling.sampler import generate
+from ddmbench.sampling.traces import TraceRecorder
 
 SEEDS = list(range(20, 36))
 D = math.prod(IMAGE_SHAPE)

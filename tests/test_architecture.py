@@ -15,59 +15,115 @@ from typer.main import get_command
 
 from ddmbench.cli import app
 from ddmbench.config import Config
-from ddmbench.paths import Paths
+from ddmbench.pipeline.paths import Paths
 
 PACKAGE = REPO_ROOT / "ddmbench"
 HEAVY = ("lightning", "pytorch_lightning", "mlflow", "torchmetrics", "typer", "rich", "dvc")
-# research-style cores: arrays/tensors in, arrays/tensors out; no training, tracking, CLI or stages
-CORE = ("flow", "policies", "solvers", "cluster", "field", "sampling", "nets")
-PLAIN = ("flow", "policies", "solvers", "cluster")  # import only torch / numpy / scikit-learn
+# the library: arrays and models in, arrays and models out; it never imports the pipeline, the tools or the CLI
+LIBRARY = ("data", "cluster", "models", "train", "sampling", "evaluation", "analysis", "report")
+SHARED = ("config", "errors", "io", "console")  # top-level modules every layer may import
+# research-style cores: tensors in, tensors out; no training, tracking or stages
+CORE = ("sampling.flow", "sampling.policies", "sampling.solvers", "sampling.field", "sampling.sampler",
+        "cluster.partition", "models.nets")
+PLAIN = ("sampling.flow", "sampling.policies", "sampling.solvers", "cluster.partition")  # torch / numpy / sklearn only
+MAX_MODULE_LINES = 400
+
+
+def _modules() -> list[str]:
+    """Every module of the package, dotted below ``ddmbench`` (``sampling.field``, ``cli``, ...)."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return [m for m in out if m]
+
+
+def _file(module: str) -> Path:
+    path = PACKAGE / f"{module.replace('.', '/')}.py"
+    return path if path.exists() else PACKAGE / module.replace(".", "/") / "__init__.py"
 
 
 def _imports(module: str) -> set[str]:
-    """Every module name imported anywhere in ddmbench/<module>.py (top level or inside functions)."""
-    tree = ast.parse((PACKAGE / f"{module.replace('.', '/')}.py").read_text())
+    """Every ddmbench module name imported anywhere in ``module`` (top level or inside functions), dotted from
+    ``ddmbench``; ``from ddmbench.x import y`` counts ``ddmbench.x.y`` too when ``y`` is a module."""
+    tree = ast.parse(_file(module).read_text())
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            if node.module == "ddmbench":
-                names.update(f"ddmbench.{a.name}" for a in node.names)
+            if node.module.startswith("ddmbench"):
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    if _file(sub.removeprefix("ddmbench.")).exists():
+                        names.add(sub)
     return names
+
+
+def _layer(name: str) -> str:
+    """``ddmbench.sampling.field`` -> ``sampling``; non-ddmbench names -> ''."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "ddmbench" and len(parts) > 1 else ""
+
+
+STAGE_MODULES = {f"pipeline.{p.stem}" for p in (PACKAGE / "pipeline").glob("*.py")} & {
+    f"pipeline.{name.replace('-', '_')}" for name in (yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+                                                      if (REPO_ROOT / "dvc.yaml").exists() else {})}
+
+
+@pytest.mark.parametrize("module", [m for m in _modules() if m.split(".")[0] in LIBRARY + SHARED])
+def test_the_library_never_imports_pipeline_tools_or_cli(module: str) -> None:
+    for name in _imports(module):
+        assert _layer(name) not in ("pipeline", "tools", "cli"), f"ddmbench/{module} imports {name}"
+
+
+@pytest.mark.parametrize("module", [m for m in _modules() if m.startswith("pipeline")])
+def test_the_pipeline_never_imports_tools_or_cli(module: str) -> None:
+    for name in _imports(module):
+        assert _layer(name) not in ("tools", "cli"), f"ddmbench/{module} imports {name}"
+
+
+@pytest.mark.parametrize("module", sorted(STAGE_MODULES))
+def test_a_stage_never_imports_another_stage(module: str) -> None:
+    others = {f"ddmbench.{m}" for m in STAGE_MODULES - {module}}
+    assert not (_imports(module) & others), f"ddmbench/{module} imports {sorted(_imports(module) & others)}"
+
+
+def test_the_import_direction_test_can_fail() -> None:
+    # the checks above see both import forms, or they would pass vacuously
+    assert "ddmbench.pipeline.paths" in _imports("pipeline.sample")
+    assert "ddmbench.sampling.flow" in _imports("pipeline.flow_training")
 
 
 @pytest.mark.parametrize("module", CORE)
 def test_core_modules_do_not_reach_up(module: str) -> None:
     for name in _imports(module):
-        root = name.split(".")[0]
-        assert root not in HEAVY, f"ddmbench/{module}.py imports {name}"
-        assert not name.startswith(("ddmbench.stages", "ddmbench.cli", "ddmbench.tracking", "ddmbench.training",
-                                    "ddmbench.lit")), f"ddmbench/{module}.py imports {name}"
+        assert name.split(".")[0] not in HEAVY, f"ddmbench/{module} imports {name}"
+        assert _layer(name) not in ("pipeline", "tools", "cli", "train"), f"ddmbench/{module} imports {name}"
 
 
 @pytest.mark.parametrize("module", PLAIN)
 def test_plain_algorithms_import_only_numerics(module: str) -> None:
-    allowed = {"torch", "numpy", "sklearn", "__future__", "dataclasses", "collections", "typing", "re", "math"}
+    allowed = {"torch", "numpy", "sklearn", "__future__", "dataclasses", "collections", "typing", "re", "math",
+               "hashlib", "struct"}
     for name in _imports(module):
-        assert name.split(".")[0] in allowed, f"ddmbench/{module}.py imports {name}"
+        assert name.split(".")[0] in allowed, f"ddmbench/{module} imports {name}"
 
 
 def test_field_needs_only_policies_from_the_package() -> None:
-    assert {n for n in _imports("field") if n.startswith("ddmbench")} <= {"ddmbench.policies", "ddmbench.shapes"}
+    assert {n for n in _imports("sampling.field") if n.startswith("ddmbench")} <= {
+        "ddmbench.sampling", "ddmbench.sampling.policies", "ddmbench.data.shapes", "ddmbench.data"}
 
 
 def test_solvers_know_nothing_of_experts_or_policies() -> None:
-    assert not {n for n in _imports("solvers") if n.startswith("ddmbench")}
+    assert not {n for n in _imports("sampling.solvers") if n.startswith("ddmbench")}
 
 
-def test_nothing_below_the_cli_imports_it() -> None:
-    for path in PACKAGE.rglob("*.py"):
-        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
-        if module in ("cli", "__main__"):
-            continue
-        assert "ddmbench.cli" not in _imports(module), module
+@pytest.mark.parametrize("module", _modules())
+def test_modules_stay_small(module: str) -> None:
+    lines = len(_file(module).read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"ddmbench/{module} has {lines} lines; split it (limit {MAX_MODULE_LINES})"
 
 
 def test_cli_import_is_light() -> None:
@@ -96,8 +152,32 @@ def _paths_in(entries: list) -> list[str]:
 
 
 def test_every_stage_module_has_a_command() -> None:
-    modules = {p.stem for p in (PACKAGE / "stages").glob("*.py")} - {"__init__", "pipeline"}
-    assert {m.replace("_", "-") for m in modules} <= COMMANDS
+    assert STAGE_MODULES and {m.removeprefix("pipeline.").replace("_", "-") for m in STAGE_MODULES} <= COMMANDS
+
+
+def _code_deps(stage: str) -> set[str]:
+    """What a stage's code depends on, from its imports: its module, the pipeline support modules it uses
+    (not paths/tracking), and each library module it reaches transitively, as the whole folder when the stage
+    reaches every module of it. The shared modules (config, errors, io, console) are not code deps."""
+    own = f"ddmbench.pipeline.{stage.replace('-', '_')}"
+    seen: set[str] = set()
+    todo = [own]
+    while todo:
+        name = todo.pop()
+        if name in seen or not name.startswith("ddmbench.") or not _file(name.removeprefix("ddmbench.")).exists():
+            continue
+        seen.add(name)
+        if _layer(name) not in SHARED:
+            todo.extend(_imports(name.removeprefix("ddmbench.")))
+    deps = {f"ddmbench/pipeline/{stage.replace('-', '_')}.py"}
+    for name in seen:
+        parts = name.split(".")
+        if len(parts) >= 3 and parts[1] in LIBRARY:
+            every = {f"ddmbench.{parts[1]}.{q.stem}" for q in (PACKAGE / parts[1]).glob("*.py") if q.stem != "__init__"}
+            deps.add(f"ddmbench/{parts[1]}" if every <= seen else name.replace(".", "/") + ".py")
+        elif len(parts) == 3 and parts[1] == "pipeline" and parts[2] not in ("paths", "tracking"):
+            deps.add(name.replace(".", "/") + ".py")
+    return {d for d in deps if not any(d.startswith(f"{folder}/") for folder in deps if not folder.endswith(".py"))}
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -105,10 +185,12 @@ def test_dvc_stage_is_the_command_of_the_same_name(name: str) -> None:
     body = _body(STAGES[name])
     assert body["cmd"].split()[:2] == ["ddmbench", name]
     assert name in COMMANDS
-    assert f"ddmbench/stages/{name.replace('-', '_')}.py" in body["deps"]
-    for dep in body["deps"]:
-        if dep.startswith("ddmbench/"):
-            assert (REPO_ROOT / dep).exists(), f"{name}: dependency {dep} does not exist"
+    declared = {d for d in _paths_in(body["deps"]) if d.startswith("ddmbench/")}
+    for dep in declared:
+        assert (REPO_ROOT / dep).exists(), f"{name}: dependency {dep} does not exist"
+    # the code deps are exactly what the stage imports: a missing one leaves DVC blind to a code change,
+    # an extra one re-runs the stage for nothing
+    assert declared == _code_deps(name), f"{name}: dvc.yaml deps {sorted(declared)} != imports {sorted(_code_deps(name))}"
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

@@ -21,12 +21,12 @@ import torch
 from conftest import Project, make_project
 from typer.testing import CliRunner
 
-from ddmbench import nets
-from ddmbench.checkpoints import save_weights
 from ddmbench.cli import app
 from ddmbench.io import load_tensors, save_tensors, write_json
-from ddmbench.policies import parse_policy
-from ddmbench.stages import analyze, cluster, evaluate, prepare, sample
+from ddmbench.models import nets
+from ddmbench.models.checkpoints import save_weights
+from ddmbench.pipeline import analyze, cluster, evaluate, prepare, sample
+from ddmbench.sampling.policies import parse_policy
 
 RUNNER = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200", "TYPER_USE_RICH": "0"})
 

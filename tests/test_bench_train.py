@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ddmbench.bench_train import bench_data, lightning_steps_per_s, plain_steps_per_s
 from ddmbench.cli import app
+from ddmbench.tools.bench_train import bench_data, lightning_steps_per_s, plain_steps_per_s
 
 pytestmark = pytest.mark.slow
 

@@ -18,18 +18,20 @@ import torch
 from conftest import Project, invoke, make_images, make_project
 from PIL import Image
 
-from ddmbench import cifar, data, nets
-from ddmbench.checkpoints import load_classifier, load_router, load_velocity_net, save_weights
 from ddmbench.config import parse_config
-from ddmbench.cost import flops_per_image
+from ddmbench.data import cifar
+from ddmbench.data import datasets as data
+from ddmbench.data.shapes import CIFAR_SHAPE, MNIST_SHAPE
 from ddmbench.errors import ArtifactError, ConfigError, DataError
-from ddmbench.field import ModelField, RoutedField
+from ddmbench.evaluation.cost import flops_per_image
 from ddmbench.io import load_tensors, read_json, save_tensors
-from ddmbench.policies import parse_policy
-from ddmbench.report import save_grid
-from ddmbench.sampling import generate, noise_for
-from ddmbench.shapes import CIFAR_SHAPE, MNIST_SHAPE
-from ddmbench.stages import evaluate, prepare
+from ddmbench.models import nets
+from ddmbench.models.checkpoints import load_classifier, load_router, load_velocity_net, save_weights
+from ddmbench.pipeline import evaluate, prepare
+from ddmbench.report.document import save_grid
+from ddmbench.sampling.field import ModelField, RoutedField
+from ddmbench.sampling.policies import parse_policy
+from ddmbench.sampling.sampler import generate, noise_for
 
 PER_BATCH = 48       # images per synthetic batch: 5 x 48 = 240 training images, 48 test images
 
@@ -297,7 +299,7 @@ def test_checkpoints_record_and_check_the_image_shape(tmp_path: Path) -> None:
 
 
 def test_sampling_refuses_experts_trained_on_different_shapes(project: Project) -> None:
-    from ddmbench.stages.sample import build_field
+    from ddmbench.pipeline.artifacts import build_field
 
     cfg, paths = project.config(), project.paths
     for k, shape in enumerate((CIFAR_SHAPE, MNIST_SHAPE)):
@@ -382,7 +384,7 @@ def test_cifar_evaluate_refuses_samples_of_another_shape(cifar_run: Project, tmp
 
 
 def test_bench_nets_follow_the_dataset_shape() -> None:
-    from ddmbench import bench, bench_train
+    from ddmbench.tools import bench, bench_train
 
     experts, router, monolith = bench.build_models(2, "unet-xs", image_shape=CIFAR_SHAPE)
     assert router.proj.shape == (3 * 32 * 32, 2) and monolith.image_shape == CIFAR_SHAPE

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import N_TEST, N_TRAIN, Project, make_images
 
-from ddmbench import cluster as clustering
+from ddmbench.cluster import partition as clustering
 from ddmbench.errors import ConfigError
 from ddmbench.io import load_tensors
-from ddmbench.stages import cluster as cluster_stage
-from ddmbench.stages import prepare
+from ddmbench.pipeline import cluster as cluster_stage
+from ddmbench.pipeline import prepare
 
 
 @pytest.fixture(scope="module")

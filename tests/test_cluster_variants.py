@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from conftest import N_TRAIN, Project
 
-from ddmbench import cluster as clustering
+from ddmbench.cluster import partition as clustering
 from ddmbench.config import parse_config
 from ddmbench.errors import ArtifactError, ConfigError
 from ddmbench.io import load_tensors
-from ddmbench.stages import cluster as cluster_stage
-from ddmbench.stages import prepare, train_evaluator
+from ddmbench.pipeline import cluster as cluster_stage
+from ddmbench.pipeline import prepare, train_evaluator
 
 
 def blobs(sizes: list[int], dim: int = 6, spread: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ddmbench import bench
-from ddmbench.cost import flops_per_image, gflops_per_image
-from ddmbench.nets import build_router, build_velocity_net
+from ddmbench.evaluation.cost import flops_per_image, gflops_per_image
+from ddmbench.models.nets import build_router, build_velocity_net
+from ddmbench.tools import bench
 
 
 class _Linear(nn.Module):

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import N_TEST, N_TRAIN, Project, make_images, write_checksums
 
-from ddmbench import data
+from ddmbench.data import datasets as data
 from ddmbench.errors import DataError
-from ddmbench.stages import prepare
+from ddmbench.pipeline import prepare
 
 
 def _flip_byte(path: Path, offset: int = -1) -> None:

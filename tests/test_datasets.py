@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from conftest import N_TRAIN, Project, idx_images, idx_labels, make_images, write_checksums
 
-from ddmbench import data
+from ddmbench.data import datasets as data
 from ddmbench.errors import DataError
-from ddmbench.stages import prepare
+from ddmbench.pipeline import prepare
 
 
 def fashion_project(project: Project) -> Path:

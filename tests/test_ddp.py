@@ -16,10 +16,10 @@ import pytest
 import torch
 from conftest import Project
 
-from ddmbench import nets
-from ddmbench.checkpoints import load_velocity_net
-from ddmbench.stages import cluster, prepare
-from ddmbench.training import seed_everything, seed_for
+from ddmbench.models import nets
+from ddmbench.models.checkpoints import load_velocity_net
+from ddmbench.pipeline import cluster, prepare
+from ddmbench.train.trainer import seed_everything, seed_for
 
 pytestmark = pytest.mark.slow
 
@@ -76,12 +76,13 @@ RECORD_T = """
 import os, sys, torch
 from pathlib import Path
 from torch import nn
-from ddmbench import nets
+from ddmbench.models import nets
 from ddmbench.config import load_config
-from ddmbench.data import load_prepared, to_model_space
-from ddmbench.lit import FlowMatching
-from ddmbench.paths import Paths
-from ddmbench.training import fit, seed_everything, train_loader
+from ddmbench.data.datasets import load_prepared, to_model_space
+from ddmbench.train.modules import FlowMatching
+from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.fitting import fit_stage as fit
+from ddmbench.train.trainer import seed_everything, train_loader
 
 
 class RecordT(nn.Module):
@@ -144,7 +145,7 @@ def test_two_processes_follow_the_one_process_loss_curve(project: Project, tmp_p
 
     from conftest import make_project
 
-    from ddmbench.stages import train_expert
+    from ddmbench.pipeline import train_expert
 
     curves, nets_ = {}, {}
     for devices, batch in ((1, 16), (2, 8)):

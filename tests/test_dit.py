@@ -6,11 +6,12 @@ import pytest
 import torch
 from conftest import Project
 
-from ddmbench import flow, nets
-from ddmbench.checkpoints import load_velocity_net
-from ddmbench.cost import flops_per_image
-from ddmbench.data import load_prepared, to_model_space
-from ddmbench.stages import cluster, prepare, train_expert
+from ddmbench.data.datasets import load_prepared, to_model_space
+from ddmbench.evaluation.cost import flops_per_image
+from ddmbench.models import nets
+from ddmbench.models.checkpoints import load_velocity_net
+from ddmbench.pipeline import cluster, prepare, train_expert
+from ddmbench.sampling import flow
 
 
 def dit_params(patch: int, hidden: int, depth: int, mlp: int = 4, freq: int = 256, c: int = 1) -> int:

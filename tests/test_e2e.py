@@ -13,13 +13,13 @@ import pytest
 import torch
 from conftest import Project, invoke, make_project, run_cli
 
-from ddmbench import nets
-from ddmbench.checkpoints import load_velocity_net
-from ddmbench.data import load_prepared, to_model_space
+from ddmbench.data.datasets import load_prepared, to_model_space
 from ddmbench.io import load_tensors
-from ddmbench.paths import Paths
-from ddmbench.stages.train_expert import heldout_loss
-from ddmbench.training import seed_everything, seed_for
+from ddmbench.models import nets
+from ddmbench.models.checkpoints import load_velocity_net
+from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.flow_training import heldout_loss
+from ddmbench.train.trainer import seed_everything, seed_for
 
 pytestmark = pytest.mark.slow
 
@@ -204,7 +204,7 @@ def test_evaluate_reports_intervals_precision_recall_and_per_sample_quality(trai
 
 def test_expert_accuracy_stage_writes_the_table(copy_of: Project) -> None:
     from ddmbench.analysis.expert_accuracy import ROW_KEYS
-    from ddmbench.tables import expert_accuracy as accuracy_table
+    from ddmbench.report.tables import expert_accuracy as accuracy_table
 
     copy_of.update(analysis={"accuracy_n": 50, "accuracy_t": [0.2, 0.8]})
     invoke(copy_of.root, "expert-accuracy")

@@ -10,12 +10,13 @@ import torch
 from conftest import Project
 from typer.testing import CliRunner
 
-from ddmbench import data, nets
-from ddmbench.checkpoints import load_velocity_net, save_weights
 from ddmbench.cli import app
+from ddmbench.data import datasets as data
 from ddmbench.errors import ArtifactError, ConfigError, DDMBenchError
 from ddmbench.io import write_json
-from ddmbench.stages import prepare, train_evaluator
+from ddmbench.models import nets
+from ddmbench.models.checkpoints import load_velocity_net, save_weights
+from ddmbench.pipeline import prepare, train_evaluator
 
 
 def test_output_under_a_file_is_a_one_line_error(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from conftest import Project, run_cli
 from ddmbench.analysis.expert_accuracy import ROW_KEYS, expert_accuracy, summarise
 from ddmbench.config import parse_config
 from ddmbench.errors import ConfigError
-from ddmbench.tables import expert_accuracy as accuracy_table
+from ddmbench.report.tables import expert_accuracy as accuracy_table
 
 SHAPE = (1, 4, 4)
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from ddmbench.cli import app
 from ddmbench.io import load_tensors, remove_stale_temps, save_tensors, write_json
-from ddmbench.regression import flatten_metrics
+from ddmbench.tools.regression import flatten_metrics
 
 # The child writes the real bytes of the output into the temp file, but only the first half, then says
 # so and blocks: the parent kills it at a known point of the write (no sleep race).

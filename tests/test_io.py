@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddmbench import checkpoints, nets
 from ddmbench.errors import ArtifactError
 from ddmbench.io import atomic_path, load_tensors, read_json, save_tensors, write_json, write_text
+from ddmbench.models import checkpoints, nets
 
 
 class Boom(Exception):

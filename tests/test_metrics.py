@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ddmbench.metrics import (
+from ddmbench.evaluation.metrics import (
     FrechetToReal,
     KernelToReal,
     Precomputed,
@@ -19,7 +19,7 @@ from ddmbench.metrics import (
     precision_recall,
     quality_intervals,
 )
-from ddmbench.nets import build_classifier
+from ddmbench.models.nets import build_classifier
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_a_shift_costs_its_square() -> None:

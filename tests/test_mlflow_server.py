@@ -19,9 +19,9 @@ from conftest import Project
 from test_faults import reattach_closed_log_streams
 from typer.testing import CliRunner
 
-from ddmbench import nets
-from ddmbench.checkpoints import save_weights
 from ddmbench.cli import app
+from ddmbench.models import nets
+from ddmbench.models.checkpoints import save_weights
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import torch
 
 from ddmbench.analysis.paired import align_by_seed, paired_fid_delta, paired_mean_delta, verdict
 from ddmbench.analysis.stats import bootstrap_ci
-from ddmbench.metrics import fid
+from ddmbench.evaluation.metrics import fid
 
 
 def test_align_by_seed_matches_rows_of_permuted_and_partial_seed_lists() -> None:
@@ -74,7 +74,7 @@ def test_paired_fid_delta_rejects_unaligned_rows() -> None:
 
 def test_separation_ladder_halves_down_or_checks_the_requested_sizes() -> None:
     from ddmbench.errors import ArtifactError
-    from ddmbench.separation import ladder
+    from ddmbench.tools.separation import ladder
 
     assert ladder(1000, None, 125) == [125, 250, 500, 1000] and ladder(64, None, 16) == [16, 32, 64]
     assert ladder(10, None, 125) == [10] and ladder(1000, [500, 100, 500], 125) == [100, 500]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddmbench.policies import POLICIES, RoutingContext, make_policy, parse_policy
+from ddmbench.sampling.policies import POLICIES, RoutingContext, make_policy, parse_policy
 
 K = 4
 B = 64

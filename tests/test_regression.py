@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ddmbench import regression
 from ddmbench.cli import app
 from ddmbench.errors import ArtifactError
+from ddmbench.tools import regression
 
 
 def _metrics(root: Path, fid: float = 40.0, evals: float = 10.0, wall: float = 3.0) -> Path:

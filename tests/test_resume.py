@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import Project
 
-from ddmbench.checkpoints import load_velocity_net
 from ddmbench.errors import TrainingError
-from ddmbench.lit import FlowMatching, RouterTraining
-from ddmbench.stages import cluster, prepare, train_expert, train_router
-from ddmbench.training import LAST, StepBatches
+from ddmbench.models.checkpoints import load_velocity_net
+from ddmbench.pipeline import cluster, prepare, train_expert, train_router
+from ddmbench.train.modules import FlowMatching, RouterTraining
+from ddmbench.train.trainer import LAST, StepBatches
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 
-from ddmbench.field import ModelField, RoutedField
-from ddmbench.flow import denoised, interpolate, time_grid, velocity_target
-from ddmbench.policies import RoutingContext, parse_policy
-from ddmbench.sampling import draw_clusters, generate, noise_for, routing_generators
-from ddmbench.shapes import MNIST_SHAPE as IMAGE_SHAPE
-from ddmbench.solvers import EVALS_PER_STEP, SOLVERS
+from ddmbench.data.shapes import MNIST_SHAPE as IMAGE_SHAPE
+from ddmbench.sampling.field import ModelField, RoutedField
+from ddmbench.sampling.flow import denoised, interpolate, time_grid, velocity_target
+from ddmbench.sampling.policies import RoutingContext, parse_policy
+from ddmbench.sampling.sampler import draw_clusters, generate, noise_for, routing_generators
+from ddmbench.sampling.solvers import EVALS_PER_STEP, SOLVERS
 
 K = 3
 ANCHORS = (-0.3, 0.0, 0.3)
@@ -158,8 +158,8 @@ def test_chunked_dispatch_equals_whole_dispatch(label: str) -> None:
 
 
 def test_chunked_unet_matches_whole_batch() -> None:
-    from ddmbench.field import evaluate_in_chunks
-    from ddmbench.nets import build_velocity_net
+    from ddmbench.models.nets import build_velocity_net
+    from ddmbench.sampling.field import evaluate_in_chunks
 
     torch.manual_seed(0)
     net = build_velocity_net("unet-xs").eval()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ddmbench.field import RoutedField
-from ddmbench.policies import parse_policy
-from ddmbench.sampling import generate
-from ddmbench.traces import TraceRecorder
+from ddmbench.sampling.field import RoutedField
+from ddmbench.sampling.policies import parse_policy
+from ddmbench.sampling.sampler import generate
+from ddmbench.sampling.traces import TraceRecorder
 
 
 def _expert(scale: float):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import Project
 
-from ddmbench.stages import cluster, prepare, train_evaluator
-from ddmbench.tracking import flatten, numeric_metrics, tracking_uri
+from ddmbench.pipeline import cluster, prepare, train_evaluator
+from ddmbench.pipeline.tracking import flatten, numeric_metrics, tracking_uri
 
 
 @pytest.fixture

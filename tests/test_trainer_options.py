@@ -50,8 +50,8 @@ def test_compiled_forward_keeps_weight_names_and_is_undone() -> None:
 
     import torch
 
-    from ddmbench import nets
-    from ddmbench.training import compiled
+    from ddmbench.models import nets
+    from ddmbench.train.trainer import compiled
 
     net = nets.build_velocity_net("unet-xs")
     keys = list(net.state_dict())

@@ -11,10 +11,11 @@ from conftest import Project
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-from ddmbench import nets
 from ddmbench.errors import TrainingError
-from ddmbench.lit import ClassifierTraining, FlowMatching, RouterTraining, WarmupEMA, ema_callback
-from ddmbench.training import fit, train_loader
+from ddmbench.models import nets
+from ddmbench.pipeline.fitting import fit_stage as fit
+from ddmbench.train.modules import ClassifierTraining, FlowMatching, RouterTraining, WarmupEMA, ema_callback
+from ddmbench.train.trainer import train_loader
 
 # ----------------------------------------------------------------------------------------------
 # WarmupEMA

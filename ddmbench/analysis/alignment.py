@@ -1,6 +1,6 @@
 """Cluster-distance alignment: do the experts a policy selects belong to the data the trajectory is heading for?
 
-At every field evaluation the denoised estimate x̂0 = x - t v (ddmbench.flow.denoised) is mapped into the
+At every field evaluation the denoised estimate x̂0 = x - t v (ddmbench.sampling.flow.denoised) is mapped into the
 clustering feature space and its distance to every cluster centroid measured. Per evaluation: the
 weight-averaged distance of the selected experts' centroids, the mean distance of the non-selected
 ones, whether the top-weighted expert's centroid is the nearest one (hit), and whether the router's
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ddmbench.flow import denoised
+from ddmbench.sampling.flow import denoised
 
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]  # (n, C, H, W) model space -> (n, d) clustering features
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddmbench.field import ModelField, RoutedField
-from ddmbench.sampling import generate
+from ddmbench.sampling.field import ModelField, RoutedField
+from ddmbench.sampling.sampler import generate
 
 
 def ladder(nfe_steps: int, rungs: int = 3) -> list[int]:

@@ -3,7 +3,7 @@
 Two spreads of the experts' velocity predictions around a combined prediction, each a weighted variance
 sum_j a_j * mean_pixels (v_j - sum_i a_i v_i)^2:
   - policy-weighted (a = w): what the policy actually mixed; recorded for every sample while sampling
-    (ddmbench.field.RoutedField.spread), 0 for one-expert policies;
+    (ddmbench.sampling.field.RoutedField.spread), 0 for one-expert policies;
   - router-weighted (a = p): how much the experts the router trusts disagree at the state, whatever the
     policy selects; needs every expert's prediction, so only on the traced probe subset.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ddmbench.analysis.stats import spearman
-from ddmbench.metrics import fid
+from ddmbench.evaluation.metrics import fid
 
 
 def weighted_spread(v_experts: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Per-expert accuracy (Roy et al. 2026, arXiv 2602.02685, "selected experts predict more accurately").
 
-Held-out images x_0 are noised to a grid of t (x_t = (1 - t) x_0 + t eps, ``ddmbench.flow``); every expert's
+Held-out images x_0 are noised to a grid of t (x_t = (1 - t) x_0 + t eps, ``ddmbench.sampling.flow``); every expert's
 velocity is scored against the true target v = eps - x_0 by its MSE per pixel, then grouped by the
 router's selection at that (x_t, t): the top-k experts vs the rest, against the full ensemble's combined
 prediction sum_j p_j v_j, the oracle expert (the image's own cluster) and the best single expert.
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ddmbench.flow import interpolate, velocity_target
+from ddmbench.sampling.flow import interpolate, velocity_target
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = (1, 2)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ddmbench.metrics import FrechetToReal, bootstrap_indices, centred_percentile_interval
+from ddmbench.evaluation.metrics import FrechetToReal, bootstrap_indices, centred_percentile_interval
 
 
 def align_by_seed(seeds_a: torch.Tensor, seeds_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

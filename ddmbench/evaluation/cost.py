@@ -1,0 +1,30 @@
+"""Compute cost: FLOPs of one forward pass measured with ``torch.utils.flop_counter`` (GFLOPs as in
+McAllister et al. Table 1), turned into GFLOPs per generated image from the evaluation counters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddmbench.data.shapes import ImageShape, image_shape_of
+
+
+@torch.no_grad()
+def flops_per_image(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: int = 8,
+                    image_shape: ImageShape | None = None) -> float:
+    """FLOPs of one forward pass on one image of ``image_shape`` (C, H, W) at some t (the count does not
+    depend on t); by default the shape the model was built for (1x28x28 for a callable that does not say)."""
+    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    device = params[0].device if params else torch.device("cpu")
+    x = torch.zeros(batch, *(image_shape or image_shape_of(model)), device=device)
+    t = torch.full((batch,), 0.5, device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return counter.get_total_flops() / batch
+
+
+def gflops_per_image(expert_evals_per_image: float, expert_flops: float, router_evals_per_image: float,
+                     router_flops: float) -> float:
+    return (expert_evals_per_image * expert_flops + router_evals_per_image * router_flops) / 1e9

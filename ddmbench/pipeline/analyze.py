@@ -1,0 +1,159 @@
+"""Stage `analyze`: one policy's trajectory analyses (stability, convergence, alignment, disagreement).
+
+A traced pass over the first ``analysis.n`` sample seeds records routing, states and every expert's
+prediction, and probes the field's local Lipschitz constant; perturbed and re-discretised passes give
+amplification and convergence. Per-sample disagreement of all N samples (recorded while sampling) is
+related to per-sample quality from the evaluate stage. Scalars go to metrics/analyze/<label>.json, the
+per-t curves to plots/curves/<label>.json, the per-seed values (for the paired contrasts) to
+outputs/analysis/<label>.pt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddmbench.analysis import alignment as align
+from ddmbench.analysis.convergence import convergence
+from ddmbench.analysis.disagreement import quality_relation, weighted_spread
+from ddmbench.analysis.stability import LipschitzProbes, amplification
+from ddmbench.analysis.stats import summary
+from ddmbench.config import Config, config_to_dict
+from ddmbench.console import progress
+from ddmbench.data.datasets import load_prepared, to_model_space
+from ddmbench.errors import ArtifactError
+from ddmbench.evaluation.metrics import extract_features
+from ddmbench.io import ensure_writable, load_tensors, save_tensors, write_json
+from ddmbench.models.checkpoints import load_classifier
+from ddmbench.pipeline.artifacts import build_field, load_clusters, sample_seeds, sampling_device
+from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.tracking import mirror
+from ddmbench.sampling.field import RoutedField
+from ddmbench.sampling.policies import PolicySpec
+from ddmbench.sampling.sampler import draw_clusters, generate
+from ddmbench.sampling.traces import TraceRecorder
+
+
+def _mean_over_samples(a: torch.Tensor) -> list[float | None]:
+    """(M, S) -> (S,) nan-aware means (None where a column is all nan)."""
+    a = a.double()
+    valid = ~torch.isnan(a)
+    means = torch.where(valid, a, 0).sum(0) / valid.sum(0).clamp_min(1)
+    return [float(m) if ok else None for m, ok in zip(means, valid.any(0))]
+
+
+def _nanmean(a: torch.Tensor) -> float | None:
+    valid = a[~torch.isnan(a.double())]
+    return float(valid.double().mean()) if valid.numel() else None
+
+
+def clustering_feature_map(cfg: Config, paths: Paths, clusters: dict[str, torch.Tensor]) -> align.FeatureMap:
+    """Model-space images -> the clustering's PCA features (the space its centroids live in): pixels, or
+    the evaluator's embedding when ``cluster.features`` is ``evaluator``, then the saved PCA."""
+    mean, comps = clusters["pca_mean"].double(), clusters["pca_components"].double()
+    if cfg.cluster.features == "pixel-pca":
+        return lambda x: (x.flatten(1).double() - mean) @ comps.T
+    classifier = load_classifier(paths.model("evaluator"))
+    return lambda x: (extract_features(classifier, x.clamp(-1, 1)).double() - mean) @ comps.T
+
+
+def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
+    a = cfg.analysis
+    ensure_writable(paths.analysis_metrics(spec.label), paths.curves(spec.label), paths.analysis_values(spec.label))
+    seeds = sample_seeds(cfg)[:a.n]
+    field = build_field(cfg, paths, spec, sampling_device(cfg))
+    clusters = load_clusters(paths)
+    cluster = draw_clusters(seeds, clusters["sizes"].double()) if spec.name == "oracle" else None
+    routed = isinstance(field, RoutedField)
+    kw: dict[str, Any] = {"solver": cfg.sample.solver, "batch_size": cfg.sample.batch_size, "cluster": cluster}
+    passes = 1 + len(a.eps) + a.ladder_rungs
+    with progress(f"analyze {spec.label}", passes) as advance:
+        # 1. the traced pass: routing, states, every expert's prediction, local Lipschitz
+        recorder = TraceRecorder() if routed else None
+        probes = LipschitzProbes(a.lipschitz_delta, cfg.seed)
+        base = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, recorder=recorder, probe_n=a.n, wrap=probes,
+                        **kw).images
+        advance(1)
+        # 2. amplification of initial-noise perturbations, same routing draws
+        amp = amplification(field, seeds, a.eps, nfe_steps=cfg.sample.nfe_steps, base=base, **kw)
+        advance(len(a.eps))
+        # 3. convergence against a finer discretisation
+        conv = convergence(field, seeds, nfe_steps=cfg.sample.nfe_steps, reference_factor=a.reference_factor,
+                           rungs=a.ladder_rungs, at_nfe=base, **kw)
+        advance(a.ladder_rungs)
+    lip_t, lip = probes.result()                                            # (S,), (n, S)
+    curves: dict[str, list[Any]] = {"t": lip_t.tolist(), "lipschitz": _mean_over_samples(lip)}
+    metrics: dict[str, Any] = {
+        "policy": spec.label, "n": a.n,
+        "amplification": {f"eps_{e:g}": summary(r.numpy(), resamples=a.bootstrap, seed=cfg.seed) for e, r in amp.items()},
+        "lipschitz": {**summary(lip.mean(1).numpy(), resamples=a.bootstrap, seed=cfg.seed),
+                      "max_over_t": float(lip.mean(0).max()), "delta": a.lipschitz_delta},
+        "convergence": {"steps": conv["steps"], "rms_error": conv["rms_error"],
+                        "reference_steps": conv["reference_steps"], "order": conv["order"],
+                        "error_at_nfe": summary(conv["error_at_nfe"].numpy(), resamples=a.bootstrap, seed=cfg.seed)},
+    }
+    if routed and recorder is not None:
+        metrics["alignment"], metrics["disagreement"] = _routing_analyses(cfg, paths, spec, recorder.result(),
+                                                                         clusters, curves)
+    save_tensors(paths.analysis_values(spec.label), {
+        "seeds": torch.tensor(list(seeds), dtype=torch.long),                   # (n,)
+        "amplification": torch.stack([r.double() for r in amp.values()]),     # (len(eps), n)
+        "eps": torch.tensor(list(amp), dtype=torch.float64),                   # (len(eps),)
+        "error_at_nfe": conv["error_at_nfe"].double(),                         # (n,) RMS per pixel
+        "lipschitz": lip.mean(1).double(),                                     # (n,) mean over the steps
+    })
+    write_json(paths.analysis_metrics(spec.label), metrics)
+    write_json(paths.curves(spec.label), [dict(zip(curves, row)) for row in zip(*curves.values())])
+    mirror(cfg, paths, f"analyze@{spec.label}", "analyze", {"analysis": config_to_dict(cfg)["analysis"],
+           "policy": spec.label}, metrics, [paths.analysis_metrics(spec.label), paths.curves(spec.label),
+                                            paths.analysis_values(spec.label)],
+           tags={"policy": spec.label})
+    return metrics
+
+
+def _routing_analyses(cfg: Config, paths: Paths, spec: PolicySpec, trace: dict[str, torch.Tensor],
+                      clusters: dict[str, torch.Tensor], curves: dict[str, list[Any]]
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    idx = trace["probe_index"]
+    p, w = trace["p"][idx], trace["w"][idx]                                 # (n, S, K)
+    dist = align.centroid_distances(trace["probe_x"], trace["probe_v"], trace["t"], clustering_feature_map(cfg, paths, clusters),
+                                    clusters["centroids"])
+    singles_out = spec.uses_router or spec.name == "oracle"                 # uniform weights name no top expert
+    al = align.alignment(dist, w, p, weighted_top=singles_out)
+    alignment = {"selected_distance": _nanmean(al["selected"]), "unselected_distance": _nanmean(al["unselected"]),
+                 "hit_rate": _nanmean(al["hit"]) if al["hit"] is not None else None,
+                 "router_hit_rate": _nanmean(al["router_hit"]) if spec.uses_router else None,
+                 "nearest_distance": float(dist.min(-1).values.mean())}
+    curves["selected_distance"] = _mean_over_samples(al["selected"])
+    curves["unselected_distance"] = _mean_over_samples(al["unselected"])
+    curves["hit_rate"] = _mean_over_samples(al["hit"]) if al["hit"] is not None else [None] * len(curves["t"])
+    router_spread = weighted_spread(trace["probe_v_experts"], p)           # (n, S)
+    policy_spread = weighted_spread(trace["probe_v_experts"], w)
+    curves["disagreement_router"] = _mean_over_samples(router_spread)
+    curves["disagreement_policy"] = _mean_over_samples(policy_spread)
+    disagreement: dict[str, Any] = {"router_weighted": float(router_spread.mean()),
+                                    "policy_weighted": float(policy_spread.mean())}
+    disagreement.update(_quality_relation(cfg, paths, spec))
+    return alignment, disagreement
+
+
+def _quality_relation(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
+    """Per-sample (all N) policy-weighted disagreement against per-sample quality from `evaluate`."""
+    samples = load_tensors(paths.samples(spec.label), f"ddmbench sample --policy {spec.label}")
+    quality = load_tensors(paths.quality(spec.label), f"ddmbench evaluate --policy {spec.label}")
+    if "disagreement" not in samples:
+        raise ArtifactError(f"{paths.samples(spec.label)} has no per-sample disagreement; "
+                            f"re-run `ddmbench sample --policy {spec.label}`")
+    if not torch.equal(quality["seeds"], samples["seeds"]):
+        raise ArtifactError(f"{paths.quality(spec.label)} scores other samples than {paths.samples(spec.label)}; "
+                            f"re-run `ddmbench evaluate --policy {spec.label}`")
+    classifier = load_classifier(paths.model("evaluator"))
+    ds = load_prepared(paths.dataset)
+    real = extract_features(classifier, to_model_space(ds["test_x"][:cfg.evaluate.n_real]))
+    fake = extract_features(classifier, to_model_space(samples["images"]))
+    d = samples["disagreement"].double().numpy()
+    relation = quality_relation(d, quality["confidence"].double().numpy(), quality["nn_distance"].double().numpy(),
+                                real, fake, quantiles=cfg.analysis.quantiles)
+    return {"per_sample_mean": float(np.mean(d)), **relation}

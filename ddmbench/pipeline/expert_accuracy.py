@@ -1,0 +1,37 @@
+"""Stage `expert-accuracy`: every expert's velocity error on noised held-out images, grouped by the router."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ddmbench.analysis.expert_accuracy import expert_accuracy
+from ddmbench.config import Config, config_to_dict
+from ddmbench.data.datasets import load_prepared, shape_of_images, to_model_space
+from ddmbench.io import ensure_writable, write_json
+from ddmbench.pipeline.artifacts import build_field, load_clusters
+from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.tracking import mirror
+
+SUBSET_STREAM = 0xACC  # offsets the held-out subset draw from the other uses of cfg.seed
+
+
+@torch.no_grad()
+def run(cfg: Config, paths: Paths) -> dict[str, Any]:
+    ensure_writable(paths.expert_accuracy)
+    ds = load_prepared(paths.dataset)
+    clusters = load_clusters(paths, ds)  # test images' clusters: nearest centroid in the saved PCA space
+    n = min(cfg.analysis.accuracy_n, len(ds["test_x"]))
+    pick = torch.randperm(len(ds["test_x"]), generator=torch.Generator().manual_seed(cfg.seed + SUBSET_STREAM))[:n]
+    field = build_field(cfg, paths, cfg.policy("full"), torch.device("cpu"),  # checked experts + router
+                        image_shape=shape_of_images(ds["test_x"]))
+    data = expert_accuracy(field.experts, field.router, to_model_space(ds["test_x"][pick]),
+                           clusters["test_assignments"][pick], cfg.analysis.accuracy_t, seed=cfg.seed)
+    data["seed"] = cfg.seed
+    write_json(paths.expert_accuracy, data)
+    flat = {f"t{row['t']:g}/{key}": value for row in data["rows"] for key, value in row.items() if key != "t"}
+    mirror(cfg, paths, "expert-accuracy", "expert-accuracy",
+           {"analysis": config_to_dict(cfg)["analysis"], "seed": cfg.seed}, {"n": data["n"], **flat},
+           [paths.expert_accuracy])
+    return data

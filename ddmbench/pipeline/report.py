@@ -1,0 +1,185 @@
+"""Stage `report`: reports/report.md and a self-contained reports/report.html with the six tables, the
+figures (sample grids, FID vs amplification, per-t curves) and a summary generated from the numbers;
+the per-t curves also go to reports/plots/ for `dvc plots show`, everything to MLflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ddmbench.config import Config
+from ddmbench.console import console, show_table
+from ddmbench.data.datasets import check_sample_images
+from ddmbench.io import ensure_writable, load_tensors, read_json, write_json, write_text
+from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.tracking import mirror
+from ddmbench.report import figures, tables
+from ddmbench.report.document import Document, fmt, save_grid
+from ddmbench.report.summary import dissociation, summary_text
+
+# (curve field, y label, log scale) for the per-t figures and DVC plots
+CURVES = (("lipschitz", "local Lipschitz estimate of the combined field", True),
+          ("hit_rate", "hit rate: top-weighted expert = nearest centroid", False),
+          ("selected_distance", "distance of x̂₀ to the selected centroids", False),
+          ("disagreement_router", "router-weighted expert disagreement", True))
+
+
+def collect(cfg: Config, paths: Paths) -> tuple[tables.Results, dict[str, list[dict[str, Any]]]]:
+    results, curves = {}, {}
+    for label in cfg.policies:
+        results[label] = {
+            "evaluate": read_json(paths.eval_metrics(label), f"ddmbench evaluate --policy {label}"),
+            "analyze": read_json(paths.analysis_metrics(label), f"ddmbench analyze --policy {label}"),
+        }
+        curves[label] = read_json(paths.curves(label), f"ddmbench analyze --policy {label}")
+    return results, curves
+
+
+def setup_rows(cfg: Config, paths: Paths, results: tables.Results) -> list[list[str]]:
+    cl = read_json(paths.cluster_metrics, "ddmbench cluster")
+    router = read_json(paths.model_metrics("router"), "ddmbench train-router")
+    evaluator = read_json(paths.model_metrics("evaluator"), "ddmbench train-evaluator")
+    experts = [read_json(paths.expert_metrics(k), f"ddmbench train-expert --expert {k}") for k in cfg.experts]
+    any_eval = next(iter(results.values()))["evaluate"]
+    return [["experts K", str(cfg.cluster.k)], ["cluster sizes", ", ".join(map(str, cl["sizes"]))],
+            ["cluster purity / NMI vs digit labels", f"{cl['purity']:.3f} / {cl['nmi']:.3f}"],
+            ["expert steps × batch", f"{cfg.expert.steps} × {cfg.expert.batch_size} ({cfg.expert.net})"],
+            ["monolith steps × batch", f"{cfg.monolith_steps} × {cfg.monolith.batch_size} ({cfg.monolith.net})"],
+            ["expert held-out loss", ", ".join(fmt(e["heldout_loss"], 4) for e in experts)],
+            ["router held-out accuracy at t = 0 / 0.5 / 0.9",
+             " / ".join(fmt(router["heldout"][f"acc_t{t}"], 3) for t in ("0", "0.5", "0.9"))],
+            ["evaluator test accuracy", fmt(evaluator["test_acc"], 4)],
+            ["samples per policy / real test images", f"{any_eval['n_fake']} / {any_eval['n_real']}"],
+            ["solver, steps", f"{cfg.sample.solver}, {cfg.sample.nfe_steps}"],
+            ["traced seeds for the trajectory analyses", str(cfg.analysis.n)],
+            ["FID of real training images at this N (the estimator's floor)", fmt(any_eval["fid_reference_train"])]]
+
+
+def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, list[dict[str, Any]]],
+          accuracy: dict[str, Any] | None, contrast: dict[str, Any] | None = None) -> Document:
+    doc = Document("ddmbench report")
+    doc.heading("Summary")
+    doc.paragraph(summary_text(results, contrast))
+    doc.heading("Setup")
+    doc.table(["quantity", "value"], setup_rows(cfg, paths, results))
+
+    doc.heading("Table 1 — routing policy vs quality, stability and cost")
+    doc.paragraph("FID and KID: torchmetrics in the evaluator classifier's feature space against the test split, "
+                  "with 95% percentile-bootstrap intervals over the generated set (features computed once, rows "
+                  "resampled). Amplification: ‖x₀(z+εu) − x₀(z)‖/ε over the traced seeds with the same routing "
+                  "draws replayed, mean with its bootstrap interval. Lipschitz: ‖v(x+δu) − v(x)‖/δ of the combined "
+                  "velocity along the trajectory (same routing draws), averaged over seeds and evaluations. "
+                  "Convergence: RMS per pixel between the samples at the configured steps and at "
+                  f"{cfg.analysis.reference_factor}× as many; order: slope of log error over the step ladder "
+                  "(1 for Euler on a smooth field). Cost: expert forward passes per image (sparse dispatch), "
+                  "GFLOPs measured with torch.utils.flop_counter, sampling throughput.")
+    doc.table(*tables.quality_stability_cost(results))
+    doc.image(paths.figure("fid_vs_amplification"), "FID against amplification per policy (95% intervals)")
+    drawn = {name: paths.figure(f"curve_{name}") for name, _, _ in CURVES}
+    if drawn["lipschitz"].exists():
+        doc.image(drawn["lipschitz"], "local Lipschitz estimate over t")
+
+    doc.heading("Table 2 — cluster-distance alignment")
+    doc.paragraph("At every evaluation the denoised estimate x̂₀ = x − t·v is projected into the clustering "
+                  "feature space. Distances to the selected experts' centroids (weight-averaged), to the "
+                  "unselected ones (mean; – when every expert carries weight), and to the nearest centroid; hit "
+                  "rate: the top-weighted expert's centroid is the nearest one. Policies without a router or "
+                  "with uniform weights name no top expert (–).")
+    doc.table(*tables.alignment(results))
+    for name in ("hit_rate", "selected_distance"):
+        if drawn[name].exists():
+            doc.image(drawn[name], name.replace("_", " ") + " over t")
+
+    doc.heading("Table 3 — per-expert accuracy by t")
+    if accuracy is None:
+        doc.paragraph("Not computed: run `ddmbench expert-accuracy` (the DVC pipeline does).")
+    else:
+        doc.paragraph(f"Velocity MSE against the true target ε − x₀ on {accuracy.get('n', '?')} held-out test images "
+                      "noised to each t: experts the router selects vs those it does not, the full ensemble's "
+                      "router-weighted prediction, and the image's own cluster's expert (oracle).")
+        doc.table(*tables.expert_accuracy(accuracy))
+
+    doc.heading("Table 4 — disagreement vs quality")
+    doc.paragraph("Disagreement: weighted variance of the experts' velocity predictions around the combined "
+                  "one, per pixel. Policy-weighted: the experts the policy mixed (all samples; 0 for one-expert "
+                  "policies). Router-weighted: every expert weighted by the router (traced seeds). Spearman ρ "
+                  "of per-sample policy-weighted disagreement with the evaluator's confidence and with the "
+                  "distance to the nearest real feature; FID of the samples in the lowest and highest "
+                  "disagreement quantile (small groups: compare within a row, not with Table 1).")
+    doc.table(*tables.disagreement(results))
+    if drawn["disagreement_router"].exists():
+        doc.image(drawn["disagreement_router"], "router-weighted disagreement over t")
+
+    doc.heading("Table 5 — inference strategies (layout of McAllister et al. Table 1)")
+    doc.table(*tables.inference_strategies(results))
+
+    doc.heading("Table 6 — paired contrasts against the full ensemble")
+    if contrast is None:
+        doc.paragraph("Not computed: run `ddmbench contrast` (the DVC pipeline does).")
+    elif not contrast.get("contrasts"):
+        doc.paragraph(contrast.get("note", "No policy to contrast with full."))
+    else:
+        doc.paragraph("Every policy minus full on the same seeds (same initial noise, same perturbation "
+                      "directions). ΔFID: one set of resampled rows scores both policies per bootstrap replicate "
+                      "(bias-centred 95% interval). Δamplification, Δconvergence error, ΔLipschitz: mean per-seed "
+                      "difference over the traced seeds with a 95% bootstrap interval; 'seeds with lower amp.' "
+                      "is the fraction where the policy is below full, with a Wilcoxon signed-rank p-value. "
+                      "'lower'/'higher': the interval excludes 0. Paired intervals are narrower than Table 1's "
+                      "marginal ones side by side, because per-seed results of two policies are correlated.")
+        doc.table(*tables.contrasts(contrast, tables.headline_eps(results)))
+
+    doc.heading("Samples (first 64 seeds; the same seeds for every policy)")
+    for label in results:
+        doc.image(paths.sample_grid(label), label)
+    return doc
+
+
+def _sample_images(paths: Paths, label: str) -> torch.Tensor:
+    """uint8 (N, C, H, W) images of one policy's samples file."""
+    what = f"ddmbench sample --policy {label}"
+    return check_sample_images(load_tensors(paths.samples(label), what), paths.samples(label), what)
+
+
+def write_plot_data(paths: Paths, curves: dict[str, list[dict[str, Any]]]) -> list[Any]:
+    """reports/plots/<curve>.json: [{t, policy, <curve>}] for every policy (DVC plots, template by_policy)."""
+    written = []
+    for name, _, _ in CURVES:
+        rows = [{"t": row["t"], "policy": label, name: row[name]} for label, rs in curves.items() for row in rs
+                if row.get(name) is not None]
+        write_json(paths.plot_data(name), rows)
+        written.append(paths.plot_data(name))
+    return written
+
+
+def run(cfg: Config, paths: Paths) -> tables.Results:
+    results, curves = collect(cfg, paths)
+    accuracy = (read_json(paths.expert_accuracy, "ddmbench expert-accuracy")
+                if paths.expert_accuracy.exists() else None)
+    contrast = read_json(paths.contrast_metrics, "ddmbench contrast") if paths.contrast_metrics.exists() else None
+    ensure_writable(paths.report_md, paths.report_html, *(paths.sample_grid(label) for label in results),
+                    *(paths.figure(name) for name in ("fid_vs_amplification", *(f"curve_{c}" for c, _, _ in CURVES))),
+                    *(paths.plot_data(c) for c, _, _ in CURVES))
+    # read every input before writing anything, so a bad samples file leaves no partial report behind
+    images = {label: _sample_images(paths, label) for label in results}
+    for label, grid in images.items():
+        save_grid(grid, paths.sample_grid(label))
+    figures.fid_vs_amplification(results, paths.figure("fid_vs_amplification"))
+    for name, ylabel, log in CURVES:
+        if not figures.curves_over_t(curves, name, ylabel, paths.figure(f"curve_{name}"), log=log):
+            paths.figure(f"curve_{name}").unlink(missing_ok=True)
+    plot_files = write_plot_data(paths, curves)
+    doc = build(cfg, paths, results, curves, accuracy, contrast)
+    write_text(paths.report_md, doc.markdown(paths.reports))
+    write_text(paths.report_html, doc.html())
+
+    show_table("routing policy vs quality, stability and cost", *tables.quality_stability_cost(results))
+    console.print(summary_text(results, contrast))
+    console.print(f"wrote {paths.report_md.relative_to(paths.root)} and {paths.report_html.relative_to(paths.root)}")
+    verdict = dissociation(results, contrast)
+    figs = sorted(p for p in paths.figure("x").parent.glob("*.png"))
+    mirror(cfg, paths, "report", "report", {"policies": ",".join(cfg.policies)},
+           {"dissociation_holds": float(bool(verdict["holds"])) if verdict["holds"] is not None else None,
+            **{label: {"fid": r["evaluate"]["fid"], "kid": r["evaluate"]["kid"]} for label, r in results.items()}},
+           [paths.report_md, paths.report_html, *plot_files, *figs] + [paths.sample_grid(label) for label in results])
+    return results

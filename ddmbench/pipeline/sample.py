@@ -1,0 +1,67 @@
+"""Stage `sample`: N samples under one routing policy with one ODE solver; images and cost counters saved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ddmbench.config import Config, config_to_dict
+from ddmbench.console import progress
+from ddmbench.data.datasets import to_uint8
+from ddmbench.errors import ArtifactError
+from ddmbench.evaluation.cost import flops_per_image, gflops_per_image
+from ddmbench.io import ensure_writable, save_tensors, write_json
+from ddmbench.pipeline.artifacts import build_field, load_clusters, sample_seeds, sampling_device
+from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.tracking import mirror
+from ddmbench.sampling.field import RoutedField
+from ddmbench.sampling.policies import PolicySpec
+from ddmbench.sampling.sampler import draw_clusters, generate
+from ddmbench.sampling.traces import TraceRecorder
+
+
+def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
+    ensure_writable(paths.samples(spec.label), paths.sample_metrics(spec.label))
+    seeds = sample_seeds(cfg)
+    device = sampling_device(cfg)
+    field = build_field(cfg, paths, spec, device)
+    cluster = None
+    if spec.name == "oracle":
+        sizes = load_clusters(paths)["sizes"]
+        if len(sizes) != cfg.cluster.k:
+            raise ArtifactError(f"{paths.clusters} has {len(sizes)} clusters but cluster.k={cfg.cluster.k}; "
+                                "re-run `ddmbench cluster`")
+        cluster = draw_clusters(seeds, sizes.double())
+    recorder = TraceRecorder() if cfg.sample.trace and isinstance(field, RoutedField) else None
+    with progress(f"sample {spec.label}", len(seeds)) as advance:
+        result = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver,
+                          batch_size=cfg.sample.batch_size, cluster=cluster, recorder=recorder,
+                          probe_n=cfg.sample.probe_n, progress=advance, device=device)
+    n = len(seeds)
+    models = field.experts if isinstance(field, RoutedField) else [field.model]
+    model_flops = flops_per_image(models[0])  # experts share one architecture
+    router_flops = flops_per_image(field.router) if isinstance(field, RoutedField) and field.router is not None else 0.0
+    images = to_uint8(result.images)
+    save_tensors(paths.samples(spec.label), {
+        "images": images, "seeds": torch.tensor(seeds),
+        "cluster": cluster if cluster is not None else torch.full((n,), -1, dtype=torch.long),
+        **({"trace": recorder.result()} if recorder is not None else {}),
+        **({"disagreement": result.disagreement} if result.disagreement is not None else {}),
+    })
+    metrics = {
+        "policy": spec.label, "n": n, "solver": cfg.sample.solver, "nfe_steps": cfg.sample.nfe_steps,
+        "nfe_per_sample": result.nfe_per_sample,
+        "expert_evals_per_image": sum(result.expert_evals) / n,
+        "expert_evals_by_expert": result.expert_evals,
+        "router_evals_per_image": result.router_evals / n,
+        "gflops_per_image": gflops_per_image(sum(result.expert_evals) / n, model_flops, result.router_evals / n,
+                                             router_flops),
+        "expert_gflops_per_eval": model_flops / 1e9, "router_gflops_per_eval": router_flops / 1e9,
+        "wall_time_s": result.seconds, "images_per_s": n / result.seconds,
+    }
+    write_json(paths.sample_metrics(spec.label), metrics)
+    mirror(cfg, paths, f"sample@{spec.label}", "sample", {"sample": config_to_dict(cfg)["sample"],
+           "policy": spec.label, **{f"policy_{k}": v for k, v in spec.params.items()}}, metrics,
+           [paths.sample_metrics(spec.label)], tags={"policy": spec.label})
+    return metrics

@@ -1,0 +1,120 @@
+"""The report's five tables, as (headers, rows) of strings built from the stages' metrics JSON.
+
+``results`` maps a policy label to {"evaluate": metrics/evaluate/<label>.json, "analyze":
+metrics/analyze/<label>.json, "sample": metrics/sample/<label>.json}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ddmbench.report.document import fmt, fmt_ci
+
+Table = tuple[list[str], list[list[str]]]
+Results = dict[str, dict[str, Any]]
+
+
+def headline_eps(results: Results) -> str:
+    """The amplification key shown in Table 1: the middle of the configured eps list."""
+    keys = next((list(r["analyze"]["amplification"]) for r in results.values()), [])
+    return keys[len(keys) // 2] if keys else ""
+
+
+def eps_value(key: str) -> str:
+    return key.removeprefix("eps_")
+
+
+def quality_stability_cost(results: Results) -> Table:
+    """Table 1: policy vs FID/KID (95% bootstrap CI), amplification, Lipschitz, convergence, cost."""
+    key = headline_eps(results)
+    headers = ["policy", "FID ↓ [95% CI]", "KID ↓ [95% CI]", f"amplification ε={eps_value(key)} ↓ [95% CI]",
+               "Lipschitz (mean over t)", "conv. error (RMS) ↓", "conv. order", "expert evals/img", "GFLOPs/img",
+               "img/s"]
+    rows = []
+    for label, r in results.items():
+        e, a, c = r["evaluate"], r["analyze"], r["evaluate"]["cost"]
+        kid_ci = e.get("kid_ci95")
+        amp = a["amplification"][key]
+        kid = e.get("kid_unbiased", e["kid"])  # kid_ci95 is the interval of the unbiased all-pairs KID
+        rows.append([label, fmt_ci(e["fid"], e.get("fid_ci95")), fmt_ci(kid, kid_ci, 3),
+                     fmt_ci(amp["mean"], amp["mean_ci95"]), fmt(a["lipschitz"]["mean"]),
+                     fmt(a["convergence"]["error_at_nfe"]["mean"], 4), fmt(a["convergence"]["order"]),
+                     fmt(c["expert_evals_per_image"], 1), fmt(c["gflops_per_image"], 3), fmt(c["images_per_s"], 1)])
+    return headers, rows
+
+
+def alignment(results: Results) -> Table:
+    """Table 2: distances of x̂0 (clustering feature space) to the selected / unselected / nearest centroids."""
+    headers = ["policy", "dist. to selected centroids (w-avg) ↓", "dist. to unselected (mean)",
+               "dist. to nearest", "hit rate: top-weighted = nearest ↑", "router top-1 = nearest ↑"]
+    rows = []
+    for label, r in results.items():
+        al = r["analyze"].get("alignment")
+        if al is None:
+            continue
+        rows.append([label, fmt(al["selected_distance"]), fmt(al["unselected_distance"]), fmt(al["nearest_distance"]),
+                     fmt(al["hit_rate"], 3), fmt(al["router_hit_rate"], 3)])
+    return headers, rows
+
+
+ACCURACY_COLUMNS = (("selected_top1", "top-1 selected"), ("not_selected_top1", "not selected (top-1)"),
+                    ("selected_top2", "top-2 selected"), ("not_selected_top2", "not selected (top-2)"),
+                    ("full_ensemble", "full ensemble"), ("oracle_expert", "oracle expert"),
+                    ("best_single_expert", "best single expert"), ("router_top1_is_oracle", "router top-1 = oracle"))
+
+
+def expert_accuracy(data: dict[str, Any]) -> Table:
+    """Table 3: velocity MSE against the true target by t, per group of experts (metrics/expert_accuracy.json)."""
+    present = [(k, name) for k, name in ACCURACY_COLUMNS if any(k in row for row in data["rows"])]
+    headers = ["t"] + [name for _, name in present]
+    rows = [[fmt(row["t"])] + [fmt(row.get(k), 4 if k != "router_top1_is_oracle" else 3) for k, _ in present]
+            for row in data["rows"]]
+    return headers, rows
+
+
+def disagreement(results: Results) -> Table:
+    """Table 4: expert disagreement and its relation to per-sample quality."""
+    q = next((len(r["analyze"]["disagreement"]["by_quantile"]) for r in results.values()
+              if r["analyze"].get("disagreement", {}).get("by_quantile")), 5)
+    headers = ["policy", "disagreement (policy-w, all samples)", "disagreement (router-w, traced)",
+               "ρ(disagr., confidence)", "ρ(disagr., nearest-real dist.)", "FID lowest quantile",
+               f"FID highest quantile (of {q})"]
+    rows = []
+    for label, r in results.items():
+        d = r["analyze"].get("disagreement")
+        if d is None:
+            continue
+        quantiles = d["by_quantile"] or [{"fid": None}]
+        rows.append([label, fmt(d["per_sample_mean"], 4), fmt(d["router_weighted"], 4),
+                     fmt(d["spearman_confidence"]["rho"]), fmt(d["spearman_nn_distance"]["rho"]),
+                     fmt(quantiles[0]["fid"]), fmt(quantiles[-1]["fid"])])
+    return headers, rows
+
+
+def inference_strategies(results: Results) -> Table:
+    """Table 5: McAllister et al. Table 1 layout (strategy, GFLOPs per image, FID), monolith and oracle first."""
+    order = sorted(results, key=lambda label: (label not in ("monolith", "oracle"), label != "monolith"))
+    rows = [[label, fmt(results[label]["evaluate"]["cost"]["gflops_per_image"], 3), fmt(results[label]["evaluate"]["fid"])]
+            for label in order]
+    return ["inference strategy", "GFLOPs/img", "FID ↓"], rows
+
+
+def contrasts(data: dict[str, Any], eps_key: str) -> Table:
+    """Table 6: every policy minus full, paired by seed (metrics/contrast.json); intervals are 95% bootstrap."""
+    headers = ["policy − full", "ΔFID [95% CI]", "FID", f"Δamplification ε={eps_value(eps_key)} [95% CI]",
+               "amplification", "seeds with lower amp.", "Wilcoxon p", "Δconv. error [95% CI]", "conv. error",
+               "ΔLipschitz [95% CI]"]
+    rows = []
+    for label, c in data.get("contrasts", {}).items():
+        fid, amp = c["fid"], c["amplification"].get(eps_key)
+        conv, lip = c["convergence_error"], c["lipschitz"]
+        rows.append([label, fmt_ci(fid["delta"], fid["delta_ci95"]), fid["verdict"],
+                     fmt_ci(amp["delta"], amp["delta_ci95"], 3) if amp else "–", amp["verdict"] if amp else "–",
+                     fmt(amp["frac_lower"], 2) if amp else "–", _p_value(amp["wilcoxon_p"]) if amp else "–",
+                     fmt_ci(conv["delta"], conv["delta_ci95"], 4), conv["verdict"],
+                     fmt_ci(lip["delta"], lip["delta_ci95"], 3)])
+    return headers, rows
+
+
+def _p_value(p: float | None) -> str:
+    return "–" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")

@@ -1,1 +1,0 @@
-"""One module per DVC stage (stage name = CLI command = module name); each exposes ``run(cfg, paths, ...)``."""
