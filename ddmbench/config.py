@@ -139,6 +139,12 @@ class SampleConfig(Section):
                                            "sample (stored with the samples; routed policies only).")
     probe_n: int = Field(0, ge=0, description="With trace: also record the states and every expert's prediction "
                                               "for the first probe_n samples (extra evaluations, not in the cost).")
+    routing_clock: int = Field(100, ge=1, le=1_000_000, description=(
+        "Cells of the routing clock over t in [0, 1]: every random routing draw (sample-k) is a pure function of "
+        "(sample seed, cell of t) and constant over a cell of width 1/routing_clock. 100 is finer than every "
+        "shipped solver grid (at most 50 steps), so at the configured NFE each step draws afresh (sample-k as in "
+        "McAllister et al.), while the convergence ladder, its reference and Heun's second evaluation see the "
+        "same draws over the same time interval (common random numbers). Must be >= sample.nfe_steps."))
 
 
 class EvaluateConfig(Section):
@@ -162,8 +168,16 @@ class AnalysisConfig(Section):
                                          "amplification, Lipschitz, convergence, alignment, router-weighted disagreement.")
     eps: list[float] = Field([0.01, 0.1, 1.0], min_length=1,
                              description="Initial-noise perturbation sizes for the amplification (unit direction x eps).")
-    lipschitz_delta: float = Field(0.01, gt=0, description="Finite-difference step of the local Lipschitz estimate.")
-    reference_factor: int = Field(4, ge=2, description="Convergence reference: this many times sample.nfe_steps.")
+    lipschitz_delta: float = Field(0.01, gt=0, description="Finite-difference step of the routing-jump probe "
+                                                            "‖v(x + δu) − v(x)‖/δ (same routing draws).")
+    power_iterations: int = Field(4, ge=1, le=100, description="Power iterations (one jvp + one vjp each) of the "
+                                                               "local Lipschitz constant, the top singular value of "
+                                                               "the combined field's Jacobian (a lower bound that "
+                                                               "rises to it).")
+    reference_factor: int = Field(16, ge=2, description="Convergence reference: the run's solver at this many "
+                                                        "times sample.nfe_steps. 16 (Euler 16×, Heun 16× ≥ 8×) "
+                                                        "leaves a reference error 1/16 of the finest rung's, so "
+                                                        "Euler reads order 1.04 on the 3-rung ladder (4× read 1.16).")
     ladder_rungs: int = Field(3, ge=2, description="Convergence ladder: nfe/2^(r-1), ..., nfe/2, nfe steps.")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the confidence intervals of means and medians.")
     quantiles: int = Field(5, ge=2, description="Disagreement quantile groups for FID by disagreement.")
@@ -247,6 +261,10 @@ class Config(Section):
                 raise ValueError(f"policies: {exc}") from None
         if self.sample.probe_n > self.sample.n:
             raise ValueError(f"sample.probe_n={self.sample.probe_n} exceeds sample.n={self.sample.n}")
+        if self.sample.routing_clock < self.sample.nfe_steps:
+            raise ValueError(f"sample.routing_clock={self.sample.routing_clock} is coarser than the solver grid "
+                             f"(sample.nfe_steps={self.sample.nfe_steps}): steps would share routing draws; "
+                             f"use routing_clock >= {self.sample.nfe_steps}")
         if self.analysis.n > self.sample.n:
             raise ValueError(f"analysis.n={self.analysis.n} exceeds sample.n={self.sample.n}; trace at most the samples drawn")
         if self.evaluate.kid_subset_size > self.sample.n:

@@ -25,13 +25,13 @@ def router_probs(seed: int = 0, b: int = B, k: int = K) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def generators(n: int, base: int = 100) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(base + i) for i in range(n)]
+def seeds(n: int, base: int = 100) -> torch.Tensor:
+    return torch.arange(base, base + n, dtype=torch.int64)
 
 
-def context(b: int = B, base: int = 100) -> RoutingContext:
+def context(b: int = B, base: int = 100, t: float = 0.5) -> RoutingContext:
     cluster = torch.arange(b) % K
-    return RoutingContext(t=torch.full((b,), 0.5), step=3, generators=generators(b, base), cluster=cluster)
+    return RoutingContext(t=torch.full((b,), t), seed=seeds(b, base), cluster=cluster)
 
 
 def weights(label: str, p: torch.Tensor, ctx: RoutingContext | None = None) -> torch.Tensor:
@@ -60,7 +60,7 @@ class TestEveryPolicy:
     def test_pure_and_replayable(self, label: str) -> None:
         p = router_probs()
         w1 = weights(label, p, context())
-        w2 = weights(label, p, context())  # fresh generators with the same seeds
+        w2 = weights(label, p, context())  # a fresh context with the same seeds and times
         assert torch.equal(w1, w2)
         assert torch.equal(p, router_probs())  # p is not modified in place
 
@@ -68,8 +68,7 @@ class TestEveryPolicy:
         p = router_probs()
         full_batch = weights(label, p, context())
         rows = slice(5, 12)
-        sub = RoutingContext(t=torch.full((7,), 0.5), step=3, generators=generators(B)[rows],
-                             cluster=(torch.arange(B) % K)[rows])
+        sub = RoutingContext(t=torch.full((7,), 0.5), seed=seeds(B)[rows], cluster=(torch.arange(B) % K)[rows])
         assert torch.equal(weights(label, p[rows], sub), full_batch[rows])
 
     def test_label_round_trips(self, label: str) -> None:
@@ -171,7 +170,7 @@ def test_oracle_is_one_hot_on_the_drawn_cluster() -> None:
         weights("oracle", p, RoutingContext(t=ctx.t))
 
 
-def test_sample_k_replays_with_reseeded_generators_and_varies_with_seed() -> None:
+def test_sample_k_replays_from_its_seeds_and_varies_with_seed() -> None:
     p = torch.full((B, K), 1.0 / K)
     a = weights("sample-2", p, context(base=100))
     b = weights("sample-2", p, context(base=100))
@@ -181,21 +180,29 @@ def test_sample_k_replays_with_reseeded_generators_and_varies_with_seed() -> Non
     assert ((a > 0).sum(1) == 2).all()
 
 
-def test_sample_k_consumes_its_generators_step_by_step() -> None:
-    """A trajectory re-run with re-seeded generators replays every step's draws, not only the first."""
+def test_sample_k_draws_are_keyed_by_the_clock_cell_of_t() -> None:
+    """Within one cell of the routing clock every evaluation sees the same draw, however many came before;
+    another cell draws afresh; a time on a cell's upper edge belongs to that cell, t = 1 to the last one."""
     p = torch.full((B, K), 1.0 / K)
-    ctx1, ctx2 = context(), context()
-    run1 = [weights("sample-1", p, ctx1) for _ in range(5)]
-    run2 = [weights("sample-1", p, ctx2) for _ in range(5)]
-    assert all(torch.equal(x, y) for x, y in zip(run1, run2))
-    assert not all(torch.equal(run1[0], x) for x in run1[1:])  # the draws advance
+    clock = 10                                       # cells (c/10, (c+1)/10]
+    def at(t: float) -> torch.Tensor:
+        return weights("sample-1", p, RoutingContext(t=torch.full((B,), t), seed=seeds(B), clock=clock))
+    assert torch.equal(at(0.55), at(0.6)) and torch.equal(at(0.51), at(0.6))      # one cell (0.5, 0.6]
+    assert torch.equal(at(1.0), at(0.95))                                          # t = 1: last cell
+    assert torch.equal(at(0.0), at(0.05))                                          # t = 0: first cell
+    assert not torch.equal(at(0.6), at(0.61)) and not torch.equal(at(0.5), at(0.55))  # neighbouring cells
+    # float32 grid times that round just above an edge stay on it
+    assert float(torch.tensor(0.3, dtype=torch.float32)) > 0.3
+    assert torch.equal(at(float(torch.tensor(0.3, dtype=torch.float32))), at(0.25))
+    # repeated calls do not advance anything
+    assert all(torch.equal(at(0.33), at(0.33)) for _ in range(3))
 
 
 def test_sample_1_draws_follow_p() -> None:
     n = 4000
     probs = torch.tensor([0.6, 0.25, 0.1, 0.05])
     p = probs.expand(n, K).clone()
-    w = weights("sample-1", p, RoutingContext(t=torch.zeros(n), generators=generators(n, base=5)))
+    w = weights("sample-1", p, RoutingContext(t=torch.zeros(n), seed=seeds(n, base=5)))
     freq = (w > 0).float().mean(0)
     torch.testing.assert_close(freq, probs, rtol=0, atol=0.03)
 
@@ -206,8 +213,8 @@ def test_sample_k_never_picks_zero_probability_experts_when_avoidable() -> None:
     assert ((w[:, :2] > 0).all()) and (w[:, 2:] == 0).all()
 
 
-def test_sample_k_needs_generators() -> None:
-    with pytest.raises(ValueError, match="generator"):
+def test_sample_k_needs_seeds() -> None:
+    with pytest.raises(ValueError, match="ctx.seed"):
         weights("sample-1", router_probs(), RoutingContext(t=torch.zeros(B)))
 
 

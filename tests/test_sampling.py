@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from ddmbench.data.shapes import MNIST_SHAPE as IMAGE_SHAPE
-from ddmbench.sampling.field import ModelField, RoutedField
+from ddmbench.sampling.field import ModelField, RoutedField, SampleContext
 from ddmbench.sampling.flow import denoised, interpolate, time_grid, velocity_target
+from ddmbench.sampling.observers import Counting
 from ddmbench.sampling.policies import RoutingContext, parse_policy
-from ddmbench.sampling.sampler import draw_clusters, generate, noise_for, routing_generators
+from ddmbench.sampling.sampler import draw_clusters, generate, noise_for
 from ddmbench.sampling.solvers import EVALS_PER_STEP, SOLVERS
 
 K = 3
@@ -73,6 +74,15 @@ def state(b: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 SEEDS = list(range(100, 112))
 
 
+def counted(field: RoutedField, x: torch.Tensor, t: torch.Tensor, ctx: SampleContext | None = None
+            ) -> tuple[torch.Tensor, Counting]:
+    """One evaluation and its cost counters."""
+    counting = Counting(field.num_experts)
+    r = field.route(x, t, ctx)
+    counting(r)
+    return r.v, counting
+
+
 # ----------------------------------------------------------------------------------------------
 # RoutedField
 # ----------------------------------------------------------------------------------------------
@@ -101,32 +111,30 @@ def test_sparse_dispatch_equals_dense_reference(label: str) -> None:
     x, t = state()
     b = x.shape[0]
     cluster = torch.arange(b) % K
-    seeds = list(range(b))
+    ctx = SampleContext.of(range(b), cluster)
     field = routed(label)
-    field.begin_batch(routing_generators(seeds), cluster)
-    v = field(x, t)
+    v, counting = counted(field, x, t, ctx)
 
     # dense reference: every expert on the full batch, weights from the same policy and draws
     spec = parse_policy(label)
     p = torch.softmax(ToyRouter()(x, t), dim=1) if spec.uses_router else torch.full((b, K), 1.0 / K)
-    w = spec.weights(p, RoutingContext(t=t, step=0, generators=routing_generators(seeds), cluster=cluster))
+    w = spec.weights(p, RoutingContext(t=t, seed=ctx.seed, cluster=cluster, clock=field.clock))
     dense = sum(w[:, j].view(-1, 1, 1, 1) * expert(x, t) for j, expert in enumerate(experts()))
     torch.testing.assert_close(v, dense, rtol=1e-6, atol=1e-6)
 
     # each expert ran on exactly the rows that weight it
-    assert field.expert_evals == [int((w[:, j] > 0).sum()) for j in range(K)]
-    assert [e.rows for e in field.experts] == field.expert_evals
-    assert field.router_evals == (b if spec.uses_router else 0)
+    assert counting.expert_evals == [int((w[:, j] > 0).sum()) for j in range(K)]
+    assert [e.rows for e in field.experts] == counting.expert_evals
+    assert counting.router_evals == (b if spec.uses_router else 0)
+    torch.testing.assert_close(field.combine(x, t, w), dense, rtol=1e-6, atol=1e-6)  # the differentiable path
 
 
 def test_sparse_policy_actually_skips_rows() -> None:
     x, t = state(b=30)
-    field = routed("top-1")
-    field(x, t)
-    assert sum(field.expert_evals) == 30           # one expert per row
-    assert sum(1 for n in field.expert_evals if n > 0) >= 2  # and the router spreads rows over experts
-    full = routed("full")
-    full(x, t)
+    _, top1 = counted(routed("top-1"), x, t)
+    assert sum(top1.expert_evals) == 30           # one expert per row
+    assert sum(1 for n in top1.expert_evals if n > 0) >= 2  # and the router spreads rows over experts
+    _, full = counted(routed("full"), x, t)
     assert full.expert_evals == [30] * K
 
 
@@ -148,12 +156,11 @@ def test_chunked_dispatch_equals_whole_dispatch(label: str) -> None:
     x, t = state(b=40)
     whole, chunked = RoutedField(experts(), ToyRouter(), parse_policy(label), chunk_rows=0), \
         RoutedField(experts(), ToyRouter(), parse_policy(label), chunk_rows=7)
-    seeds = list(range(40))
-    whole.begin_batch(routing_generators(seeds))
-    chunked.begin_batch(routing_generators(seeds))
-    assert torch.equal(whole(x, t), chunked(x, t))
-    assert whole.expert_evals == chunked.expert_evals  # chunking is not extra work
-    for rows, expert, one_call in zip(chunked.expert_evals, chunked.experts, whole.experts):
+    ctx = SampleContext.of(range(40))
+    (v_whole, n_whole), (v_chunked, n_chunked) = counted(whole, x, t, ctx), counted(chunked, x, t, ctx)
+    assert torch.equal(v_whole, v_chunked)
+    assert n_whole.expert_evals == n_chunked.expert_evals  # chunking is not extra work
+    for rows, expert, one_call in zip(n_chunked.expert_evals, chunked.experts, whole.experts):
         assert expert.calls == math.ceil(rows / 7) and one_call.calls == (1 if rows else 0)
 
 

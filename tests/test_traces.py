@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ddmbench.sampling.field import RoutedField
@@ -26,12 +27,12 @@ def _field(label: str) -> RoutedField:
 def test_tracing_changes_nothing_and_records_every_step() -> None:
     seeds = list(range(10))
     plain = generate(_field("top-2"), seeds, nfe_steps=4, solver="heun", batch_size=4)
-    rec = TraceRecorder()
     traced_field = _field("top-2")
-    traced = generate(traced_field, seeds, nfe_steps=4, solver="heun", batch_size=4, recorder=rec, probe_n=6)
+    rec = TraceRecorder(traced_field, probe_n=6)
+    traced = generate(traced_field, seeds, nfe_steps=4, solver="heun", batch_size=4, observers=[rec])
     assert torch.equal(plain.images, traced.images)
     assert traced.expert_evals == plain.expert_evals  # probe evaluations are not part of the cost
-    assert traced_field.probe_evals == 3 * 6 * 8
+    assert rec.probe_evals == 3 * 6 * 8
     tr = rec.result()
     assert tr["p"].shape == (10, 8, 3) and tr["w"].shape == (10, 8, 3)
     assert torch.allclose(tr["w"].sum(-1), torch.ones(10, 8))
@@ -46,7 +47,12 @@ def test_tracing_changes_nothing_and_records_every_step() -> None:
 
 def test_expert_counts_match_trace_weights() -> None:
     rec = TraceRecorder()
-    field = _field("threshold-0.2")
-    generate(field, list(range(7)), nfe_steps=3, solver="euler", batch_size=3, recorder=rec)
+    result = generate(_field("threshold-0.2"), list(range(7)), nfe_steps=3, solver="euler", batch_size=3,
+                      observers=[rec])
     used = (rec.result()["w"] > 0).sum(dim=(0, 1))  # (K,) rows each expert saw
-    assert used.tolist() == field.expert_evals
+    assert used.tolist() == result.expert_evals
+
+
+def test_probing_needs_the_field() -> None:
+    with pytest.raises(ValueError, match="routed field"):
+        TraceRecorder(probe_n=2)

@@ -1,13 +1,19 @@
-"""Trajectory sensitivity: perturbation amplification of the sampler and the local Lipschitz constant of the field.
+"""Trajectory sensitivity: perturbation amplification of the sampler, the local Lipschitz constant of the
+combined field, and the routing jump.
 
 Amplification (DESIGN.md "Measurements"): perturb the initial noise z of each seed by eps * u with
-||u|| = 1 (u drawn per seed), integrate the same policy with the same routing randomness (the routing
-generators come from the seeds, not from the noise), and report ||x0(z + eps u) - x0(z)|| / eps. A
-smooth field gives a finite ratio that barely depends on eps; a routing switch (a discontinuity of
-the field) shows up as ratios that grow as eps shrinks.
+||u|| = 1 (u drawn per seed), integrate the same policy with the same routing randomness (the routing draws
+are keyed by the seed and the time, not by the noise: the sampler is simply called again), and report
+||x0(z + eps u) - x0(z)|| / eps. A smooth field gives a finite ratio that barely depends on eps; a routing
+switch (a discontinuity of the field) shows up as ratios that grow as eps shrinks.
 
-Local Lipschitz: at every field evaluation along the unperturbed trajectory, ||v(x + d u) - v(x)|| / d
-for a random unit direction u, with the routing draws of the evaluation replayed for x + d u.
+Local Lipschitz: the top singular value of the Jacobian dv/dx of the combined field at a state, with the
+routing weights w held at the state's routing (so it is the smooth part of the field: the experts' Jacobians
+mixed by w), by power iteration on J^T J with torch.func's jvp and vjp.
+
+Routing jump: ||v(x + d u) - v(x)|| / d for a keyed random unit direction u at every evaluation, with the
+same routing draws. Where no routing decision flips within d it is about ||J u|| (at most the Lipschitz
+constant); where one flips it is about |jump| / d, so it measures the jumps across routing boundaries.
 """
 
 from __future__ import annotations
@@ -16,30 +22,31 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.func import jvp, vjp
 
-from ddmbench.sampling.field import ModelField, RoutedField
+from ddmbench import streams
+from ddmbench.sampling.field import ModelField, RoutedField, Routing
 from ddmbench.sampling.sampler import generate, noise_for
 
-DIRECTION_STREAM = 0xD1_2EC7  # offsets the direction draws from the noise stream of the same seed
+Field = ModelField | RoutedField
 
 
 def unit_directions(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
-    """(N, *shape) directions of unit Euclidean norm, row i from a generator seeded by seeds[i]."""
-    u = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s) + DIRECTION_STREAM))
-                     for s in seeds])
-    return u / u.flatten(1).norm(dim=1).view(-1, *([1] * len(shape)))
+    """(N, *shape) directions of unit Euclidean norm, row i from its seed's amplification stream."""
+    return streams.amplification_directions(seeds, shape)
 
 
-def amplification(field: ModelField | RoutedField, seeds: Sequence[int], eps: Sequence[float], *, nfe_steps: int,
-                  solver: str, batch_size: int, cluster: torch.Tensor | None = None, base: torch.Tensor | None = None
-                  ) -> dict[float, torch.Tensor]:
+def amplification(field: Field, seeds: Sequence[int], eps: Sequence[float], *, nfe_steps: int, solver: str,
+                  batch_size: int, cluster: torch.Tensor | None = None, base: torch.Tensor | None = None,
+                  device: torch.device | str = "cpu") -> dict[float, torch.Tensor]:
     """eps -> (N,) ||x0(z + eps u) - x0(z)|| / eps per seed (Euclidean norm over all pixels, model space).
 
     base: the unperturbed samples x0(z) (N, C, H, W) if already drawn with the same settings.
     """
     z = noise_for(seeds, field.image_shape)
     u = unit_directions(seeds, tuple(z.shape[1:]))
-    kw: dict[str, Any] = {"nfe_steps": nfe_steps, "solver": solver, "batch_size": batch_size, "cluster": cluster}
+    kw: dict[str, Any] = {"nfe_steps": nfe_steps, "solver": solver, "batch_size": batch_size, "cluster": cluster,
+                          "device": device}
     if base is None:
         base = generate(field, seeds, noise=z, **kw).images
     out = {}
@@ -49,58 +56,79 @@ def amplification(field: ModelField | RoutedField, seeds: Sequence[int], eps: Se
     return out
 
 
-class FiniteDifferenceProbe:
-    """Interposes on a field for one batch: returns field(x, t) unchanged and records
-    ||field(x + d u, t) - field(x, t)|| / d for a random unit direction u per row.
+def _row_norm(a: torch.Tensor) -> torch.Tensor:
+    return a.flatten(1).norm(dim=1).view(-1, *([1] * (a.dim() - 1)))
 
-    The routing state (per-sample generators, step counter, spread accumulator, trace hook) is rewound
-    before the perturbed call and restored after it, so the perturbed evaluation sees the same routing
-    draws and the trajectory, its traces and its counters of disagreement are those of the unperturbed
-    run. ``records`` holds one (t, (B,) ratios) pair per evaluation.
+
+def local_lipschitz(field: Field, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, seeds: torch.Tensor, *,
+                    iterations: int) -> torch.Tensor:
+    """(B,) top singular value of the Jacobian of x -> field.combine(x, t, w) at each row of x (B, C, H, W).
+
+    t: (B,) times; w: (B, K) routing weights held fixed (the state's own routing: the policy's selection is
+    piecewise constant in x, so this is the Jacobian wherever the field is differentiable); seeds: (B,) keys of
+    the start vectors. Each iteration is one jvp and one vjp (u <- J^T J u / ||J^T J u||); the estimate
+    sqrt(||J^T J u||) for the last unit u is a lower bound that rises to sigma_max. The networks act row by
+    row, so the batch's Jacobian is block diagonal and every row iterates on its own block.
+    """
+    x = x.detach()
+
+    def f(y: torch.Tensor) -> torch.Tensor:
+        return field.combine(y, t, w)
+
+    u = streams.unit_keyed_directions(streams.POWER_START, seeds, t, tuple(x.shape[1:])).to(x)
+    with torch.enable_grad():
+        _, pullback = vjp(f, x)
+        for _ in range(iterations):
+            _, ju = jvp(f, (x,), (u,))                     # J u        (B, C, H, W)
+            (jtju,) = pullback(ju)                          # J^T J u    (B, C, H, W)
+            norm = _row_norm(jtju)
+            u = jtju / norm.clamp_min(1e-30)
+    return norm.flatten().sqrt().detach()
+
+
+def lipschitz_along(field: Field, states: torch.Tensor, times: torch.Tensor, w: torch.Tensor, seeds: torch.Tensor,
+                    *, iterations: int, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(M, S) local Lipschitz constants along traced trajectories: states (M, S, C, H, W) at times (S,) with
+    the routing weights w (M, S, K) the sampler used there; seeds (M,). Computed on ``device``, returned on the CPU."""
+    m, s = states.shape[:2]
+    flat_x, flat_w = states.flatten(0, 1).to(device), w.flatten(0, 1).to(device)             # (M*S, ...)
+    flat_t = times.repeat(m).to(device, states.dtype)
+    flat_seed = seeds.repeat_interleave(s)
+    out = [local_lipschitz(field, flat_x[i:i + batch_size], flat_t[i:i + batch_size], flat_w[i:i + batch_size],
+                           flat_seed[i:i + batch_size], iterations=iterations).cpu()
+           for i in range(0, m * s, batch_size)]
+    return torch.cat(out).view(m, s)
+
+
+class RoutingJump:
+    """Observer of a sampling run (``generate(..., observers=[RoutingJump(field, delta)])``): at every
+    evaluation, ||v(x + delta u, t) - v(x, t)|| / delta per row with u a unit direction keyed by (seed, t), and
+    whether the set of selected experts differs at x + delta u. It calls the stateless field once more with
+    the same context, so the trajectory, its counters and its traces are untouched (the extra evaluations
+    are not cost).
+
+    ``result()``: times (S,), ratios (N, S), switched (N, S) bool, samples in sampling order.
     """
 
-    def __init__(self, field: ModelField | RoutedField, delta: float, generator: torch.Generator) -> None:
-        self.field, self.delta, self.generator = field, delta, generator
-        self.records: list[tuple[float, torch.Tensor]] = []
+    def __init__(self, field: Field, delta: float) -> None:
+        self.field, self.delta = field, delta
+        self._batches: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+        self._t: list[float] = []
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        f = self.field
-        routed = isinstance(f, RoutedField)
-        gens = (f.generators or []) if routed else []
-        before = [g.get_state() for g in gens]
-        saved = (f.step, f.spread, f.spread_evals) if routed else None
-        v = f(x, t)
-        after = [g.get_state() for g in gens]
-        u = torch.randn(x.shape, generator=self.generator).to(x.device)
-        u = u / u.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
-        for g, state in zip(gens, before):
-            g.set_state(state)
-        if routed:
-            kept = (f.step, f.spread, f.spread_evals, f.on_step)
-            f.step, f.on_step = saved[0], None
-        v_moved = f(x + self.delta * u, t)
-        if routed:
-            f.step, f.spread, f.spread_evals, f.on_step = kept
-        for g, state in zip(gens, after):
-            g.set_state(state)
-        self.records.append((float(t[0]), ((v_moved - v).flatten(1).norm(dim=1) / self.delta).cpu()))
-        return v
+    def start(self, rows: int) -> None:
+        self._batches.append(([], []))
 
+    def __call__(self, r: Routing) -> None:
+        if r.ctx is None:
+            raise ValueError("the routing-jump probe needs the sample context (seeds) of the evaluation")
+        if len(self._batches) == 1:
+            self._t.append(float(r.t[0]))
+        u = streams.unit_keyed_directions(streams.JUMP_DIRECTION, r.ctx.seed, r.t, tuple(r.x.shape[1:])).to(r.x)
+        moved = self.field.route(r.x + self.delta * u, r.t, r.ctx)
+        ratios, switched = self._batches[-1]
+        ratios.append(((moved.v - r.v).flatten(1).norm(dim=1) / self.delta).cpu())
+        switched.append(((moved.w > 0) != (r.w > 0)).any(dim=1).cpu())
 
-class LipschitzProbes:
-    """The ``wrap`` argument of :func:`ddmbench.sampling.sampler.generate`: one probe per batch, directions from one seed."""
-
-    def __init__(self, delta: float, seed: int) -> None:
-        self.delta = delta
-        self.generator = torch.Generator().manual_seed(seed)
-        self.probes: list[FiniteDifferenceProbe] = []
-
-    def __call__(self, field: ModelField | RoutedField) -> FiniteDifferenceProbe:
-        probe = FiniteDifferenceProbe(field, self.delta, self.generator)
-        self.probes.append(probe)
-        return probe
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Times of the evaluations (S,) and the ratios (N, S), batches in sampling order."""
-        times = torch.tensor([t for t, _ in self.probes[0].records])
-        return times, torch.cat([torch.stack([r for _, r in p.records], dim=1) for p in self.probes])
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.tensor(self._t), torch.cat([torch.stack(r, dim=1) for r, _ in self._batches]),
+                torch.cat([torch.stack(s, dim=1) for _, s in self._batches]))

@@ -1,8 +1,9 @@
 """Stage `analyze`: one policy's trajectory analyses (stability, convergence, alignment, disagreement).
 
-A traced pass over the first ``analysis.n`` sample seeds records routing, states and every expert's
-prediction, and probes the field's local Lipschitz constant; perturbed and re-discretised passes give
-amplification and convergence. Per-sample disagreement of all N samples (recorded while sampling) is
+A traced pass over the first ``analysis.n`` sample seeds records routing, states, every expert's
+prediction and the routing jumps; the local Lipschitz constant (top singular value of the combined field's
+Jacobian) is computed at the solver grid's states; perturbed and re-discretised passes (the sampler called
+again with the same seeds, hence the same routing draws) give amplification and convergence. Per-sample disagreement of all N samples (recorded while sampling) is
 related to per-sample quality from the evaluate stage. Scalars go to metrics/analyze/<label>.json, the
 per-t curves to plots/curves/<label>.json, the per-seed values (for the paired contrasts) to
 outputs/analysis/<label>.pt.
@@ -18,7 +19,7 @@ import torch
 from ddmbench.analysis import alignment as align
 from ddmbench.analysis.convergence import convergence
 from ddmbench.analysis.disagreement import quality_relation, weighted_spread
-from ddmbench.analysis.stability import LipschitzProbes, amplification
+from ddmbench.analysis.stability import RoutingJump, amplification, lipschitz_along
 from ddmbench.analysis.stats import summary
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import progress
@@ -31,8 +32,10 @@ from ddmbench.pipeline.artifacts import build_field, load_clusters, sample_seeds
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.sampling.field import RoutedField
+from ddmbench.sampling.observers import States
 from ddmbench.sampling.policies import PolicySpec
 from ddmbench.sampling.sampler import draw_clusters, generate
+from ddmbench.sampling.solvers import EVALS_PER_STEP
 from ddmbench.sampling.traces import TraceRecorder
 
 
@@ -63,33 +66,52 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     a = cfg.analysis
     ensure_writable(paths.analysis_metrics(spec.label), paths.curves(spec.label), paths.analysis_values(spec.label))
     seeds = sample_seeds(cfg)[:a.n]
-    field = build_field(cfg, paths, spec, sampling_device(cfg))
+    device = sampling_device(cfg)
+    field = build_field(cfg, paths, spec, device)
     clusters = load_clusters(paths)
     cluster = draw_clusters(seeds, clusters["sizes"].double()) if spec.name == "oracle" else None
     routed = isinstance(field, RoutedField)
-    kw: dict[str, Any] = {"solver": cfg.sample.solver, "batch_size": cfg.sample.batch_size, "cluster": cluster}
-    passes = 1 + len(a.eps) + a.ladder_rungs
+    kw: dict[str, Any] = {"solver": cfg.sample.solver, "batch_size": cfg.sample.batch_size, "cluster": cluster,
+                          "device": device}
+    passes = 2 + len(a.eps) + a.ladder_rungs
     with progress(f"analyze {spec.label}", passes) as advance:
-        # 1. the traced pass: routing, states, every expert's prediction, local Lipschitz
-        recorder = TraceRecorder() if routed else None
-        probes = LipschitzProbes(a.lipschitz_delta, cfg.seed)
-        base = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, recorder=recorder, probe_n=a.n, wrap=probes,
-                        **kw).images
+        # 1. the traced pass: routing, states, every expert's prediction, routing jumps
+        recorder = TraceRecorder(field, a.n) if routed else None
+        states, jump = States(), RoutingJump(field, a.lipschitz_delta)
+        observers = [states, jump, *([recorder] if recorder is not None else [])]
+        base = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, observers=observers, **kw).images
         advance(1)
-        # 2. amplification of initial-noise perturbations, same routing draws
+        # 2. local Lipschitz constant at the solver grid's states (not Heun's predictor states), routing held
+        t_all, xs, ws = states.result()
+        grid = list(range(0, len(t_all), EVALS_PER_STEP[cfg.sample.solver]))
+        lip = lipschitz_along(field, xs[:, grid], t_all[grid], ws[:, grid], torch.tensor(seeds),
+                              iterations=a.power_iterations, batch_size=cfg.sample.batch_size, device=device)  # (n, G)
+        del xs
+        advance(1)
+        # 3. amplification of initial-noise perturbations: the sampler again, same seeds, same routing draws
         amp = amplification(field, seeds, a.eps, nfe_steps=cfg.sample.nfe_steps, base=base, **kw)
         advance(len(a.eps))
-        # 3. convergence against a finer discretisation
+        # 4. convergence against a much finer discretisation of the same routed field
         conv = convergence(field, seeds, nfe_steps=cfg.sample.nfe_steps, reference_factor=a.reference_factor,
                            rungs=a.ladder_rungs, at_nfe=base, **kw)
         advance(a.ladder_rungs)
-    lip_t, lip = probes.result()                                            # (S,), (n, S)
-    curves: dict[str, list[Any]] = {"t": lip_t.tolist(), "lipschitz": _mean_over_samples(lip)}
+    jump_t, jumps, switched = jump.result()                                 # (S,), (n, S), (n, S)
+    lip_median, lip_p90 = torch.quantile(lip.double(), 0.5, dim=0), torch.quantile(lip.double(), 0.9, dim=0)  # (G,)
+    on_grid = dict(zip(grid, range(len(grid))))
+    curves: dict[str, list[Any]] = {
+        "t": jump_t.tolist(),
+        "lipschitz": [float(lip_median[on_grid[s]]) if s in on_grid else None for s in range(len(jump_t))],
+        "lipschitz_p90": [float(lip_p90[on_grid[s]]) if s in on_grid else None for s in range(len(jump_t))],
+        "routing_jump": _mean_over_samples(jumps),
+    }
     metrics: dict[str, Any] = {
         "policy": spec.label, "n": a.n,
         "amplification": {f"eps_{e:g}": summary(r.numpy(), resamples=a.bootstrap, seed=cfg.seed) for e, r in amp.items()},
         "lipschitz": {**summary(lip.mean(1).numpy(), resamples=a.bootstrap, seed=cfg.seed),
-                      "max_over_t": float(lip.mean(0).max()), "delta": a.lipschitz_delta},
+                      "t": t_all[grid].tolist(), "median_by_t": lip_median.tolist(), "p90_by_t": lip_p90.tolist(),
+                      "max_median_over_t": float(lip_median.max()), "iterations": a.power_iterations},
+        "routing_jump": {**summary(jumps.mean(1).numpy(), resamples=a.bootstrap, seed=cfg.seed),
+                         "switch_rate": float(switched.double().mean()), "delta": a.lipschitz_delta},
         "convergence": {"steps": conv["steps"], "rms_error": conv["rms_error"],
                         "reference_steps": conv["reference_steps"], "order": conv["order"],
                         "error_at_nfe": summary(conv["error_at_nfe"].numpy(), resamples=a.bootstrap, seed=cfg.seed)},
@@ -102,7 +124,8 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         "amplification": torch.stack([r.double() for r in amp.values()]),     # (len(eps), n)
         "eps": torch.tensor(list(amp), dtype=torch.float64),                   # (len(eps),)
         "error_at_nfe": conv["error_at_nfe"].double(),                         # (n,) RMS per pixel
-        "lipschitz": lip.mean(1).double(),                                     # (n,) mean over the steps
+        "lipschitz": lip.mean(1).double(),                                     # (n,) mean over the grid's states
+        "routing_jump": jumps.mean(1).double(),                                # (n,) mean over the evaluations
     })
     write_json(paths.analysis_metrics(spec.label), metrics)
     write_json(paths.curves(spec.label), [dict(zip(curves, row)) for row in zip(*curves.values())])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ddmbench import streams
 from ddmbench.config import Config
 from ddmbench.data.shapes import ImageShape, image_shape_of
 from ddmbench.errors import ArtifactError, ConfigError
@@ -31,8 +32,7 @@ def load_clusters(paths: Paths, ds: dict[str, torch.Tensor] | None = None) -> di
 
 def sample_seeds(cfg: Config) -> list[int]:
     """The same seeds for every policy, so policies are compared image for image."""
-    base = cfg.seed * 1_000_000
-    return list(range(base, base + cfg.sample.n))
+    return streams.sample_seeds(cfg.seed, cfg.sample.n)
 
 
 def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.device,
@@ -53,7 +53,7 @@ def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.devic
     if router is not None and router.head[-1].out_features != cfg.cluster.k:
         raise ArtifactError(f"{paths.model('router')} routes to {router.head[-1].out_features} experts but "
                             f"cluster.k={cfg.cluster.k}; re-run `ddmbench train-router`")
-    return RoutedField(experts, router, spec, cfg.sample.chunk_rows)
+    return RoutedField(experts, router, spec, cfg.sample.chunk_rows, clock=cfg.sample.routing_clock)
 
 
 def sampling_device(cfg: Config) -> torch.device:

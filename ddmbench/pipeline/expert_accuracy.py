@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ddmbench import streams
 from ddmbench.analysis.expert_accuracy import expert_accuracy
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data.datasets import load_prepared, shape_of_images, to_model_space
@@ -14,8 +15,6 @@ from ddmbench.pipeline.artifacts import build_field, load_clusters
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.tracking import mirror
 
-SUBSET_STREAM = 0xACC  # offsets the held-out subset draw from the other uses of cfg.seed
-
 
 @torch.no_grad()
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
@@ -23,7 +22,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     ds = load_prepared(paths.dataset)
     clusters = load_clusters(paths, ds)  # test images' clusters: nearest centroid in the saved PCA space
     n = min(cfg.analysis.accuracy_n, len(ds["test_x"]))
-    pick = torch.randperm(len(ds["test_x"]), generator=torch.Generator().manual_seed(cfg.seed + SUBSET_STREAM))[:n]
+    pick = torch.randperm(len(ds["test_x"]), generator=streams.expert_accuracy_subset(cfg.seed))[:n]
     field = build_field(cfg, paths, cfg.policy("full"), torch.device("cpu"),  # checked experts + router
                         image_shape=shape_of_images(ds["test_x"]))
     data = expert_accuracy(field.experts, field.router, to_model_space(ds["test_x"][pick]),

@@ -33,11 +33,11 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
             raise ArtifactError(f"{paths.clusters} has {len(sizes)} clusters but cluster.k={cfg.cluster.k}; "
                                 "re-run `ddmbench cluster`")
         cluster = draw_clusters(seeds, sizes.double())
-    recorder = TraceRecorder() if cfg.sample.trace and isinstance(field, RoutedField) else None
+    recorder = TraceRecorder(field, cfg.sample.probe_n) if cfg.sample.trace and isinstance(field, RoutedField) else None
     with progress(f"sample {spec.label}", len(seeds)) as advance:
         result = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver,
-                          batch_size=cfg.sample.batch_size, cluster=cluster, recorder=recorder,
-                          probe_n=cfg.sample.probe_n, progress=advance, device=device)
+                          batch_size=cfg.sample.batch_size, cluster=cluster,
+                          observers=[recorder] if recorder is not None else [], progress=advance, device=device)
     n = len(seeds)
     models = field.experts if isinstance(field, RoutedField) else [field.model]
     model_flops = flops_per_image(models[0])  # experts share one architecture

@@ -1,8 +1,13 @@
 """Velocity fields the solvers integrate: a single model, or a router + experts + policy (a DDM).
 
-A field is any callable (x (B, C, H, W), t (B,)) -> v (B, C, H, W). ``RoutedField`` evaluates each expert
-only on the rows whose weight for it is nonzero (sparse dispatch) and counts every evaluation.
+A field is a callable ``(x (B, C, H, W), t (B,), ctx) -> v (B, C, H, W)`` that holds no state which changes
+while sampling (k-diffusion's model + ``extra_args``): ``ctx`` (:class:`SampleContext`) carries what each
+row needs besides its state (its sample seed, the oracle's drawn cluster), and the sampler binds it for a
+batch, so the solvers keep their ``field(x, t)`` signature. ``route`` returns the whole evaluation as a
+:class:`Routing` record (p, w, v and the per-expert dispatch); counting, tracing and the disagreement
+spread are observers of those records (``ddmbench.sampling.observers``), never counters inside a field.
 
+``RoutedField`` evaluates each expert only on the rows whose weight for it is nonzero (sparse dispatch).
 Both fields call a model on at most ``chunk_rows`` rows at a time. On the CPU a small UNet runs faster on
 64-row chunks than on a 256-row batch (its activations stay in cache), and the allocator then sees a few
 fixed block sizes instead of every dispatch size, which keeps peak resident memory flat over many batches.
@@ -11,15 +16,44 @@ fixed block sizes instead of every dispatch size, which keeps peak resident memo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
 from ddmbench.data.shapes import MNIST_SHAPE, ImageShape, image_shape_of
-from ddmbench.sampling.policies import PolicySpec, RoutingContext
+from ddmbench.sampling.policies import DEFAULT_ROUTING_CLOCK, PolicySpec, RoutingContext
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_CHUNK_ROWS = 64
+
+
+@dataclass(frozen=True)
+class SampleContext:
+    """Per-row data fixed for a whole trajectory. seed: (B,) int64 sample seeds (key the routing draws);
+    cluster: (B,) long cluster each sample was drawn for (oracle), or None."""
+
+    seed: torch.Tensor
+    cluster: torch.Tensor | None = None
+
+    @staticmethod
+    def of(seeds: Sequence[int], cluster: torch.Tensor | None = None) -> SampleContext:
+        return SampleContext(torch.tensor([int(s) for s in seeds], dtype=torch.int64), cluster)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """One field evaluation. x, v: (B, C, H, W) state and combined velocity; t: (B,); p: (B, K) router
+    probabilities (None for a single model); w: (B, K) expert weights; dispatch: (j, rows (R,), v_j (R, C, H, W))
+    for every expert j that ran; router_rows: rows the router evaluated."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    ctx: SampleContext | None
+    p: torch.Tensor | None
+    w: torch.Tensor
+    v: torch.Tensor
+    dispatch: tuple[tuple[int, torch.Tensor, torch.Tensor], ...]
+    router_rows: int
 
 
 def evaluate_in_chunks(model: Model, x: torch.Tensor, t: torch.Tensor, chunk_rows: int) -> torch.Tensor:
@@ -30,49 +64,49 @@ def evaluate_in_chunks(model: Model, x: torch.Tensor, t: torch.Tensor, chunk_row
 
 
 class ModelField:
-    """One velocity model as a field (the monolith, or a single expert), with an evaluation counter.
+    """One velocity model as a field (the monolith, or a single expert): a one-expert routing record.
 
     ``image_shape`` (C, H, W) of the states it integrates: given, or the one the model was built for."""
+
+    num_experts = 1
 
     def __init__(self, model: Model, chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape | None = None
                  ) -> None:
         self.model = model
         self.image_shape: ImageShape = tuple(image_shape) if image_shape else image_shape_of(model)  # type: ignore[assignment]
         self.chunk_rows = chunk_rows
-        self.evals = 0  # rows evaluated
 
-    def reset_counters(self) -> None:
-        self.evals = 0
+    def combine(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's velocity (B, C, H, W); differentiable in x (for torch.func)."""
+        return evaluate_in_chunks(self.model, x, t, self.chunk_rows)
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.evals += x.shape[0]
-        return evaluate_in_chunks(self.model, x, t, self.chunk_rows)
+    def route(self, x: torch.Tensor, t: torch.Tensor, ctx: SampleContext | None = None) -> Routing:
+        v = self.combine(x, t)
+        w = torch.ones(x.shape[0], 1, device=x.device)
+        return Routing(x, t, ctx, None, w, v, ((0, torch.arange(x.shape[0], device=x.device), v),), 0)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: SampleContext | None = None) -> torch.Tensor:
+        return self.combine(x, t)
 
 
 class RoutedField:
-    """DDM velocity: v(x, t) = sum_j w_j(x, t) * expert_j(x, t), w = policy(softmax(router(x, t))).
+    """DDM velocity: v(x, t) = sum_j w_j(x, t) * expert_j(x, t), w = policy(softmax(router(x, t)), ctx).
 
     experts: K velocity models. router: (x, t) -> logits (B, K), or None for policies that ignore it.
-    ``begin_batch`` sets the per-sample generators (sample-k), drawn clusters (oracle) and the probe rows
-    for a batch. Counters: ``expert_evals[j]`` rows evaluated by expert j, ``router_evals`` rows seen by
-    the router; ``probe_evals`` counts the extra evaluations made only for traces (not part of the cost).
-
-    ``on_step``, if set, receives after every evaluation a record with ``step``, ``t`` (B,), ``p`` and
-    ``w`` (B, K), ``x`` and ``v`` (B, C, H, W), and for the probe rows ``probe`` (R,) row indices and
-    ``v_experts`` (K, R, C, H, W) every expert's prediction (for the alignment / accuracy analyses).
-
-    ``spread`` (B,) accumulates, per row of the current batch, the policy-weighted disagreement of the
-    experts it evaluated, sum_j w_j * mean_pixels (v_j - v)^2, over the batch's evaluations (``spread_evals``).
-    It is free: only the experts the policy selected enter it (a one-expert policy has spread 0).
-
+    clock: cells of the routing clock (``ddmbench.streams``): a policy's random draws are constant over a cell.
     ``image_shape`` (C, H, W): given, or the one the experts were built for (they and the router must agree).
+    Everything here is fixed at construction; an evaluation's whole story is the :class:`Routing` it returns.
     """
 
     def __init__(self, experts: Sequence[Model], router: Model | None, policy: PolicySpec,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape | None = None) -> None:
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape | None = None,
+                 clock: int = DEFAULT_ROUTING_CLOCK) -> None:
         if policy.uses_router and router is None:
             raise ValueError(f"policy '{policy.label}' needs a router")
+        if clock < 1:
+            raise ValueError(f"the routing clock needs at least one cell, got {clock}")
         models = [*experts, *([router] if router is not None else [])]
         shapes = {image_shape_of(m) for m in models if getattr(m, "image_shape", None) is not None}
         if image_shape is None and len(shapes) > 1:
@@ -83,73 +117,54 @@ class RoutedField:
         self.chunk_rows = chunk_rows
         self.router = router
         self.policy = policy
-        self.expert_evals = [0] * len(self.experts)
-        self.router_evals = 0
-        self.generators: list[torch.Generator] | None = None
-        self.cluster: torch.Tensor | None = None
-        self.probe: torch.Tensor | None = None
-        self.step = 0
-        self.probe_evals = 0
-        self.spread: torch.Tensor | None = None
-        self.spread_evals = 0
-        self.on_step: Callable[[dict[str, Any]], None] | None = None
+        self.clock = clock
 
-    def reset_counters(self) -> None:
-        self.expert_evals = [0] * len(self.experts)
-        self.router_evals = 0
-        self.probe_evals = 0
-
-    def begin_batch(self, generators: list[torch.Generator] | None = None, cluster: torch.Tensor | None = None,
-                    probe: torch.Tensor | None = None) -> None:
-        """probe: (R,) indices of the rows whose every-expert predictions go to ``on_step``."""
-        self.generators, self.cluster, self.probe, self.step = generators, cluster, probe, 0
-        self.spread, self.spread_evals = None, 0
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
 
     def probabilities(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Router probabilities (B, K); uniform when the policy does not use the router."""
         k = len(self.experts)
         if not self.policy.uses_router:
             return torch.full((x.shape[0], k), 1.0 / k, device=x.device)
-        self.router_evals += x.shape[0]
         return torch.softmax(evaluate_in_chunks(self.router, x, t, self.chunk_rows).float(), dim=1)
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        p = self.probabilities(x, t)                                             # (B, K)
-        ctx = RoutingContext(t=t, step=self.step, generators=self.generators, cluster=self.cluster)
-        w = self.policy.weights(p, ctx)                                          # (B, K)
-        self.step += 1
+    def weights(self, p: torch.Tensor, t: torch.Tensor, ctx: SampleContext | None) -> torch.Tensor:
+        """(B, K) expert weights of the policy at router probabilities p (B, K), times t (B,)."""
+        routing = RoutingContext(t=t, seed=None if ctx is None else ctx.seed,
+                                 cluster=None if ctx is None else ctx.cluster, clock=self.clock)
+        return self.policy.weights(p, routing)
+
+    def combine(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """sum_j w_j expert_j(x, t) for given weights w (B, K) on every row (dense; differentiable in x, so
+        torch.func can take its Jacobian with the routing held fixed)."""
         v = torch.zeros_like(x)
-        dispatched = []
+        for j, expert in enumerate(self.experts):
+            if bool((w[:, j] != 0).any()):
+                v = v + w[:, j].view(-1, *([1] * (x.dim() - 1))).to(x.dtype) * evaluate_in_chunks(
+                    expert, x, t, self.chunk_rows)
+        return v
+
+    @torch.no_grad()
+    def expert_predictions(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(K, B, C, H, W) every expert's velocity at (x, t)."""
+        return torch.stack([evaluate_in_chunks(expert, x, t, self.chunk_rows) for expert in self.experts])
+
+    @torch.no_grad()
+    def route(self, x: torch.Tensor, t: torch.Tensor, ctx: SampleContext | None = None) -> Routing:
+        p = self.probabilities(x, t)                                             # (B, K)
+        w = self.weights(p, t, ctx)                                              # (B, K)
+        v = torch.zeros_like(x)
+        dispatch = []
         for j, expert in enumerate(self.experts):
             rows = torch.nonzero(w[:, j] > 0).squeeze(1)                         # rows routed to expert j
             if rows.numel() == 0:
                 continue
-            self.expert_evals[j] += rows.numel()
             v_j = evaluate_in_chunks(expert, x[rows], t[rows], self.chunk_rows)  # (R, C, H, W)
             v.index_add_(0, rows, w[rows, j].view(-1, 1, 1, 1).to(v.dtype) * v_j)
-            dispatched.append((j, rows, v_j))
-        self._accumulate_spread(w, v, dispatched)
-        if self.on_step is not None:
-            self.on_step(self._record(x, t, p, w, v))
-        return v
+            dispatch.append((j, rows, v_j))
+        return Routing(x, t, ctx, p, w, v, tuple(dispatch), x.shape[0] if self.policy.uses_router else 0)
 
-    def _accumulate_spread(self, w: torch.Tensor, v: torch.Tensor,
-                           dispatched: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
-        spread = torch.zeros(v.shape[0], dtype=torch.float64, device=v.device)
-        for j, rows, v_j in dispatched:
-            sq = (v_j - v[rows]).double().pow(2).flatten(1).mean(1)             # (R,) per-pixel mean
-            spread.index_add_(0, rows, w[rows, j].double() * sq)
-        self.spread = spread if self.spread is None or self.spread.shape != spread.shape else self.spread + spread
-        self.spread_evals += 1
-
-    def _record(self, x: torch.Tensor, t: torch.Tensor, p: torch.Tensor, w: torch.Tensor, v: torch.Tensor
-                ) -> dict[str, Any]:
-        record: dict[str, Any] = {"step": self.step - 1, "t": t, "p": p, "w": w, "x": x, "v": v}
-        if self.probe is not None and self.probe.numel() > 0:
-            xs, ts = x[self.probe], t[self.probe]
-            record["probe"] = self.probe
-            record["v_experts"] = torch.stack([evaluate_in_chunks(expert, xs, ts, self.chunk_rows)
-                                               for expert in self.experts])                 # (K, R, C, H, W)
-            self.probe_evals += len(self.experts) * self.probe.numel()
-        return record
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: SampleContext | None = None) -> torch.Tensor:
+        return self.route(x, t, ctx).v

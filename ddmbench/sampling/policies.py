@@ -1,9 +1,11 @@
 """Routing policies: router probabilities ``p`` (B, K) at one step -> expert weights ``w`` (B, K).
 
 Every policy is a pure function ``policy(p, ctx, **params) -> w`` whose rows are non-negative and
-sum to 1. A policy sees neither the state ``x`` nor the experts; its randomness comes only from the
-per-sample generators in ``ctx`` so a trajectory can be replayed exactly. The inference strategies
-follow McAllister et al., "Decentralized Diffusion Models" (arXiv 2501.05450), Table 1.
+sum to 1. A policy sees neither the state ``x`` nor the experts. Its randomness is a pure function of
+each row's seed and the routing-clock cell of t (``ddmbench.streams.routing_uniform``), never of how many
+evaluations came before: a trajectory replays exactly, and the same time interval sees the same draws at
+every NFE and in Heun's second evaluation. The inference strategies follow McAllister et al.,
+"Decentralized Diffusion Models" (arXiv 2501.05450), Table 1.
 
 A policy is spelled by its *label* everywhere (params.yaml, CLI, DVC stage names, folders, MLflow
 run names, report rows): ``full``, ``uniform``, ``oracle``, ``monolith``, ``top-2``, ``sample-1``,
@@ -18,21 +20,29 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ddmbench.streams import DEFAULT_ROUTING_CLOCK, routing_uniform
 
-@dataclass
+
+@dataclass(frozen=True)
 class RoutingContext:
     """What a policy may look at besides ``p``.
 
     t: (B,) flow time of the current state (1 = noise, 0 = data).
-    step: index of the solver step.
-    generators: one ``torch.Generator`` per row (sample-k draws), or None.
+    seed: (B,) int64 sample seed of each row (keys the routing draws), or None for deterministic policies.
     cluster: (B,) long, the cluster each sample was drawn for (oracle), or None.
+    clock: cells of the routing clock over [0, 1]; a draw is constant over one cell.
     """
 
     t: torch.Tensor
-    step: int = 0
-    generators: list[torch.Generator] | None = None
+    seed: torch.Tensor | None = None
     cluster: torch.Tensor | None = None
+    clock: int = DEFAULT_ROUTING_CLOCK
+
+    def uniform(self, n: int) -> torch.Tensor:
+        """(B, n) float64 routing uniforms in (0, 1) of each row at its time's clock cell."""
+        if self.seed is None or len(self.seed) != len(self.t):
+            raise ValueError("this policy draws at random and needs each row's sample seed in ctx.seed")
+        return routing_uniform(self.seed, self.t, self.clock, n)
 
 
 Policy = Callable[..., torch.Tensor]
@@ -65,11 +75,8 @@ def top_k(p: torch.Tensor, ctx: RoutingContext, *, k: int) -> torch.Tensor:
 
 
 def sample_k(p: torch.Tensor, ctx: RoutingContext, *, k: int) -> torch.Tensor:
-    """Draw k experts from p without replacement (Gumbel-top-k with per-sample generators), renormalise."""
-    if ctx.generators is None or len(ctx.generators) != p.shape[0]:
-        raise ValueError("sample-k needs one generator per row in ctx.generators")
-    u = torch.stack([torch.rand(p.shape[1], generator=g, dtype=torch.float64) for g in ctx.generators])
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))  # (B, K)
+    """Draw k experts from p without replacement (Gumbel-top-k on the row's keyed routing uniforms), renormalise."""
+    gumbel = -torch.log(-torch.log(ctx.uniform(p.shape[1])))  # (B, K), uniforms in (0, 1)
     scores = torch.log(p.double().clamp_min(1e-300)) + gumbel.to(p.device)
     scores = torch.where(p > 0, scores, torch.full_like(scores, -torch.inf))
     idx = scores.topk(min(k, p.shape[1]), dim=1).indices

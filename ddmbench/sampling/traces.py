@@ -8,38 +8,48 @@ from typing import Any
 
 import torch
 
+from ddmbench.sampling.field import RoutedField, Routing
+
 
 class TraceRecorder:
-    """Collects ``RoutedField.on_step`` records batch by batch; ``result()`` stacks them per sample.
+    """An observer of a routed field's evaluations (``generate(..., observers=[recorder])``).
 
-    Result (S = field evaluations per trajectory, M = probe samples):
+    ``probe_n``: the first probe_n samples (in seed order) also get their states, combined velocities and
+    every expert's prediction recorded; those extra evaluations are counted in ``probe_evals``, not in the cost.
+
+    ``result()`` (S = field evaluations per trajectory, M = probe samples):
       t: (S,) times; p, w: (N, S, K) router probabilities and expert weights;
       probe_index: (M,) sample indices; probe_x, probe_v: (M, S, C, H, W) states and combined velocities;
       probe_v_experts: (M, S, K, C, H, W) every expert's velocity at the probe states.
     """
 
-    def __init__(self) -> None:
-        self._batches: list[dict[str, list[Any]]] = []
+    def __init__(self, field: RoutedField | None = None, probe_n: int = 0) -> None:
+        if probe_n > 0 and field is None:
+            raise ValueError("recording every expert's prediction (probe_n > 0) needs the routed field")
+        self.field, self.probe_n = field, probe_n
+        self.probe_evals = 0
+        self._batches: list[dict[str, Any]] = []
         self._offset = 0
         self._t: list[float] = []
 
-    def begin_batch(self, size: int) -> None:
-        self._batches.append({"p": [], "w": [], "probe": None, "x": [], "v": [], "v_experts": [],
-                              "offset": self._offset})
-        self._offset += size
+    def start(self, rows: int) -> None:
+        n_probe = max(0, min(self.probe_n - self._offset, rows))
+        self._batches.append({"p": [], "w": [], "x": [], "v": [], "v_experts": [], "offset": self._offset,
+                              "probe": torch.arange(n_probe) if n_probe else None})
+        self._offset += rows
 
-    def __call__(self, record: dict[str, Any]) -> None:
+    def __call__(self, r: Routing) -> None:
         b = self._batches[-1]
         if len(self._batches) == 1:
-            self._t.append(float(record["t"][0]))
-        b["p"].append(record["p"].detach().cpu())
-        b["w"].append(record["w"].detach().cpu())
-        if "probe" in record:
-            rows = record["probe"]
-            b["probe"] = rows.cpu()
-            b["x"].append(record["x"][rows].cpu())
-            b["v"].append(record["v"][rows].cpu())
-            b["v_experts"].append(record["v_experts"].transpose(0, 1).cpu())  # (R, K, C, H, W)
+            self._t.append(float(r.t[0]))
+        b["p"].append(r.p.detach().cpu())
+        b["w"].append(r.w.detach().cpu())
+        if b["probe"] is not None and self.field is not None:
+            rows = b["probe"].to(r.x.device)
+            b["x"].append(r.x[rows].cpu())
+            b["v"].append(r.v[rows].cpu())
+            b["v_experts"].append(self.field.expert_predictions(r.x[rows], r.t[rows]).transpose(0, 1).cpu())
+            self.probe_evals += self.field.num_experts * rows.numel()
 
     def result(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {

@@ -82,8 +82,7 @@ def time_policies(num_experts: int = 8, preset: str = "unet-s", batch: int = 256
     loads: dict[str, list[int]] = {}
     for label in BENCH_POLICIES:  # warm-up pass (allocator, kernels), also records each policy's expert load
         field = make_field(label, experts, router, monolith, chunk_rows)
-        generate(field, seeds, nfe_steps=1, solver="euler", batch_size=batch, device=device)
-        loads[label] = field.expert_evals if isinstance(field, RoutedField) else [field.evals]
+        loads[label] = generate(field, seeds, nfe_steps=1, solver="euler", batch_size=batch, device=device).expert_evals
     for r in range(repeats):
         for label in BENCH_POLICIES:
             if progress is not None:

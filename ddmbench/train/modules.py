@@ -8,6 +8,7 @@ from torch import nn
 
 from ddmbench.errors import TrainingError
 from ddmbench.sampling import flow
+from ddmbench.streams import step_seed
 
 
 class NonFiniteLoss(TrainingError):
@@ -16,12 +17,6 @@ class NonFiniteLoss(TrainingError):
     def __init__(self, message: str, step: int, value: float) -> None:
         super().__init__(message)
         self.step, self.value = step, value
-
-
-def step_seed(seed: int, step: int) -> int:
-    """Seed of the noise (t, eps) drawn at optimizer step ``step``: a function of (seed, step) only, so a
-    resumed run draws what an uninterrupted one draws."""
-    return (seed * 1_000_003 + step) % (2**63)
 
 
 class _Base(L.LightningModule):

@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ddmbench import streams
 from ddmbench.config import Config, flatten
 from ddmbench.console import err_console
 from ddmbench.errors import ConfigError, TrainingError, first_line
@@ -107,7 +108,7 @@ class StepBatches(Sampler[torch.Tensor]):
         while True:
             e, i = divmod(step, per_epoch)
             if e != epoch:  # one permutation per epoch, not per batch
-                epoch, perm = e, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + e))
+                epoch, perm = e, torch.randperm(self.n, generator=streams.epoch_generator(self.seed, e))
             lo = i * global_batch + self.rank * self.batch_size
             yield perm[lo:lo + self.batch_size]                # (B,) row indices
             step += 1
@@ -318,8 +319,9 @@ def fit(module: L.LightningModule, loader: DataLoader, cfg: Config, *, max_steps
 
 
 def seed_for(cfg: Config, offset: int) -> int:
-    """A distinct, reproducible seed per trained model (offset: 0 evaluator, 1 router, 2 monolith, 10+k expert k)."""
-    return cfg.seed * 1000 + offset
+    """A distinct, reproducible seed per trained model (offset: 0 evaluator, 1 router, 2 monolith, 10+k expert k;
+    ``ddmbench.streams.MODEL_OFFSETS``)."""
+    return streams.model_seed(cfg.seed, offset)
 
 
 def seed_everything(seed: int) -> None:
