@@ -150,7 +150,8 @@ def _quality_relation(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, 
         raise ArtifactError(f"{paths.quality(spec.label)} scores other samples than {paths.samples(spec.label)}; "
                             f"re-run `ddmbench evaluate --policy {spec.label}`")
     real, digest = load_real_features(paths.real_features, dataset=cfg.data.dataset)
-    check_same_evaluator({str(paths.real_features): digest, str(paths.quality(spec.label)): quality.get("evaluator_sha256")})
+    check_same_evaluator({str(paths.real_features.relative_to(paths.root)): digest,
+                          str(paths.quality(spec.label).relative_to(paths.root)): quality.get("evaluator_sha256")})
     fake = quality["features"]                                              # (N, d) extracted by `evaluate`
     d = samples["disagreement"].double().numpy()
     relation = quality_relation(d, quality["confidence"].double().numpy(), quality["nn_distance"].double().numpy(),

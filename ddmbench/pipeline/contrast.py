@@ -12,8 +12,9 @@ Every difference D holds ``estimate``, ``ci95`` (95% interval), ``estimand`` (wh
 ``p_value`` (two-sided) with ``p_value_method``, ``verdict`` ('lower' / 'higher' when the interval excludes
 0, else 'not separable') and ``n`` (rows or seeds paired). ΔFID is FID_inf(policy) − FID_inf(full) and ΔKID the
 difference of the unbiased KIDs, both with jackknife t intervals and t-test p-values over groups of seeds
-(``plug_in_delta`` is the difference of the plug-in values at N); per-seed differences carry a BCa bootstrap
-interval of the mean, a Wilcoxon signed-rank p-value, ``frac_lower`` and ``median_delta``. All intervals cover
+(``plug_in_delta`` is the difference of the plug-in values at N); per-seed differences carry a paired t interval
+of the mean and a paired t-test p-value, plus ``wilcoxon_p`` (signed-rank check), ``frac_lower`` and
+``median_delta``. Nothing here draws random numbers. All intervals cover
 sampling noise given one set of trained models. Quality files measured with another evaluator than the real
 features (SHA-256 of its weights) are refused.
 """
@@ -67,28 +68,27 @@ def real_set(cfg: Config, paths: Paths, quality: dict[str, dict[str, Any]]) -> t
     return RealSet(real, cfg.evaluate.groups), digest
 
 
-def paired_values(v: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], *, resamples: int, seed: int,
-                  label: str = "policy", n_seeds: int | None = None) -> dict[str, Any]:
+def paired_values(v: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], *, label: str = "policy",
+                  n_seeds: int | None = None) -> dict[str, Any]:
     """Per-seed analyses of a policy minus those of the reference, over their first ``n_seeds`` common seeds."""
     ia, ib = align_by_seed(v["seeds"], ref["seeds"])
     ia, ib = ia[:n_seeds], ib[:n_seeds]
     if len(ia) < 2:
         raise ArtifactError("the analyses of a policy and of full share fewer than 2 seeds; re-run "
                             "`dvc repro` so that every analyze stage uses the same analysis.n")
-    kw: dict[str, Any] = {"resamples": resamples, "seed": seed}
     given = "over the traced seeds, given these trained models"
     out: dict[str, Any] = {"amplification": {}}
     for row, eps in enumerate(v["eps"].tolist()):
         match = (ref["eps"] == eps).nonzero()
         if len(match):
             out["amplification"][f"eps_{eps:g}"] = paired_mean_delta(
-                v["amplification"][row, ia].numpy(), ref["amplification"][int(match[0, 0]), ib].numpy(), **kw,
+                v["amplification"][row, ia].numpy(), ref["amplification"][int(match[0, 0]), ib].numpy(),
                 estimand=f"mean amplification at eps = {eps:g}, {label} − {REFERENCE}, {given}")
     out["convergence_error"] = paired_mean_delta(
-        v["error_at_nfe"][ia].numpy(), ref["error_at_nfe"][ib].numpy(), **kw,
+        v["error_at_nfe"][ia].numpy(), ref["error_at_nfe"][ib].numpy(),
         estimand=f"mean convergence error at sample.nfe_steps, {label} − {REFERENCE}, {given}")
     out["lipschitz"] = paired_mean_delta(
-        v["lipschitz"][ia].numpy(), ref["lipschitz"][ib].numpy(), **kw,
+        v["lipschitz"][ia].numpy(), ref["lipschitz"][ib].numpy(),
         estimand=f"mean local Lipschitz estimate, {label} − {REFERENCE}, {given}")
     return out
 
@@ -122,12 +122,11 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
             continue
         metrics["contrasts"][label] = {
             **paired_scores(real, quality[label], quality[REFERENCE], label=label),
-            **paired_values(values[label], values[REFERENCE], resamples=cfg.analysis.bootstrap, seed=cfg.seed,
-                            label=label),
+            **paired_values(values[label], values[REFERENCE], label=label),
         }
     write_json(paths.contrast_metrics, metrics)
     mirror(cfg, paths, "contrast", "contrast", {"evaluate.groups": cfg.evaluate.groups,
-           "analysis.bootstrap": cfg.analysis.bootstrap, "policies": config_to_dict(cfg)["policies"]},
+           "policies": config_to_dict(cfg)["policies"]},
            metrics, [paths.contrast_metrics], tags={"evaluator_sha256": digest})
     return metrics
 

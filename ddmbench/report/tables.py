@@ -102,7 +102,7 @@ def inference_strategies(results: Results) -> Table:
 def contrasts(data: dict[str, Any], eps_key: str) -> Table:
     """Table 6: every policy minus full, paired by seed (metrics/contrast.json); 95% intervals (jackknife for FID, BCa bootstrap per seed)."""
     headers = ["policy − full", "ΔFID∞ [95% CI]", "FID", f"Δamplification ε={eps_value(eps_key)} [95% CI]",
-               "amplification", "seeds with lower amp.", "Wilcoxon p", "Δconv. error [95% CI]", "conv. error",
+               "amplification", "seeds with lower amp.", "p (paired t)", "Δconv. error [95% CI]", "conv. error",
                "ΔLipschitz [95% CI]"]
     rows = []
     for label, c in data.get("contrasts", {}).items():

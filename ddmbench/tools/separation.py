@@ -53,8 +53,7 @@ def run(cfg: Config, paths: Paths, policy: str, sizes: list[int] | None = None,
     n_traced = min(len(v["seeds"]), len(ref_v["seeds"]))
     fid_rows = [{"n": n, **paired_scores(real, q, ref_q, label=policy, n_rows=n)["fid"]}
                 for n in ladder(n_rows, sizes, 125)]
-    seed_rows = [{"n": n, **paired_values(v, ref_v, resamples=cfg.analysis.bootstrap, seed=cfg.seed, label=policy,
-                                          n_seeds=n)}
+    seed_rows = [{"n": n, **paired_values(v, ref_v, label=policy, n_seeds=n)}
                  for n in ladder(n_traced, seed_counts, 16)]
     result = {"policy": policy, "reference": REFERENCE, "delta": f"{policy} − {REFERENCE}",
               "fid": fid_rows, "per_seed": seed_rows,
@@ -81,7 +80,7 @@ def _print(result: dict[str, Any]) -> None:
     console.print(t)
     eps_keys = list(result["per_seed"][0]["amplification"])
     t = Table(title=f"{p} − full per traced seed, on the first n seeds (mean [95% interval]; seeds where {p} is "
-                    "lower, Wilcoxon p)")
+                    "lower, paired t p)")
     t.add_column("n", justify="right")
     for k in eps_keys:
         t.add_column(f"Δamp. ε={k.removeprefix('eps_')}", justify="right")
