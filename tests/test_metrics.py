@@ -216,3 +216,22 @@ def test_nearest_distance_is_zero_on_the_reference_and_exact_off_it() -> None:
     dist = nearest_distance(query, ref)
     assert torch.all(dist <= 5.0 + 1e-5)
     assert torch.allclose(dist, torch.cdist(query.double(), ref.double()).min(1).values.float())
+
+
+def test_contrast_refuses_quality_files_from_another_evaluator(tmp_path) -> None:
+    """The stage-level check: one line naming both digests and both files, before anything is computed."""
+    from ddmbench.config import parse_config
+    from ddmbench.pipeline import contrast
+    from ddmbench.pipeline.paths import Paths
+
+    paths = Paths(tmp_path)
+    cfg = parse_config({})
+    save_real_features(paths.real_features, torch.randn(40, 4), evaluator_sha256="a" * 64, dataset="mnist",
+                       split="test")
+    good = {"features": torch.randn(30, 4), "seeds": torch.arange(30), "evaluator_sha256": "a" * 64}
+    stale = {**good, "evaluator_sha256": "b" * 64}
+    real, digest = contrast.real_set(cfg, paths, {"full": good, "top-2": good})
+    assert digest == "a" * 64 and real.m == 40
+    with pytest.raises(ArtifactError, match=f"outputs/features/real-test.pt has {'a' * 64} and "
+                                            f"outputs/quality/top-2.pt has {'b' * 64}"):
+        contrast.real_set(cfg, paths, {"full": good, "top-2": stale})
