@@ -28,7 +28,7 @@ import torch
 from ddmbench.analysis.paired import align_by_seed, paired_mean_delta
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import console, show_table
-from ddmbench.errors import ArtifactError
+from ddmbench.errors import ArtifactError, ConfigError
 from ddmbench.evaluation.features import load_real_features
 from ddmbench.evaluation.identity import check_same_evaluator
 from ddmbench.evaluation.intervals import RealSet, paired_quality
@@ -63,6 +63,9 @@ def real_set(cfg: Config, paths: Paths, quality: dict[str, dict[str, Any]]) -> t
     """The real features prepared for the jackknife, after checking that they and every quality file were
     measured with one evaluator (ArtifactError naming both digests otherwise)."""
     real, digest = load_real_features(paths.real_features, dataset=cfg.data.dataset)
+    if len(real) < cfg.evaluate.groups:
+        raise ConfigError(f"params.yaml: evaluate.groups={cfg.evaluate.groups} exceeds the {len(real)} real test "
+                          "images; use fewer jackknife groups")
     digest = check_same_evaluator({str(paths.real_features.relative_to(paths.root)): digest, **{
         str(paths.quality(label).relative_to(paths.root)): q.get("evaluator_sha256") for label, q in quality.items()}})
     return RealSet(real, cfg.evaluate.groups), digest

@@ -14,6 +14,7 @@ import torch
 
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data.datasets import check_sample_images, load_prepared, shape_of_images, to_model_space
+from ddmbench.errors import ConfigError
 from ddmbench.evaluation.features import class_probabilities, classifier_stats, extract_features, load_real_features
 from ddmbench.evaluation.fid import fid
 from ddmbench.evaluation.identity import weights_sha256
@@ -41,6 +42,9 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     classifier = load_classifier(paths.model("evaluator"), image_shape=shape)
     real_feats, digest = load_real_features(paths.real_features, evaluator_sha256=weights_sha256(classifier),
                                             dataset=cfg.data.dataset)
+    if len(real_feats) < cfg.evaluate.groups:
+        raise ConfigError(f"params.yaml: evaluate.groups={cfg.evaluate.groups} exceeds the {len(real_feats)} real "
+                          "test images; use fewer jackknife groups")
     fake_feats = extract_features(classifier, fake)
     kid_mean, kid_std = kid_subsets(real_feats, fake_feats, subset_size=cfg.evaluate.kid_subset_size,
                                     subsets=cfg.evaluate.kid_subsets, seed=cfg.seed)

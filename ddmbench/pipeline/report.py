@@ -65,9 +65,10 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     doc.table(["quantity", "value"], setup_rows(cfg, paths, results))
 
     doc.heading("Table 1 — routing policy vs quality, stability and cost")
-    doc.paragraph("FID and KID: torchmetrics in the evaluator classifier's feature space against the test split, "
-                  "with 95% percentile-bootstrap intervals over the generated set (features computed once, rows "
-                  "resampled). Amplification: ‖x₀(z+εu) − x₀(z)‖/ε over the traced seeds with the same routing "
+    doc.paragraph("FID and KID in the evaluator classifier's feature space (one evaluator, identified by the "
+                  "SHA-256 of its weights) against the test split, with 95% grouped-jackknife intervals: FID's "
+                  "covers the expected FID at this N and number of real images, KID's (unbiased) the population "
+                  "KID; FID∞ with its interval is in metrics/evaluate. Amplification: ‖x₀(z+εu) − x₀(z)‖/ε over the traced seeds with the same routing "
                   "draws replayed, mean with its bootstrap interval. Lipschitz: ‖v(x+δu) − v(x)‖/δ of the combined "
                   "velocity along the trajectory (same routing draws), averaged over seeds and evaluations. "
                   "Convergence: RMS per pixel between the samples at the configured steps and at "

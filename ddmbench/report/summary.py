@@ -81,7 +81,7 @@ def summary_text(results: Results, contrast: dict[str, Any] | None = None) -> st
         clo, chi = c["convergence_error"]["ci95"]
         side = "excludes" if v["fid"] != "overlapping" else "contains"
         quality = (f"Quality: full has FID {fe['fid']:.2f}, {words[v['fid']]} {s}'s {te['fid']:.2f} "
-                   f"({s} − full = {c['fid']['estimate']:+.2f} [{lo:+.2f}, {hi:+.2f}]: the 95% interval of the "
+                   f"(FID∞ of {s} − full = {c['fid']['estimate']:+.2f} [{lo:+.2f}, {hi:+.2f}]: the 95% interval of the "
                    f"difference, paired by seed, {side} 0).")
         stability = (f"Stability: full's mean amplification at ε={v['eps']} is {fa['mean']:.3g}, "
                      f"{words[v['amplification']]} {s}'s {ta['mean']:.3g} ({s} − full = "

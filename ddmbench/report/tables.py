@@ -25,7 +25,7 @@ def eps_value(key: str) -> str:
 
 
 def quality_stability_cost(results: Results) -> Table:
-    """Table 1: policy vs FID/KID (95% bootstrap CI), amplification, Lipschitz, convergence, cost."""
+    """Table 1: policy vs FID/KID (95% jackknife CI), amplification, Lipschitz, convergence, cost."""
     key = headline_eps(results)
     headers = ["policy", "FID ↓ [95% CI]", "KID ↓ [95% CI]", f"amplification ε={eps_value(key)} ↓ [95% CI]",
                "Lipschitz (mean over t)", "conv. error (RMS) ↓", "conv. order", "expert evals/img", "GFLOPs/img",
