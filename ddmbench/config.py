@@ -97,6 +97,9 @@ class RouterConfig(TrainConfig):
 class EvaluatorConfig(TrainConfig):
     steps: int = Field(600, ge=1, description="Optimizer steps for the evaluator classifier.")
     net: Literal["classifier-s"] = Field("classifier-s", description="Evaluator network preset.")
+    seed: int = Field(0, ge=0, description="The evaluator's own training seed, independent of the experiment `seed`: "
+                                           "every run of a dataset scores in the same feature space (identified by "
+                                           "the SHA-256 of the evaluator's weights).")
 
 
 class TrainerConfig(Section):
@@ -151,8 +154,9 @@ class EvaluateConfig(Section):
     n_real: int = Field(10000, ge=2, description="Test-split images used as the real set for FID/KID (capped at the split size).")
     kid_subset_size: int = Field(500, ge=2, description="KID subset size (must be <= number of samples).")
     kid_subsets: int = Field(50, ge=1, description="KID subsets.")
-    bootstrap: int = Field(200, ge=20, le=100_000, description="Bootstrap resamples of the generated set for the "
-                                                             "95% intervals of FID and KID (features extracted once).")
+    groups: int = Field(20, ge=2, le=1000, description="Jackknife groups for the 95% intervals and p-values of FID "
+                                                       "and KID (G groups of generated and real rows left out together; "
+                                                       "t with G-1 df). At most sample.n and n_real.")
     pr_k: int = Field(3, ge=1, description="k of the k-NN manifolds of precision/recall (Kynkaanniemi et al. 2019).")
 
 
@@ -267,6 +271,9 @@ class Config(Section):
                              f"use routing_clock >= {self.sample.nfe_steps}")
         if self.analysis.n > self.sample.n:
             raise ValueError(f"analysis.n={self.analysis.n} exceeds sample.n={self.sample.n}; trace at most the samples drawn")
+        if self.evaluate.groups > min(self.sample.n, self.evaluate.n_real):
+            raise ValueError(f"evaluate.groups={self.evaluate.groups} exceeds sample.n={self.sample.n} or "
+                             f"evaluate.n_real={self.evaluate.n_real}; use at most the smaller of the two")
         if self.evaluate.kid_subset_size > self.sample.n:
             raise ValueError(f"evaluate.kid_subset_size={self.evaluate.kid_subset_size} exceeds sample.n={self.sample.n}; "
                              "use a subset size <= sample.n")

@@ -134,7 +134,7 @@ TINY: dict[str, Any] = {
     "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "32-true", "log_every_n_steps": 5},
     "sample": {"n": 32, "nfe_steps": 3, "solver": "euler", "batch_size": 16},
     "policies": ["full", "top-1"],
-    "evaluate": {"n_real": 40, "kid_subset_size": 10, "kid_subsets": 5},
+    "evaluate": {"n_real": 40, "kid_subset_size": 10, "kid_subsets": 5, "groups": 8},
     "analysis": {"n": 8, "eps": [0.1, 1.0], "reference_factor": 2, "ladder_rungs": 2, "bootstrap": 100, "quantiles": 2},
     "tracking": {"enabled": False, "uri": None, "experiment": "ddmbench-tests"},
 }

@@ -25,7 +25,7 @@ from ddmbench.cli import app
 from ddmbench.io import load_tensors, save_tensors, write_json
 from ddmbench.models import nets
 from ddmbench.models.checkpoints import save_weights
-from ddmbench.pipeline import analyze, cluster, evaluate, prepare, sample
+from ddmbench.pipeline import analyze, cluster, evaluate, features, prepare, sample
 from ddmbench.sampling.policies import parse_policy
 
 RUNNER = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200", "TYPER_USE_RICH": "0"})
@@ -79,6 +79,13 @@ def _file_instead_of_folder(rel: str) -> Callable[[Project], None]:
 def _torch_pickle_payload(p: Project) -> None:
     """A checkpoint-shaped torch file whose metadata needs an arbitrary object unpickled."""
     torch.save({"state_dict": {}, "meta": Payload(p.root / "PWNED")}, p.root / "outputs" / "evaluator.pt")
+
+
+def _retrained_evaluator(p: Project) -> None:
+    """Another evaluator (other weights) than the one the real-set features were extracted with."""
+    torch.manual_seed(123)
+    save_weights(p.root / "outputs" / "evaluator.pt", nets.build_classifier("classifier-s", 10),
+                 {"kind": "evaluator", "net": "classifier-s", "num_classes": 10})
 
 
 def _plain_pickle_payload(p: Project) -> None:
@@ -194,6 +201,8 @@ CASES = [
          params={"policies": ["full", "monolith"]}, setup=_wrong_kind),
     Case("corrupt-samples-for-evaluate", ["evaluate", "--policy", "full"], ("samples/full.pt", "cannot be loaded"),
          setup=_garbage("outputs/samples/full.pt")),
+    Case("features-of-another-evaluator", ["evaluate", "--policy", "full"],
+         ("real-test.pt was extracted by evaluator", "re-run `ddmbench features`"), setup=_retrained_evaluator),
     Case("corrupt-samples-for-report", ["report"], ("samples/full.pt", "cannot be loaded"),
          setup=_garbage("outputs/samples/full.pt")),
     # paired contrasts
@@ -240,6 +249,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Project:
                  {"kind": "router", "net": "router-s", "num_experts": cfg.cluster.k})
     save_weights(paths.model("evaluator"), nets.build_classifier("classifier-s", 10),
                  {"kind": "evaluator", "net": "classifier-s", "num_classes": 10})
+    features.run(cfg, paths)
     sample.run(cfg, paths, parse_policy("full"))
     evaluate.run(cfg, paths, parse_policy("full"))
     analyze.run(cfg, paths, parse_policy("full"))

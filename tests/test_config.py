@@ -124,7 +124,7 @@ def test_wrong_type_names_key_and_value(over: dict[str, Any], key: str, given: s
     ({"cluster": {"k": 0}}, "cluster.k"),
     ({"trainer": {"devices": 0}}, "trainer.devices"),
     ({"seed": -1}, "seed"),
-    ({"evaluate": {"bootstrap": 5}}, "evaluate.bootstrap"),
+    ({"evaluate": {"groups": 1}}, "evaluate.groups"),
     ({"evaluate": {"pr_k": 0}}, "evaluate.pr_k"),
     ({"analysis": {"accuracy_n": 1}}, "analysis.accuracy_n"),
     ({"analysis": {"accuracy_t": [0.0]}}, "analysis.accuracy_t"),

@@ -189,13 +189,15 @@ def test_saved_expert_ema_weights_are_trained(trained: tuple[Project, str], k: i
 def test_evaluate_reports_intervals_precision_recall_and_per_sample_quality(trained: tuple[Project, str]) -> None:
     project, _ = trained
     m = _json(project.paths.eval_metrics("full"))
-    assert m["bootstrap"] == project.config().evaluate.bootstrap
+    assert m["jackknife_groups"] == project.config().evaluate.groups
+    assert m["evaluator_sha256"] == _json(project.paths.model_metrics("evaluator"))["evaluator_sha256"]
+    assert m["fid_estimand"].startswith("FID at N = 32") and m["fid_inf_estimand"].startswith("FID_inf")
     for key in ("fid", "kid_unbiased"):
         lo, hi = m[f"{key.split('_')[0]}_ci95"]
         assert lo <= m[key] <= hi, key
     assert 0.0 <= m["precision"] <= 1.0 and 0.0 <= m["recall"] <= 1.0 and m["pr_k"] == 3
     quality = load_tensors(project.paths.quality("full"), "evaluate")
-    assert set(quality) == {"confidence", "nn_distance", "seeds", "features"}
+    assert set(quality) == {"confidence", "nn_distance", "seeds", "features", "evaluator_sha256"}
     assert quality["seeds"].tolist() == list(range(32)) and quality["features"].shape[0] == 32
     assert quality["confidence"].shape == quality["nn_distance"].shape == (32,)
     assert quality["confidence"].mean().item() == pytest.approx(m["confidence"], rel=1e-5)
@@ -244,15 +246,16 @@ def test_analyze_is_deterministic_and_report_has_every_table(copy_of: Project) -
     assert contrast["reference"] == "full" and set(contrast["contrasts"]) == {"monolith", "top-1"}
     top1 = contrast["contrasts"]["top-1"]
     fid_gap = _json(copy_of.paths.eval_metrics("top-1"))["fid"] - _json(copy_of.paths.eval_metrics("full"))["fid"]
-    assert top1["fid"]["delta"] == pytest.approx(fid_gap, rel=1e-5)      # same features, same FID as evaluate
+    assert top1["fid"]["plug_in_delta"] == pytest.approx(fid_gap, rel=1e-5)  # same features, same FID as evaluate
+    assert all(0 <= top1[k]["p_value"] <= 1 and top1[k]["estimand"] for k in ("fid", "kid", "convergence_error"))
     amp_gap = first["amplification"]["eps_1"]["mean"] - _json(copy_of.paths.analysis_metrics("full"))[
         "amplification"]["eps_1"]["mean"]
-    assert top1["amplification"]["eps_1"]["delta"] == pytest.approx(amp_gap, abs=1e-9)
+    assert top1["amplification"]["eps_1"]["estimate"] == pytest.approx(amp_gap, abs=1e-9)
     assert "paired by seed" in contrast_output
     invoke(copy_of.root, "separation", "--policy", "top-1", "--size", "16", "--size", "32", "--seeds", "2")
     study = _json(copy_of.paths.reports / "separation-top-1.json")
     assert [r["n"] for r in study["fid"]] == [16, 32] and [r["n"] for r in study["per_seed"]] == [2]
-    assert study["fid"][-1] == top1["fid"]           # all rows: the same bootstrap as the contrast stage
+    assert study["fid"][-1] == top1["fid"]           # all rows: the same jackknife as the contrast stage
     output = invoke(copy_of.root, "report")
     md = copy_of.paths.report_md.read_text()
     for title in ("## Summary", "## Table 1", "## Table 2", "## Table 3", "## Table 4", "## Table 5", "## Table 6"):

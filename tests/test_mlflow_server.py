@@ -84,7 +84,8 @@ def test_pipeline_logs_to_a_real_server(project: Project, mlflow_server: str, tm
     # one training stage is enough: the monolith that sample reads is built untrained (no run of its own)
     save_weights(project.paths.model("monolith"), nets.build_velocity_net("unet-xs"), {"kind": "monolith", "net": "unet-xs"})
     runner = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"})
-    for args in (["prepare"], ["train-evaluator"], ["sample", "--policy", "monolith"], ["evaluate", "--policy", "monolith"]):
+    for args in (["prepare"], ["train-evaluator"], ["features"], ["sample", "--policy", "monolith"],
+                 ["evaluate", "--policy", "monolith"]):
         reattach_closed_log_streams(monkeypatch)
         result = runner.invoke(app, [*args, "--params", "params.yaml"])
         assert result.exit_code == 0, result.output

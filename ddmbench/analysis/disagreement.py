@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ddmbench.analysis.stats import spearman
-from ddmbench.evaluation.metrics import fid
+from ddmbench.evaluation.fid import fid
 
 
 def weighted_spread(v_experts: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,14 @@ def train_evaluator(params: ParamsOption = Path("params.yaml"), devices: Devices
     guard(lambda: stage.run(*train_context(params, devices, num_nodes)))
 
 
+@app.command()
+def features(params: ParamsOption = Path("params.yaml")) -> None:
+    """Evaluator features of the test split, once per evaluator (its SHA-256 inside); every scoring stage reads them."""
+    from ddmbench.pipeline import features as stage
+
+    guard(lambda: stage.run(*context(params)))
+
+
 @app.command("train-monolith")
 def train_monolith(params: ParamsOption = Path("params.yaml"), devices: DevicesOption = None,
                    num_nodes: NodesOption = None) -> None:

@@ -20,7 +20,7 @@ def features(cfg: Config, paths: Paths, images: torch.Tensor) -> np.ndarray:
     """uint8 images (N, C, H, W) -> float32 (N, D) raw clustering features named by ``cluster.features``."""
     if cfg.cluster.features == "pixel-pca":
         return clustering.pixel_features(images.numpy())
-    from ddmbench.evaluation.metrics import extract_features
+    from ddmbench.evaluation.features import extract_features
     from ddmbench.models.checkpoints import load_classifier
 
     if not paths.model("evaluator").exists():

@@ -1,7 +1,9 @@
 """Stage `evaluate`: quality of one policy's samples against the test split, in evaluator feature space.
 
-FID/KID with 95% bootstrap intervals over the generated set, k-NN precision/recall, confidence and class
-entropy; per-sample confidence and distance to the nearest real feature go to outputs/quality/<label>.pt.
+FID (plug-in at N, and FID_inf) and KID (unbiased) with 95% jackknife intervals whose estimands are named in
+the metrics (ddmbench/evaluation/intervals.py), k-NN precision/recall, confidence and class entropy. The real
+features come from the `features` stage; the evaluator's SHA-256 is recorded with every number. Per-sample
+confidence, distance to the nearest real feature and the features themselves go to outputs/quality/<label>.pt.
 """
 
 from __future__ import annotations
@@ -12,16 +14,13 @@ import torch
 
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data.datasets import check_sample_images, load_prepared, shape_of_images, to_model_space
-from ddmbench.evaluation.metrics import (
-    class_probabilities,
-    classifier_stats,
-    extract_features,
-    fid,
-    kid,
-    nearest_distance,
-    precision_recall,
-    quality_intervals,
-)
+from ddmbench.errors import ConfigError
+from ddmbench.evaluation.features import class_probabilities, classifier_stats, extract_features, load_real_features
+from ddmbench.evaluation.fid import fid
+from ddmbench.evaluation.identity import weights_sha256
+from ddmbench.evaluation.intervals import RealSet, quality_intervals
+from ddmbench.evaluation.kid import kid_subsets
+from ddmbench.evaluation.precision_recall import nearest_distance, precision_recall
 from ddmbench.io import ensure_writable, load_tensors, read_json, save_tensors, write_json
 from ddmbench.models.checkpoints import load_classifier
 from ddmbench.pipeline.paths import Paths
@@ -40,11 +39,15 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     shape = shape_of_images(ds["test_x"])
     check_sample_images(samples, paths.samples(spec.label), what, shape)
     fake = to_model_space(samples["images"])
-    real = to_model_space(ds["test_x"][:cfg.evaluate.n_real])
     classifier = load_classifier(paths.model("evaluator"), image_shape=shape)
-    real_feats, fake_feats = extract_features(classifier, real), extract_features(classifier, fake)
-    kid_mean, kid_std = kid(real_feats, fake_feats, subset_size=cfg.evaluate.kid_subset_size,
-                            subsets=cfg.evaluate.kid_subsets, seed=cfg.seed)
+    real_feats, digest = load_real_features(paths.real_features, evaluator_sha256=weights_sha256(classifier),
+                                            dataset=cfg.data.dataset)
+    if len(real_feats) < cfg.evaluate.groups:
+        raise ConfigError(f"params.yaml: evaluate.groups={cfg.evaluate.groups} exceeds the {len(real_feats)} real "
+                          "test images; use fewer jackknife groups")
+    fake_feats = extract_features(classifier, fake)
+    kid_mean, kid_std = kid_subsets(real_feats, fake_feats, subset_size=cfg.evaluate.kid_subset_size,
+                                    subsets=cfg.evaluate.kid_subsets, seed=cfg.seed)
     # The floor of FID at this N: as many real training images, scored exactly like the samples.
     g = torch.Generator().manual_seed(cfg.seed)
     reference = to_model_space(ds["train_x"][torch.randperm(len(ds["train_x"]), generator=g)[:len(fake)]])
@@ -54,9 +57,9 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     precision, recall = precision_recall(real_subset, fake_feats, k=cfg.evaluate.pr_k)
     probs = class_probabilities(classifier, fake)
     metrics = {
-        "policy": spec.label, "n_fake": len(fake), "n_real": len(real),
-        "fid": fid(real_feats, fake_feats), "kid": kid_mean, "kid_std": kid_std,
-        **quality_intervals(real_feats, fake_feats, resamples=cfg.evaluate.bootstrap, seed=cfg.seed),
+        "policy": spec.label, "n_fake": len(fake), "n_real": len(real_feats), "evaluator_sha256": digest,
+        **quality_intervals(RealSet(real_feats, cfg.evaluate.groups), fake_feats),
+        "kid": kid_mean, "kid_std": kid_std,
         "precision": precision, "recall": recall, "pr_k": cfg.evaluate.pr_k, "pr_n_real": len(real_subset),
         "fid_reference_train": fid(real_feats, extract_features(classifier, reference)),
         **classifier_stats(classifier, fake, probs=probs),
@@ -70,9 +73,10 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         "nn_distance": nearest_distance(fake_feats, real_feats),    # (N,) to the nearest real feature
         "seeds": samples["seeds"].long(),                           # (N,) the sample's seed
         "features": fake_feats.float(),                             # (N, d) evaluator features (paired contrasts)
+        "evaluator_sha256": digest,                                 # the feature space they live in
     })
     write_json(paths.eval_metrics(spec.label), metrics)
     mirror(cfg, paths, f"evaluate@{spec.label}", "evaluate", {"evaluate": config_to_dict(cfg)["evaluate"],
            "policy": spec.label}, metrics, [paths.eval_metrics(spec.label), paths.quality(spec.label)],
-           tags={"policy": spec.label})
+           tags={"policy": spec.label, "evaluator_sha256": digest})
     return metrics

@@ -42,6 +42,11 @@ class Paths:
     def model_metrics(self, name: str) -> Path:
         return self.root / "metrics" / f"{name}.json"
 
+    # the real set's evaluator features, extracted once (stage `features`)
+    @property
+    def real_features(self) -> Path:
+        return self.root / "outputs" / "features" / "real-test.pt"
+
     # sampling and evaluation, one folder per policy label
     def samples(self, label: str) -> Path:
         return self.root / "outputs" / "samples" / f"{label}.pt"

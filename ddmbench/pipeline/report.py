@@ -65,9 +65,10 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     doc.table(["quantity", "value"], setup_rows(cfg, paths, results))
 
     doc.heading("Table 1 — routing policy vs quality, stability and cost")
-    doc.paragraph("FID and KID: torchmetrics in the evaluator classifier's feature space against the test split, "
-                  "with 95% percentile-bootstrap intervals over the generated set (features computed once, rows "
-                  "resampled). Amplification: ‖x₀(z+εu) − x₀(z)‖/ε over the traced seeds with the same routing "
+    doc.paragraph("FID and KID in the evaluator classifier's feature space (one evaluator, identified by the "
+                  "SHA-256 of its weights) against the test split, with 95% grouped-jackknife intervals: FID's "
+                  "covers the expected FID at this N and number of real images, KID's (unbiased) the population "
+                  "KID; FID∞ with its interval is in metrics/evaluate. Amplification: ‖x₀(z+εu) − x₀(z)‖/ε over the traced seeds with the same routing "
                   "draws replayed, mean with its bootstrap interval. Lipschitz: ‖v(x+δu) − v(x)‖/δ of the combined "
                   "velocity along the trajectory (same routing draws), averaged over seeds and evaluations. "
                   "Convergence: RMS per pixel between the samples at the configured steps and at "
@@ -121,10 +122,12 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
         doc.paragraph(contrast.get("note", "No policy to contrast with full."))
     else:
         doc.paragraph("Every policy minus full on the same seeds (same initial noise, same perturbation "
-                      "directions). ΔFID: one set of resampled rows scores both policies per bootstrap replicate "
-                      "(bias-centred 95% interval). Δamplification, Δconvergence error, ΔLipschitz: mean per-seed "
-                      "difference over the traced seeds with a 95% bootstrap interval; 'seeds with lower amp.' "
-                      "is the fraction where the policy is below full, with a Wilcoxon signed-rank p-value. "
+                      "directions). ΔFID∞: FID∞(policy) − FID∞(full), the difference of the population Fréchet "
+                      "distances, with a grouped-jackknife t interval (the same groups of seeds left out of both "
+                      "policies). Δamplification, Δconvergence error, ΔLipschitz: mean per-seed difference over the "
+                      "traced seeds with a paired t interval; 'seeds with lower amp.' is the fraction where the "
+                      "policy is below full, with the paired t-test p-value. All intervals cover sampling noise "
+                      "given these trained models (coverage measured in tests/test_coverage.py). "
                       "'lower'/'higher': the interval excludes 0. Paired intervals are narrower than Table 1's "
                       "marginal ones side by side, because per-seed results of two policies are correlated.")
         doc.table(*tables.contrasts(contrast, tables.headline_eps(results)))

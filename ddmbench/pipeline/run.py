@@ -17,13 +17,14 @@ from ddmbench.sampling.policies import PolicySpec
 
 def plan(cfg: Config, paths: Paths, spec: PolicySpec) -> list[tuple[str, Path, Callable[[], Any]]]:
     """(stage name, output that proves it ran, how to run it) for every stage this policy needs."""
-    from ddmbench.pipeline import cluster, prepare, train_evaluator, train_expert, train_monolith, train_router
+    from ddmbench.pipeline import cluster, features, prepare, train_evaluator, train_expert, train_monolith, train_router
 
     steps: list[tuple[str, Path, Callable[[], Any]]] = [
         ("prepare", paths.dataset, lambda: prepare.run(cfg, paths)),
         # the evaluator first: cluster.features=evaluator clusters in its embedding
         ("train-evaluator", paths.model("evaluator"), lambda: train_evaluator.run(cfg, paths)),
         ("cluster", paths.clusters, lambda: cluster.run(cfg, paths)),
+        ("features", paths.real_features, lambda: features.run(cfg, paths)),
     ]
     if spec.uses_router:
         steps.append(("train-router", paths.model("router"), lambda: train_router.run(cfg, paths)))

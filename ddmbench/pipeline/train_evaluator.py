@@ -1,4 +1,7 @@
-"""Stage `train-evaluator`: a digit classifier whose penultimate layer is the FID/KID feature extractor."""
+"""Stage `train-evaluator`: a digit classifier whose penultimate layer is the FID/KID feature extractor.
+
+Trained from its own ``evaluator.seed`` (not the experiment ``seed``), so runs that differ only in ``seed``
+score in the same feature space; the SHA-256 of its weights identifies that space in every quality file."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import torch
 
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data.datasets import dataset_spec, load_prepared, shape_of_images, to_model_space
+from ddmbench.evaluation.identity import weights_sha256
 from ddmbench.io import ensure_writable, write_json
 from ddmbench.models import nets
 from ddmbench.models.checkpoints import save_weights
@@ -15,7 +19,7 @@ from ddmbench.pipeline.fitting import fit_stage
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.train.modules import ClassifierTraining
-from ddmbench.train.trainer import seed_everything, seed_for, summarise, train_loader
+from ddmbench.train.trainer import seed_everything, summarise, train_loader
 
 
 @torch.no_grad()
@@ -27,7 +31,7 @@ def test_accuracy(net: nets.Classifier, images: torch.Tensor, labels: torch.Tens
 def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     ensure_writable(paths.model("evaluator"), paths.model_metrics("evaluator"))
     ds = load_prepared(paths.dataset)
-    seed = seed_for(cfg, 0)
+    seed = cfg.evaluator.seed
     seed_everything(seed)
     num_classes = len(dataset_spec(cfg.data.dataset).classes)
     shape = shape_of_images(ds["train_x"])
@@ -46,11 +50,13 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     feature_scale = net.calibrate_feature_scale(calibration)
     metrics = summarise(result, {"steps": cfg.evaluator.steps, "feature_scale": feature_scale,
                                  "test_acc": test_accuracy(net, to_model_space(ds["test_x"]), ds["test_y"]),
-                                 "num_features": net.num_features})
+                                 "num_features": net.num_features, "evaluator_sha256": weights_sha256(net)})
     save_weights(paths.model("evaluator"), net, {"kind": "evaluator", "net": cfg.evaluator.net, "num_classes": num_classes,
-                                                   "image_shape": list(shape)})
+                                                   "image_shape": list(shape),
+                                                   "sha256": metrics["evaluator_sha256"]})
     write_json(paths.model_metrics("evaluator"), metrics)
     result.discard_checkpoints()
     mirror(cfg, paths, "train-evaluator", "train-evaluator", {"evaluator": config_to_dict(cfg)["evaluator"], "seed": seed},
-           metrics, [paths.model_metrics("evaluator")], run_id=result.run_id)
+           metrics, [paths.model_metrics("evaluator")], run_id=result.run_id,
+           tags={"evaluator_sha256": metrics["evaluator_sha256"]})
     return metrics

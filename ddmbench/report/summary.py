@@ -76,23 +76,23 @@ def summary_text(results: Results, contrast: dict[str, Any] | None = None) -> st
     words = {"lower": "lower than", "higher": "higher than", "overlapping": "not separable from"}
     if v["basis"] == "paired":
         c = contrast["contrasts"][s]  # type: ignore[index]
-        lo, hi = c["fid"]["delta_ci95"]
-        alo, ahi = c["amplification"][key]["delta_ci95"]
-        clo, chi = c["convergence_error"]["delta_ci95"]
+        lo, hi = c["fid"]["ci95"]
+        alo, ahi = c["amplification"][key]["ci95"]
+        clo, chi = c["convergence_error"]["ci95"]
         side = "excludes" if v["fid"] != "overlapping" else "contains"
         quality = (f"Quality: full has FID {fe['fid']:.2f}, {words[v['fid']]} {s}'s {te['fid']:.2f} "
-                   f"({s} − full = {c['fid']['delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]: the 95% interval of the "
+                   f"(FID∞ of {s} − full = {c['fid']['estimate']:+.2f} [{lo:+.2f}, {hi:+.2f}]: the 95% interval of the "
                    f"difference, paired by seed, {side} 0).")
         stability = (f"Stability: full's mean amplification at ε={v['eps']} is {fa['mean']:.3g}, "
                      f"{words[v['amplification']]} {s}'s {ta['mean']:.3g} ({s} − full = "
-                     f"{c['amplification'][key]['delta']:+.3g} [{alo:+.3g}, {ahi:+.3g}]; {s} is lower on "
+                     f"{c['amplification'][key]['estimate']:+.3g} [{alo:+.3g}, {ahi:+.3g}]; {s} is lower on "
                      f"{c['amplification'][key]['frac_lower']:.0%} of the seeds).")
         convergence = (f"Convergence: full's RMS error against the {full['analyze']['convergence']['reference_steps']}"
                        f"-step reference is {fc['mean']:.3g}, {words[v['convergence']]} {s}'s {tc['mean']:.3g} "
-                       f"({s} − full = {c['convergence_error']['delta']:+.3g} [{clo:+.3g}, {chi:+.3g}]).")
+                       f"({s} − full = {c['convergence_error']['estimate']:+.3g} [{clo:+.3g}, {chi:+.3g}]).")
     else:
         quality = (f"Quality: full has FID {fe['fid']:.2f}, {words[v['fid']]} {s}'s {te['fid']:.2f} "
-                   "(95% bootstrap intervals " + ("do not overlap" if v["fid"] != "overlapping" else "overlap") + ").")
+                   "(95% intervals " + ("do not overlap" if v["fid"] != "overlapping" else "overlap") + ").")
         stability = (f"Stability: full's mean amplification at ε={v['eps']} is {fa['mean']:.3g}, "
                      f"{words[v['amplification']]} {s}'s {ta['mean']:.3g}.")
         convergence = (f"Convergence: full's RMS error against the {full['analyze']['convergence']['reference_steps']}"

@@ -25,7 +25,7 @@ def eps_value(key: str) -> str:
 
 
 def quality_stability_cost(results: Results) -> Table:
-    """Table 1: policy vs FID/KID (95% bootstrap CI), amplification, Lipschitz, convergence, cost."""
+    """Table 1: policy vs FID/KID (95% jackknife CI), amplification, Lipschitz, convergence, cost."""
     key = headline_eps(results)
     headers = ["policy", "FID ↓ [95% CI]", "KID ↓ [95% CI]", f"amplification ε={eps_value(key)} ↓ [95% CI]",
                "Lipschitz (mean over t)", "conv. error (RMS) ↓", "conv. order", "expert evals/img", "GFLOPs/img",
@@ -100,19 +100,19 @@ def inference_strategies(results: Results) -> Table:
 
 
 def contrasts(data: dict[str, Any], eps_key: str) -> Table:
-    """Table 6: every policy minus full, paired by seed (metrics/contrast.json); intervals are 95% bootstrap."""
-    headers = ["policy − full", "ΔFID [95% CI]", "FID", f"Δamplification ε={eps_value(eps_key)} [95% CI]",
-               "amplification", "seeds with lower amp.", "Wilcoxon p", "Δconv. error [95% CI]", "conv. error",
+    """Table 6: every policy minus full, paired by seed (metrics/contrast.json); 95% intervals (jackknife for FID, BCa bootstrap per seed)."""
+    headers = ["policy − full", "ΔFID∞ [95% CI]", "FID", f"Δamplification ε={eps_value(eps_key)} [95% CI]",
+               "amplification", "seeds with lower amp.", "p (paired t)", "Δconv. error [95% CI]", "conv. error",
                "ΔLipschitz [95% CI]"]
     rows = []
     for label, c in data.get("contrasts", {}).items():
         fid, amp = c["fid"], c["amplification"].get(eps_key)
         conv, lip = c["convergence_error"], c["lipschitz"]
-        rows.append([label, fmt_ci(fid["delta"], fid["delta_ci95"]), fid["verdict"],
-                     fmt_ci(amp["delta"], amp["delta_ci95"], 3) if amp else "–", amp["verdict"] if amp else "–",
-                     fmt(amp["frac_lower"], 2) if amp else "–", _p_value(amp["wilcoxon_p"]) if amp else "–",
-                     fmt_ci(conv["delta"], conv["delta_ci95"], 4), conv["verdict"],
-                     fmt_ci(lip["delta"], lip["delta_ci95"], 3)])
+        rows.append([label, fmt_ci(fid["estimate"], fid["ci95"]), fid["verdict"],
+                     fmt_ci(amp["estimate"], amp["ci95"], 3) if amp else "–", amp["verdict"] if amp else "–",
+                     fmt(amp["frac_lower"], 2) if amp else "–", _p_value(amp["p_value"]) if amp else "–",
+                     fmt_ci(conv["estimate"], conv["ci95"], 4), conv["verdict"],
+                     fmt_ci(lip["estimate"], lip["ci95"], 3)])
     return headers, rows
 
 

@@ -17,7 +17,7 @@ from ddmbench.config import Config
 from ddmbench.console import console
 from ddmbench.errors import ArtifactError
 from ddmbench.io import ensure_writable, write_json
-from ddmbench.pipeline.contrast import REFERENCE, load_quality, load_values, paired_fid, paired_values, real_features
+from ddmbench.pipeline.contrast import REFERENCE, load_quality, load_values, paired_scores, paired_values, real_set
 from ddmbench.pipeline.paths import Paths
 from ddmbench.report.document import fmt_ci
 
@@ -48,12 +48,12 @@ def run(cfg: Config, paths: Paths, policy: str, sizes: list[int] | None = None,
     ensure_writable(out_path)
     q, ref_q = load_quality(paths, policy), load_quality(paths, REFERENCE)
     v, ref_v = load_values(paths, policy), load_values(paths, REFERENCE)
-    real = real_features(cfg, paths)
+    real, _ = real_set(cfg, paths, {policy: q, REFERENCE: ref_q})
     n_rows = min(len(q["seeds"]), len(ref_q["seeds"]))
     n_traced = min(len(v["seeds"]), len(ref_v["seeds"]))
-    fid_rows = [{"n": n, **paired_fid(real, q, ref_q, resamples=cfg.evaluate.bootstrap, seed=cfg.seed, n_rows=n)}
+    fid_rows = [{"n": n, **paired_scores(real, q, ref_q, label=policy, n_rows=n)["fid"]}
                 for n in ladder(n_rows, sizes, 125)]
-    seed_rows = [{"n": n, **paired_values(v, ref_v, resamples=cfg.analysis.bootstrap, seed=cfg.seed, n_seeds=n)}
+    seed_rows = [{"n": n, **paired_values(v, ref_v, label=policy, n_seeds=n)}
                  for n in ladder(n_traced, seed_counts, 16)]
     result = {"policy": policy, "reference": REFERENCE, "delta": f"{policy} − {REFERENCE}",
               "fid": fid_rows, "per_seed": seed_rows,
@@ -72,15 +72,15 @@ def run(cfg: Config, paths: Paths, policy: str, sizes: list[int] | None = None,
 
 def _print(result: dict[str, Any]) -> None:
     p = result["policy"]
-    t = Table(title=f"FID({p}) − FID(full) on the first N samples, paired (95% interval)")
-    for h in ("N", "ΔFID [95% CI]", "verdict"):
+    t = Table(title=f"FID∞({p}) − FID∞(full) on the first N samples, paired (95% interval)")
+    for h in ("N", "ΔFID∞ [95% CI]", "verdict"):
         t.add_column(h, justify="right")
     for r in result["fid"]:
-        t.add_row(str(r["n"]), fmt_ci(r["delta"], r["delta_ci95"]), r["verdict"])
+        t.add_row(str(r["n"]), fmt_ci(r["estimate"], r["ci95"]), r["verdict"])
     console.print(t)
     eps_keys = list(result["per_seed"][0]["amplification"])
     t = Table(title=f"{p} − full per traced seed, on the first n seeds (mean [95% interval]; seeds where {p} is "
-                    "lower, Wilcoxon p)")
+                    "lower, paired t p)")
     t.add_column("n", justify="right")
     for k in eps_keys:
         t.add_column(f"Δamp. ε={k.removeprefix('eps_')}", justify="right")
@@ -95,5 +95,4 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def _cell(d: dict[str, Any], digits: int) -> str:
-    p = "–" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.2g}"
-    return f"{fmt_ci(d['delta'], d['delta_ci95'], digits)} ({d['frac_lower']:.0%}, p={p})"
+    return f"{fmt_ci(d['estimate'], d['ci95'], digits)} ({d['frac_lower']:.0%}, p={d['p_value']:.2g})"
