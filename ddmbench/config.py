@@ -184,6 +184,25 @@ class AnalysisConfig(Section):
         return v
 
 
+# What `contrast` writes per policy: these scalar differences, and amplification per eps ("amplification@0.1").
+CONTRAST_METRICS = ("fid", "kid", "convergence_error", "lipschitz")
+
+
+class PrimaryHypothesis(Section):
+    policy: str = Field(description="A label in `policies`, contrasted with `versus` (policy − versus).")
+    versus: Literal["full"] = Field("full", description="The reference: `contrast` pairs every policy with full.")
+    metrics: list[str] = Field(min_length=1, description=f"Differences judged: {', '.join(CONTRAST_METRICS)} or "
+                                                         "amplification@<eps> with eps in analysis.eps.")
+
+
+class ReportConfig(Section):
+    """Hypotheses declared before the run (DESIGN.md "Statistics"); every other contrast is Holm-adjusted."""
+
+    primary: list[PrimaryHypothesis] = Field([], description="Primary hypotheses, each judged at alpha (no "
+                                             "adjustment within them); [] = the summary judges nothing.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided level of every verdict (secondaries after Holm).")
+
+
 class TrackingConfig(Section):
     enabled: bool = Field(True, description="Mirror params, metrics and artefacts to MLflow.")
     uri: str | None = Field(None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI or "
@@ -218,6 +237,7 @@ class Config(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     tracking: TrackingConfig = TrackingConfig()
+    report: ReportConfig = ReportConfig()
 
     @field_validator("policies")
     @classmethod
@@ -252,6 +272,15 @@ class Config(Section):
         if self.evaluate.kid_subset_size > self.sample.n:
             raise ValueError(f"evaluate.kid_subset_size={self.evaluate.kid_subset_size} exceeds sample.n={self.sample.n}; "
                              "use a subset size <= sample.n")
+        eps = {f"amplification@{e:g}" for e in self.analysis.eps}
+        for h in self.report.primary:
+            if h.policy not in self.policies or h.policy == h.versus:
+                raise ValueError(f"report.primary: policy '{h.policy}' must be one of policies other than "
+                                 f"'{h.versus}': {', '.join(p for p in self.policies if p != h.versus)}")
+            bad = [m for m in h.metrics if m not in CONTRAST_METRICS and m not in eps]
+            if bad:
+                raise ValueError(f"report.primary: unknown metric(s) {bad} for {h.policy}; choose from "
+                                 f"{', '.join([*CONTRAST_METRICS, *sorted(eps)])}")
         return self
 
     @property

@@ -100,19 +100,37 @@ def inference_strategies(results: Results) -> Table:
 
 
 def contrasts(data: dict[str, Any], eps_key: str) -> Table:
-    """Table 6: every policy minus full, paired by seed (metrics/contrast.json); intervals are 95% bootstrap."""
+    """Every policy minus full, paired by seed (metrics/contrast.json), as the contrast stage wrote it; reads
+    ``estimate``/``ci95`` (or the older ``delta``/``delta_ci95``). The report's Table 6 is :func:`verdicts`."""
     headers = ["policy − full", "ΔFID [95% CI]", "FID", f"Δamplification ε={eps_value(eps_key)} [95% CI]",
-               "amplification", "seeds with lower amp.", "Wilcoxon p", "Δconv. error [95% CI]", "conv. error",
+               "amplification", "seeds with lower amp.", "p (amp.)", "Δconv. error [95% CI]", "conv. error",
                "ΔLipschitz [95% CI]"]
     rows = []
     for label, c in data.get("contrasts", {}).items():
         fid, amp = c["fid"], c["amplification"].get(eps_key)
         conv, lip = c["convergence_error"], c["lipschitz"]
-        rows.append([label, fmt_ci(fid["delta"], fid["delta_ci95"]), fid["verdict"],
-                     fmt_ci(amp["delta"], amp["delta_ci95"], 3) if amp else "–", amp["verdict"] if amp else "–",
-                     fmt(amp["frac_lower"], 2) if amp else "–", _p_value(amp["wilcoxon_p"]) if amp else "–",
-                     fmt_ci(conv["delta"], conv["delta_ci95"], 4), conv["verdict"],
-                     fmt_ci(lip["delta"], lip["delta_ci95"], 3)])
+        rows.append([label, _diff(fid), fid.get("verdict", "–"), _diff(amp, 3) if amp else "–",
+                     amp.get("verdict", "–") if amp else "–",
+                     fmt(amp.get("frac_lower"), 2) if amp else "–",
+                     _p_value(amp.get("p_value", amp.get("wilcoxon_p"))) if amp else "–",
+                     _diff(conv, 4), conv.get("verdict", "–"), _diff(lip, 3)])
+    return headers, rows
+
+
+def _diff(d: dict[str, Any], digits: int = 2) -> str:
+    return fmt_ci(d.get("estimate", d.get("delta")), d.get("ci95", d.get("delta_ci95")), digits)
+
+
+def verdicts(judged: list[dict[str, Any]]) -> Table:
+    """Table 6: every paired difference policy − full (ddmbench.report.summary.judge), primaries first:
+    estimate [95% CI], its estimand, two-sided p, the p the verdict uses (Holm over the secondaries) and
+    the verdict at alpha."""
+    headers = ["policy − full", "metric", "hypothesis", "estimate [95% CI]", "estimand", "p", "p used (Holm)",
+               "verdict"]
+    rows = [[v["policy"], v["metric"], v["family"], "{:+.3g} [{:+.3g}, {:+.3g}]".format(v["estimate"], *v["ci95"]),
+             v["estimand"],
+             _p_value(v["p_value"]), _p_value(v["p_adjusted"]) if v["family"] == "secondary" else "(declared)",
+             v["verdict"]] for v in judged]
     return headers, rows
 
 
