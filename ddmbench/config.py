@@ -166,7 +166,8 @@ class AnalysisConfig(Section):
     reference_factor: int = Field(4, ge=2, description="Convergence reference: this many times sample.nfe_steps.")
     ladder_rungs: int = Field(3, ge=2, description="Convergence ladder: nfe/2^(r-1), ..., nfe/2, nfe steps.")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the confidence intervals of means and medians.")
-    quantiles: int = Field(5, ge=2, description="Disagreement quantile groups for FID by disagreement.")
+    quantiles: int = Field(5, ge=2, description="Disagreement quantile groups (cut within each predicted class) "
+                                                "for per-sample quality by disagreement.")
 
     @field_validator("accuracy_t")
     @classmethod

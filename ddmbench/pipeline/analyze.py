@@ -22,9 +22,9 @@ from ddmbench.analysis.stability import LipschitzProbes, amplification
 from ddmbench.analysis.stats import summary
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import progress
-from ddmbench.data.datasets import load_prepared, to_model_space
+from ddmbench.data.datasets import to_model_space
 from ddmbench.errors import ArtifactError
-from ddmbench.evaluation.metrics import extract_features
+from ddmbench.evaluation.metrics import class_probabilities, extract_features
 from ddmbench.io import ensure_writable, load_tensors, save_tensors, write_json
 from ddmbench.models.checkpoints import load_classifier
 from ddmbench.pipeline.artifacts import build_field, load_clusters, sample_seeds, sampling_device
@@ -149,11 +149,10 @@ def _quality_relation(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, 
     if not torch.equal(quality["seeds"], samples["seeds"]):
         raise ArtifactError(f"{paths.quality(spec.label)} scores other samples than {paths.samples(spec.label)}; "
                             f"re-run `ddmbench evaluate --policy {spec.label}`")
-    classifier = load_classifier(paths.model("evaluator"))
-    ds = load_prepared(paths.dataset)
-    real = extract_features(classifier, to_model_space(ds["test_x"][:cfg.evaluate.n_real]))
-    fake = extract_features(classifier, to_model_space(samples["images"]))
+    # the evaluator's predicted class (the class whose max-softmax is quality["confidence"]) stratifies
+    predicted = class_probabilities(load_classifier(paths.model("evaluator")),
+                                    to_model_space(samples["images"])).argmax(1)
     d = samples["disagreement"].double().numpy()
     relation = quality_relation(d, quality["confidence"].double().numpy(), quality["nn_distance"].double().numpy(),
-                                real, fake, quantiles=cfg.analysis.quantiles)
+                                predicted.numpy(), quantiles=cfg.analysis.quantiles)
     return {"per_sample_mean": float(np.mean(d)), **relation}

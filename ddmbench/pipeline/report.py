@@ -106,8 +106,11 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   "one, per pixel. Policy-weighted: the experts the policy mixed (all samples; 0 for one-expert "
                   "policies). Router-weighted: every expert weighted by the router (traced seeds). Spearman ρ "
                   "of per-sample policy-weighted disagreement with the evaluator's confidence and with the "
-                  "distance to the nearest real feature; FID of the samples in the lowest and highest "
-                  "disagreement quantile (small groups: compare within a row, not with Table 1).")
+                  "distance to the nearest real feature, pooled and within the evaluator's predicted class "
+                  "(class-size-weighted mean of per-class ρ); mean confidence and nearest-real distance of the "
+                  "samples in the lowest and highest disagreement quantile, the quantiles cut within each "
+                  "predicted class so that every quantile has the class mix of the whole set "
+                  "(metrics/analyze/<policy>.json, disagreement).")
     doc.table(*tables.disagreement(results))
     if drawn["disagreement_router"].exists():
         doc.image(drawn["disagreement_router"], "router-weighted disagreement over t")

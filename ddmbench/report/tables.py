@@ -73,21 +73,25 @@ def expert_accuracy(data: dict[str, Any]) -> Table:
 
 
 def disagreement(results: Results) -> Table:
-    """Table 4: expert disagreement and its relation to per-sample quality."""
+    """Table 4: expert disagreement and per-sample quality, pooled ρ and within predicted class, and mean
+    confidence / nearest-real distance in the lowest and highest disagreement quantile cut within class."""
     q = next((len(r["analyze"]["disagreement"]["by_quantile"]) for r in results.values()
               if r["analyze"].get("disagreement", {}).get("by_quantile")), 5)
     headers = ["policy", "disagreement (policy-w, all samples)", "disagreement (router-w, traced)",
-               "ρ(disagr., confidence)", "ρ(disagr., nearest-real dist.)", "FID lowest quantile",
-               f"FID highest quantile (of {q})"]
+               "ρ(disagr., confidence) pooled / within class", "ρ(disagr., nearest-real dist.) pooled / within class",
+               f"confidence: lowest → highest quantile (of {q})", "nearest-real dist.: lowest → highest quantile"]
     rows = []
     for label, r in results.items():
         d = r["analyze"].get("disagreement")
         if d is None:
             continue
-        quantiles = d["by_quantile"] or [{"fid": None}]
+        quantiles = d["by_quantile"] or [{}]
+        lo, hi = quantiles[0], quantiles[-1]
         rows.append([label, fmt(d["per_sample_mean"], 4), fmt(d["router_weighted"], 4),
-                     fmt(d["spearman_confidence"]["rho"]), fmt(d["spearman_nn_distance"]["rho"]),
-                     fmt(quantiles[0]["fid"]), fmt(quantiles[-1]["fid"])])
+                     f"{fmt(d['spearman_confidence']['rho'])} / {fmt(d.get('spearman_confidence_within_class'))}",
+                     f"{fmt(d['spearman_nn_distance']['rho'])} / {fmt(d.get('spearman_nn_distance_within_class'))}",
+                     f"{fmt(lo.get('confidence'), 3)} → {fmt(hi.get('confidence'), 3)}",
+                     f"{fmt(lo.get('nn_distance'), 3)} → {fmt(hi.get('nn_distance'), 3)}"])
     return headers, rows
 
 
