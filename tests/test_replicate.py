@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import invoke, make_project, run_cli
 from scipy import stats
 
 from ddmbench.config import parse_config
@@ -24,7 +25,6 @@ from ddmbench.tools.replicate import (
     queue_commands,
     records_from_exp_show,
 )
-from conftest import invoke, make_project, run_cli
 
 PARAMS = {"seed": 0, "sample": {"n": 300}, "policies": ["full", "top-2"]}
 
@@ -105,7 +105,7 @@ def test_aggregate_between_seed_interval_and_sign_agreement() -> None:
     assert out["seeds"] == [0, 1, 2] and out["evaluator_digest"] == "abc123"
     assert "given these trained models" in out["uncertainty"]["sampling"] and "training seeds" in out["uncertainty"]["training"]
     assert aggregate(records[:2], [("top-2", "kid")])["contrasts"][0]["between_seeds"]["ci95"] is None  # R < 3
-    with pytest.raises(ArtifactError, match="seed 0.*no top-2 − full estimate in lipschitz@1|no top-2 − full estimate"):
+    with pytest.raises(ArtifactError, match=r"experiment exp-0 \(seed 0\) has no top-2 − full estimate in amplification@7"):
         aggregate(records, [("top-2", "amplification@7")])
 
 
@@ -167,3 +167,12 @@ def test_replicate_cli_collects_a_saved_exp_show(tmp_path: Path, monkeypatch: py
     bad = CliRunner(env={"NO_COLOR": "1"}).invoke(app, ["replicate", "--run", "--seeds", "0,1", "--params", "other.yaml"])
     assert bad.exit_code == 2 and "cp other.yaml params.yaml" in bad.output and "Traceback" not in bad.output
     assert "--seeds" in run_cli(project.root, "replicate", "--seeds", "x").output
+
+
+def test_replication_table_separates_sampling_from_training_uncertainty() -> None:
+    from ddmbench.report.tables import replication
+
+    headers, rows = replication(aggregate(_records((-1.0, 2.0), (-2.0, 1.0), (-0.5, -1.0)), [("top-2", "kid")]))
+    assert "sampling" in headers[2] and "training" in headers[3]
+    assert rows[0][:2] == ["top-2", "kid"] and rows[0][2].startswith("seed 0: -1 [-1.5, -0.5]")
+    assert rows[0][4] == "3 of 3" and rows[0][3].startswith("-1.17 [")

@@ -138,5 +138,22 @@ def verdicts(judged: list[dict[str, Any]]) -> Table:
     return headers, rows
 
 
+def replication(data: dict[str, Any]) -> Table:
+    """Headline differences across training seeds (reports/replicate.json, ``ddmbench replicate``): each
+    seed's estimate with its own 95% interval (sampling noise given that seed's trained models), then the
+    between-seed mean with its t-interval and the seeds agreeing in sign (training-seed variation)."""
+    headers = ["policy − full", "metric", "per seed: estimate [95% CI, sampling]",
+               "mean over seeds [95% t-interval, training]", "seeds agreeing in sign"]
+    rows = []
+    for c in data.get("contrasts", []):
+        b = c["between_seeds"]
+        per_seed = "; ".join(f"seed {s['seed']}: " + (f"{s['estimate']:+.3g} [{s['ci95'][0]:+.3g}, {s['ci95'][1]:+.3g}]"
+                                                      if s.get("ci95") else f"{s['estimate']:+.3g}")
+                             for s in c["per_seed"])
+        between = f"{b['mean']:+.3g} " + (f"[{b['ci95'][0]:+.3g}, {b['ci95'][1]:+.3g}]" if b["ci95"] else "(R < 3)")
+        rows.append([c["policy"], c["metric"], per_seed, between, f"{b['agree_in_sign']} of {b['r']}"])
+    return headers, rows
+
+
 def _p_value(p: float | None) -> str:
     return "–" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
