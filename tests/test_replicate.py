@@ -73,6 +73,8 @@ def test_seeds_and_queue_commands() -> None:
                                                ["dvc", "queue", "start", "--jobs", "2"]]
     with pytest.raises(ConfigError, match="--jobs"):
         queue_commands([0], jobs=0)
+    assert queue_commands([3], jobs=1, data_root="/abs/data")[0] == ["dvc", "exp", "run", "--queue", "-S", "seed=3",
+                                                                     "-S", "data.root=/abs/data"]
 
 
 def test_launch_runs_the_commands_in_order_and_stops_at_a_failure(tmp_path: Path,
@@ -80,15 +82,15 @@ def test_launch_runs_the_commands_in_order_and_stops_at_a_failure(tmp_path: Path
     log = tmp_path / "calls.txt"
     fake = tmp_path / "bin" / "dvc"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\ncase "$*" in *seed=9*) echo "ERROR: no git" >&2; exit 3;; esac\n')
+    fake.write_text(f'#!/bin/sh\necho "$@ $MARK" >> {log}\ncase "$*" in *seed=9*) echo "ERROR: no git" >&2; exit 3;; esac\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    launch(tmp_path, queue_commands([0, 1], jobs=2))
-    assert log.read_text().splitlines() == ["exp run --queue -S seed=0", "exp run --queue -S seed=1",
-                                            "queue start --jobs 2"]
+    launch(tmp_path, queue_commands([0, 1], jobs=2), {"MARK": "x"})
+    assert log.read_text().splitlines() == ["exp run --queue -S seed=0 x", "exp run --queue -S seed=1 x",
+                                            "queue start --jobs 2 x"]
     with pytest.raises(ArtifactError, match=r"`dvc exp run --queue -S seed=9` failed \(exit 3\): ERROR: no git"):
         launch(tmp_path, queue_commands([9, 10], jobs=1))
-    assert log.read_text().splitlines()[-1] == "exp run --queue -S seed=9"   # nothing after the failure
+    assert log.read_text().splitlines()[-1] == "exp run --queue -S seed=9 "   # nothing after the failure
 
 
 def test_aggregate_between_seed_interval_and_sign_agreement() -> None:

@@ -308,6 +308,8 @@ def replicate(seeds: Annotated[list[str], typer.Option(
               params: ParamsOption = Path("params.yaml")) -> None:
     """Headline paired contrasts across training seeds: queue R pipelines as DVC experiments, then collect
     every seed's value, a between-seed t-interval and the seeds that agree in sign (reports/replicate.json)."""
+    import os
+
     from ddmbench.io import read_json
     from ddmbench.tools import replicate as rep
 
@@ -318,7 +320,12 @@ def replicate(seeds: Annotated[list[str], typer.Option(
             if params.resolve() != (paths.root / "params.yaml").resolve():
                 raise ConfigError(f"--params {params}: DVC experiments vary params.yaml; cp {params} params.yaml "
                                   "first, then run without --params")
-            rep.launch(paths.root, rep.queue_commands(chosen, jobs))
+            data_root = None if Path(cfg.data.root).is_absolute() else str((paths.root / cfg.data.root).resolve())
+            # queued runs happen in a copy of the repo: point MLflow at this repo's store, as the ablations do
+            env = ({"MLFLOW_TRACKING_URI": f"sqlite:///{paths.root.resolve()}/mlflow.db"}
+                   if cfg.tracking.enabled and cfg.tracking.uri is None and "MLFLOW_TRACKING_URI" not in os.environ
+                   else {})
+            rep.launch(paths.root, rep.queue_commands(chosen, jobs, data_root), env)
             console.print(f"queued seeds {chosen}; follow with `dvc queue status`, then "
                           f"`ddmbench replicate --collect --seeds {','.join(map(str, chosen))}`")
             return

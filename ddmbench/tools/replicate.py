@@ -15,6 +15,7 @@ experiments from ``dvc exp show --json`` (run here, or a saved file with ``--fro
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -66,20 +67,25 @@ def parse_seeds(given: list[str]) -> list[int]:
     return seeds
 
 
-def queue_commands(seeds: list[int], jobs: int) -> list[list[str]]:
-    """The DVC commands that queue one experiment per seed and start ``jobs`` workers."""
+def queue_commands(seeds: list[int], jobs: int, data_root: str | None = None) -> list[list[str]]:
+    """The DVC commands that queue one experiment per seed and start ``jobs`` workers. Queued experiments
+    run in a temporary copy of the repo without the git-ignored data folder, so a relative ``data.root``
+    is passed as ``data_root`` (absolute; the same for every seed)."""
     if jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
-    return [*(["dvc", "exp", "run", "--queue", "-S", f"seed={s}"] for s in seeds),
+    data = ["-S", f"data.root={data_root}"] if data_root else []
+    return [*(["dvc", "exp", "run", "--queue", "-S", f"seed={s}", *data] for s in seeds),
             ["dvc", "queue", "start", "--jobs", str(jobs)]]
 
 
-def launch(root: Path, commands: list[list[str]]) -> None:
-    """Run each DVC command in ``root``; the first failure stops with its last line of output."""
+def launch(root: Path, commands: list[list[str]], env: dict[str, str] | None = None) -> None:
+    """Run each DVC command in ``root`` (with ``env`` added to the environment, which the queue's workers
+    inherit); the first failure stops with its last line of output."""
     if shutil.which("dvc") is None:
         raise ArtifactError("dvc is not installed; `pip install dvc`, or run the commands on a machine that has it")
     for cmd in commands:
-        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False,
+                              env={**os.environ, **(env or {})})
         if done.returncode != 0:
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ArtifactError(f"`{' '.join(cmd)}` failed (exit {done.returncode}): {last[0]}")
