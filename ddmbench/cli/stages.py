@@ -134,7 +134,8 @@ def separation(policy: Annotated[str, typer.Option(help="Policy to contrast with
                seeds: Annotated[Optional[list[int]], typer.Option(
                    "--seeds", help="Traced-seed count n to test (repeat); default: halvings of analysis.n.")] = None,
                params: ParamsOption = Path("params.yaml")) -> None:
-    """Paired contrasts vs full on the first N samples / n traced seeds: the smallest run that separates them."""
+    """Planning tool: paired contrasts vs full on the first N samples / n traced seeds, Bonferroni-corrected
+    over the sizes looked at; names a size only if every larger one separates too."""
     from ddmbench.tools import separation as study
 
     guard(lambda: study.run(*context(params), policy, sizes, seeds))
