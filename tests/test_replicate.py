@@ -46,7 +46,7 @@ def _exp(name: str, seed: int, contrast: dict[str, Any] | None, digest: str | No
     if contrast is not None:
         metrics["metrics/contrast.json"] = {"data": contrast}
     if digest:
-        metrics["metrics/evaluate/full.json"] = {"data": {"fid": 3.0, "evaluator_digest": digest}}
+        metrics["metrics/evaluate/full.json"] = {"data": {"fid": 3.0, "evaluator_sha256": digest}}
     data = {"rev": f"{name}-rev", "params": {"params.yaml": {"data": {**PARAMS, **params, "seed": seed}}},
             "metrics": metrics}
     return {"revs": [{"rev": f"{name}-rev", "name": name, "data": data if state == "success" else None}],
@@ -104,7 +104,7 @@ def test_aggregate_between_seed_interval_and_sign_agreement() -> None:
     assert b["mean"] == pytest.approx(v.mean()) and b["sd"] == pytest.approx(v.std(ddof=1))
     assert b["ci95"] == pytest.approx([lo, hi]) and (b["n_negative"], b["agree_in_sign"], b["r"]) == (3, 3, 3)
     assert amp["between_seeds"]["agree_in_sign"] == 2 and amp["between_seeds"]["n_positive"] == 2
-    assert out["seeds"] == [0, 1, 2] and out["evaluator_digest"] == "abc123"
+    assert out["seeds"] == [0, 1, 2] and out["evaluator_sha256"] == "abc123"
     assert "given these trained models" in out["uncertainty"]["sampling"] and "training seeds" in out["uncertainty"]["training"]
     assert aggregate(records[:2], [("top-2", "kid")])["contrasts"][0]["between_seeds"]["ci95"] is None  # R < 3
     with pytest.raises(ArtifactError, match=r"experiment exp-0 \(seed 0\) has no top-2 − full estimate in amplification@7"):

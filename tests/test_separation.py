@@ -1,21 +1,28 @@
-"""`separation` as a planning tool: Bonferroni-corrected looks, fractions that separate, a size named only
-when every larger size agrees."""
+"""`separation` as a planning tool: Bonferroni-corrected looks on the contrast stage's p-values, the fraction
+of resamples that separate, a size named only when every larger size agrees."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
-from ddmbench.evaluation.metrics import FrechetToReal
-from ddmbench.tools.separation import (
-    _per_seed_ladder,
-    _quality_ladder,
-    look,
-    named_size,
-    resamples_for,
-    study,
-)
+from ddmbench.errors import ArtifactError
+from ddmbench.tools.separation import _renumbered, named_size, study
+
+
+def _t_differences(d: np.ndarray):
+    """A stand-in for the contrast stage: the mean of per-seed differences d[idx] with a t interval and p."""
+    def at(idx: torch.Tensor) -> dict[str, dict[str, Any]]:
+        x = d[idx.numpy()]
+        res = stats.ttest_1samp(x, 0.0) if np.ptp(x) > 0 else None
+        ci = res.confidence_interval(0.95) if res else (x[0], x[0])
+        return {"m": {"estimate": float(x.mean()), "ci95": [float(ci[0]), float(ci[1])], "estimand": "mean",
+                      "p_value": float(res.pvalue) if res else 1.0}}
+    return at
 
 
 def _rows(*verdicts: str) -> list[dict]:
@@ -30,53 +37,48 @@ def test_a_size_is_named_only_when_every_larger_size_agrees() -> None:
     assert named_size([]) is None
 
 
-def test_look_is_a_basic_bootstrap_interval_with_the_separating_fraction() -> None:
-    reps = np.random.default_rng(0).normal(1.3, 0.1, 20000)   # replicates biased upwards by 0.3
-    r = look(100, 1.0, reps, 0.95)
-    assert r["interval"] == pytest.approx([0.504, 0.896], abs=0.01)   # 2θ̂ − quantiles of N(1.3, 0.1)
-    assert r["verdict"] == "higher" and r["frac_separating"] == 1.0
-    weak = look(100, 0.05, np.random.default_rng(1).normal(0.05, 0.1, 20000), 0.95)
-    assert weak["verdict"] == "not separable" and weak["frac_separating"] == pytest.approx(0.69, abs=0.02)
-    assert look(10, 0.0, np.zeros(5), 0.95)["frac_separating"] == 0.0
+def test_looks_are_bonferroni_corrected_on_p_values() -> None:
+    d = np.random.default_rng(0).normal(0.2, 1.0, 64)
+    one = study(_t_differences(d), [64], 0.05, resamples=0, seed=0)["m"]
+    three = study(_t_differences(d), [16, 32, 64], 0.05, resamples=0, seed=0)["m"]
+    assert one["alpha_per_look"] == 0.05 and three["alpha_per_look"] == pytest.approx(0.05 / 3)
+    p = three["rows"][-1]["p_value"]
+    assert p == one["rows"][0]["p_value"] and 0.05 / 3 < p < 0.05   # this seed: separates alone, not as 1 of 3 looks
+    assert one["rows"][0]["verdict"] == "higher" and three["rows"][-1]["verdict"] == "not separable"
+    assert three["named_size"] is None and three["rows"][0]["frac_separating"] is None
 
 
-def test_looks_are_bonferroni_corrected() -> None:
-    rng = np.random.default_rng(2)
-    d = rng.normal(0.0, 1.0, 64)
-    est, reps = _per_seed_ladder(d, [16, 32, 64], resamples_for(100, 0.05, 3), seed=0)
-    one = study(est[-1:], reps[-1:], [64], 0.05)
-    three = study(est, reps, [16, 32, 64], 0.05)
-    assert three["looks"] == 3 and three["level"] == pytest.approx(1 - 0.05 / 3) and one["level"] == 0.95
-    w1, w3 = np.diff(one["rows"][0]["interval"]), np.diff(three["rows"][-1]["interval"])
-    assert w3 > w1                                            # the same data, a wider interval per look
-    assert resamples_for(100, 0.05, 3) == 1200 and resamples_for(5000, 0.05, 3) == 5000
+def test_the_separating_fraction_is_how_often_a_fresh_run_of_that_size_would_separate() -> None:
+    strong = study(_t_differences(np.random.default_rng(1).normal(0.6, 1.0, 64)), [16, 64], 0.05, 200, seed=0)["m"]
+    assert [r["verdict"] for r in strong["rows"]] == ["higher", "higher"] and strong["named_size"] == 16
+    small, large = (r["frac_separating"] for r in strong["rows"])
+    assert 0.5 < small < large and large > 0.97
+    null = study(_t_differences(np.random.default_rng(2).normal(0.0, 1.0, 64)), [64], 0.05, 200, seed=0)["m"]
+    assert null["rows"][0]["verdict"] == "not separable" and null["rows"][0]["frac_separating"] == 0.0
 
 
 def test_under_the_null_a_size_is_rarely_named() -> None:
-    """Per-seed differences with mean 0: naming any size happens at most ~alpha of the time with the
-    correction; 'the first size whose 95% interval excludes 0' happens far more often."""
+    """Per-seed differences with mean 0: naming a size happens at most ~alpha of the time with the correction;
+    'the first size whose 95% interval excludes 0' happens far more often."""
     rng = np.random.default_rng(3)
-    sizes, named, first_crossing = [16, 32, 64], 0, 0
-    trials = 300
-    for t in range(trials):
+    sizes, named, first_crossing, trials = [16, 32, 64], 0, 0, 400
+    for _ in range(trials):
         d = rng.standard_normal(64)
-        est, reps = _per_seed_ladder(d, sizes, resamples_for(100, 0.05, 3), seed=t)
-        named += study(est, reps, sizes, 0.05)["named_size"] is not None
-        first_crossing += any(look(n, e, r, 0.95)["verdict"] != "not separable" for n, e, r in zip(sizes, est, reps))
-    assert named / trials <= 0.06 and first_crossing / trials > 0.08
+        named += study(_t_differences(d), sizes, 0.05, 0, 0)["m"]["named_size"] is not None
+        first_crossing += any(stats.ttest_1samp(d[:n], 0).pvalue < 0.05 for n in sizes)
+    assert named / trials <= 0.05 and first_crossing / trials > 0.08
 
 
-def test_quality_ladder_scores_both_policies_on_the_same_rows() -> None:
-    g = torch.Generator().manual_seed(0)
-    real = torch.randn(400, 6, generator=g, dtype=torch.float64)
-    b = torch.randn(200, 6, generator=g, dtype=torch.float64)
-    a = b + 0.8                                               # a: shifted in mean, b: like the real set
-    out = _quality_ladder(real, a, b, [50, 200], resamples=60, seed=0)
-    fid_est, fid_reps = out["fid"]
-    frechet = FrechetToReal(real)
-    assert fid_est[-1] == pytest.approx(float(frechet(a) - frechet(b)), rel=1e-9)
-    assert [len(r) for r in fid_reps] == [60, 60] and all(e > 0 for e in fid_est)
-    kid_est, kid_reps = out["kid"]
-    assert all(e > 0 for e in kid_est) and kid_reps[0].shape == (60,)
-    rows = study(fid_est, fid_reps, [50, 200], 0.05)["rows"]
-    assert [r["verdict"] for r in rows] == ["higher", "higher"]
+def test_a_difference_without_a_p_value_is_refused() -> None:
+    def old(idx: torch.Tensor) -> dict[str, dict[str, Any]]:
+        return {"fid": {"delta": 1.0, "delta_ci95": [0.5, 1.5], "verdict": "higher"}}
+    with pytest.raises(ArtifactError, match="fid difference has no estimate, ci95, p_value; .* never invents one"):
+        study(old, [16], 0.05, 10, 0)
+
+
+def test_resampled_rows_keep_their_pairs_under_fresh_seeds() -> None:
+    rows = {"seeds": torch.tensor([5, 9, 11]), "eps": torch.tensor([0.1, 1.0]),
+            "amplification": torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), "lipschitz": torch.tensor([7.0, 8.0, 9.0])}
+    out = _renumbered(rows, torch.tensor([2, 2, 0]), ("lipschitz",), ("amplification",))
+    assert out["seeds"].tolist() == [0, 1, 2] and out["lipschitz"].tolist() == [9.0, 9.0, 7.0]
+    assert out["amplification"].tolist() == [[3.0, 3.0, 1.0], [6.0, 6.0, 4.0]] and torch.equal(out["eps"], rows["eps"])

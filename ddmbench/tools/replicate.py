@@ -93,8 +93,10 @@ def launch(root: Path, commands: list[list[str]], env: dict[str, str] | None = N
 
 
 def _digests(metrics: Mapping[str, Any]) -> set[str]:
-    return {str(f["data"]["evaluator_digest"]) for f in metrics.values()
-            if isinstance(f, Mapping) and isinstance(f.get("data"), Mapping) and f["data"].get("evaluator_digest")}
+    """The ``evaluator_sha256`` values that an experiment's metrics files record (the evaluator's identity;
+    hand-compared here because ddmbench.evaluation has no identity check on this branch yet)."""
+    return {str(f["data"]["evaluator_sha256"]) for f in metrics.values()
+            if isinstance(f, Mapping) and isinstance(f.get("data"), Mapping) and f["data"].get("evaluator_sha256")}
 
 
 def records_from_exp_show(states: list[dict[str, Any]]) -> tuple[list[ExperimentRecord], dict[str, int]]:
@@ -188,7 +190,7 @@ def aggregate(records: list[ExperimentRecord], pairs: list[tuple[str, str]], lev
                                       "agree_in_sign": max(positive, negative)}})
     return {"seeds": [r.seed for r in records], "experiments": [{"seed": r.seed, "name": r.name, "rev": r.rev}
                                                                 for r in records],
-            "evaluator_digest": min(records[0].digests) if records and records[0].digests else None,
+            "evaluator_sha256": min(records[0].digests) if records and records[0].digests else None,
             "uncertainty": {"sampling": SAMPLING, "training": TRAINING}, "contrasts": out}
 
 
