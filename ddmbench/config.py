@@ -184,7 +184,8 @@ class AnalysisConfig(Section):
                                                         "Euler reads order 1.04 on the 3-rung ladder (4× read 1.16).")
     ladder_rungs: int = Field(3, ge=2, description="Convergence ladder: nfe/2^(r-1), ..., nfe/2, nfe steps.")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the confidence intervals of means and medians.")
-    quantiles: int = Field(5, ge=2, description="Disagreement quantile groups for FID by disagreement.")
+    quantiles: int = Field(5, ge=2, description="Disagreement quantile groups (cut within each predicted class) "
+                                                "for per-sample quality by disagreement.")
 
     @field_validator("accuracy_t")
     @classmethod
@@ -200,6 +201,25 @@ class AnalysisConfig(Section):
         if any(not (math.isfinite(e) and e > 0) for e in v):
             raise ValueError(f"every eps must be a positive number, got {v}")
         return v
+
+
+# What `contrast` writes per policy: these scalar differences, and amplification per eps ("amplification@0.1").
+CONTRAST_METRICS = ("fid", "kid", "convergence_error", "lipschitz")
+
+
+class PrimaryHypothesis(Section):
+    policy: str = Field(description="A label in `policies`, contrasted with `versus` (policy − versus).")
+    versus: Literal["full"] = Field("full", description="The reference: `contrast` pairs every policy with full.")
+    metrics: list[str] = Field(min_length=1, description=f"Differences judged: {', '.join(CONTRAST_METRICS)} or "
+                                                         "amplification@<eps> with eps in analysis.eps.")
+
+
+class ReportConfig(Section):
+    """Hypotheses declared before the run (DESIGN.md "Statistics"); every other contrast is Holm-adjusted."""
+
+    primary: list[PrimaryHypothesis] = Field([], description="Primary hypotheses, each judged at alpha (no "
+                                             "adjustment within them); [] = the summary judges nothing.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided level of every verdict (secondaries after Holm).")
 
 
 class TrackingConfig(Section):
@@ -236,6 +256,7 @@ class Config(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     tracking: TrackingConfig = TrackingConfig()
+    report: ReportConfig = ReportConfig()
 
     @field_validator("policies")
     @classmethod
@@ -277,6 +298,15 @@ class Config(Section):
         if self.evaluate.kid_subset_size > self.sample.n:
             raise ValueError(f"evaluate.kid_subset_size={self.evaluate.kid_subset_size} exceeds sample.n={self.sample.n}; "
                              "use a subset size <= sample.n")
+        eps = {f"amplification@{e:g}" for e in self.analysis.eps}
+        for h in self.report.primary:
+            if h.policy not in self.policies or h.policy == h.versus:
+                raise ValueError(f"report.primary: policy '{h.policy}' must be one of policies other than "
+                                 f"'{h.versus}': {', '.join(p for p in self.policies if p != h.versus)}")
+            bad = [m for m in h.metrics if m not in CONTRAST_METRICS and m not in eps]
+            if bad:
+                raise ValueError(f"report.primary: unknown metric(s) {bad} for {h.policy}; choose from "
+                                 f"{', '.join([*CONTRAST_METRICS, *sorted(eps)])}")
         return self
 
     @property

@@ -10,7 +10,7 @@ import torch
 
 from ddmbench.analysis import alignment as align
 from ddmbench.analysis.convergence import convergence, empirical_order, ladder
-from ddmbench.analysis.disagreement import quality_relation, weighted_spread
+from ddmbench.analysis.disagreement import quality_relation, weighted_spread, within_class_quantiles
 from ddmbench.analysis.stability import RoutingJump, amplification, unit_directions
 from ddmbench.analysis.stats import bootstrap_ci, spearman, summary
 from ddmbench.config import AnalysisConfig, SampleConfig
@@ -271,15 +271,44 @@ def test_quality_relation_ranks_and_quantiles() -> None:
     d = rng.random(n)
     confidence = 1 - d + 0.01 * rng.random(n)                   # falls with disagreement
     nn_distance = d + 0.01 * rng.random(n)                      # rises with it
-    real = torch.randn(400, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    fake = torch.randn(n, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    fake += torch.from_numpy(d)[:, None] * 3                    # more disagreement, further from the real set
-    rel = quality_relation(d, confidence, nn_distance, real, fake, quantiles=4)
+    classes = np.arange(n) % 2
+    rel = quality_relation(d, confidence, nn_distance, classes, quantiles=4)
     assert rel["spearman_confidence"]["rho"] < -0.95 and rel["spearman_nn_distance"]["rho"] > 0.95
+    assert rel["spearman_confidence_within_class"] < -0.95 and rel["spearman_nn_distance_within_class"] > 0.95
     q = rel["by_quantile"]
-    assert [g["n"] for g in q] == [50] * 4
+    assert [g["n"] for g in q] == [50] * 4 and rel["n_unstratified"] == 0
     assert [g["disagreement_mean"] for g in q] == sorted(g["disagreement_mean"] for g in q)
-    assert q[0]["fid"] < q[-1]["fid"]
+    assert q[0]["confidence"] > q[-1]["confidence"] and q[0]["nn_distance"] < q[-1]["nn_distance"]
+
+
+def test_quality_relation_stratified_by_class_removes_a_class_confound() -> None:
+    """Class 1 disagrees more and is less confident, but within each class disagreement says nothing about
+    quality: pooled quantiles and rho show a strong relation, the within-class ones none."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    classes = rng.integers(0, 2, n)
+    d = rng.random(n) + 2.0 * classes                           # class 1: more disagreement
+    confidence = 0.9 - 0.4 * classes + 0.05 * rng.standard_normal(n)
+    nn_distance = 1.0 + classes + 0.1 * rng.standard_normal(n)
+    rel = quality_relation(d, confidence, nn_distance, classes, quantiles=5)
+    assert rel["spearman_confidence"]["rho"] < -0.6              # pooled: confounded by class
+    assert abs(rel["spearman_confidence_within_class"]) < 0.05 and abs(rel["spearman_nn_distance_within_class"]) < 0.05
+    q = rel["by_quantile"]
+    assert len(q) == 5 and sum(g["n"] for g in q) == n
+    assert abs(q[0]["confidence"] - q[-1]["confidence"]) < 0.02  # pooled quintiles would differ by ~0.4
+    bins = within_class_quantiles(d, classes, 5)
+    for k in range(5):                                           # every quantile has the whole set's class mix
+        assert np.mean(classes[bins == k]) == pytest.approx(np.mean(classes), abs=0.01)
+
+
+def test_quality_relation_leaves_out_classes_too_small_to_split() -> None:
+    d = np.arange(23, dtype=float)
+    classes = np.array([0] * 10 + [1] * 10 + [2] * 3)
+    rel = quality_relation(d, -d, d, classes, quantiles=5)
+    assert rel["n_unstratified"] == 3 and [g["n"] for g in rel["by_quantile"]] == [4] * 5
+    assert within_class_quantiles(d, classes, 5)[-3:].tolist() == [-1, -1, -1]
+    with pytest.raises(ValueError, match="differ in length"):
+        quality_relation(d, d, d, classes[:5])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,10 +329,10 @@ def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_samples() -> N
 
 
 def test_quality_relation_of_a_constant_disagreement_ranks_nothing() -> None:
-    feats = torch.randn(20, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     rel = quality_relation(np.zeros(20), np.random.default_rng(0).random(20), np.random.default_rng(1).random(20),
-                           feats, feats)
+                           np.arange(20) % 2)
     assert rel["by_quantile"] == [] and rel["spearman_confidence"]["rho"] is None
+    assert rel["spearman_confidence_within_class"] is None
 
 
 def test_spearman_is_undefined_for_a_constant_side() -> None:

@@ -19,6 +19,7 @@ from ddmbench.models import nets
 from ddmbench.models.checkpoints import load_velocity_net
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.flow_training import heldout_loss
+from ddmbench.report.summary import contrast_entries
 from ddmbench.train.trainer import seed_everything, seed_for
 
 pytestmark = pytest.mark.slow
@@ -232,7 +233,8 @@ def test_run_also_analyzes_and_prints_stability(trained: tuple[Project, str]) ->
 
 
 def test_analyze_is_deterministic_and_report_has_every_table(copy_of: Project) -> None:
-    copy_of.update(policies=["monolith", "full", "top-1"])
+    copy_of.update(policies=["monolith", "full", "top-1"],
+                   report={"primary": [{"policy": "top-1", "versus": "full", "metrics": ["fid", "amplification@1"]}]})
     for label in ("monolith", "top-1"):
         invoke(copy_of.root, "run", "--policy", label)
     first = _json(copy_of.paths.analysis_metrics("top-1"))
@@ -252,15 +254,26 @@ def test_analyze_is_deterministic_and_report_has_every_table(copy_of: Project) -
         "amplification"]["eps_1"]["mean"]
     assert top1["amplification"]["eps_1"]["estimate"] == pytest.approx(amp_gap, abs=1e-9)
     assert "paired by seed" in contrast_output
-    invoke(copy_of.root, "separation", "--policy", "top-1", "--size", "16", "--size", "32", "--seeds", "2")
-    study = _json(copy_of.paths.reports / "separation-top-1.json")
-    assert [r["n"] for r in study["fid"]] == [16, 32] and [r["n"] for r in study["per_seed"]] == [2]
-    assert study["fid"][-1] == top1["fid"]           # all rows: the same jackknife as the contrast stage
+    assert all("p_value" in e for e in contrast_entries(contrast).values())
+    args = ("separation", "--policy", "top-1", "--size", "16", "--size", "32", "--seeds", "2", "--seeds", "8",
+            "--resamples", "5")
+    separation_output = invoke(copy_of.root, *args)  # separation corrects its looks on the contrast's p-values
+    study = _json(copy_of.paths.reports / "separation-top-1.json")["metrics"]
+    assert [r["n"] for r in study["fid"]["rows"]] == [16, 32] and study["fid"]["alpha_per_look"] == 0.05 / 2
+    assert [r["n"] for r in study["amplification@1"]["rows"]] == [2, 8]
+    assert study["amplification@1"]["rows"][-1]["estimate"] == pytest.approx(amp_gap, abs=1e-9)
+    assert "planning tool" in separation_output
     output = invoke(copy_of.root, "report")
     md = copy_of.paths.report_md.read_text()
     for title in ("## Summary", "## Table 1", "## Table 2", "## Table 3", "## Table 4", "## Table 5", "## Table 6"):
         assert title in md
-    assert "Not computed" not in md and "The dissociation" in md and "paired by seed" in md
+    assert "Not computed" not in md and "The dissociation" in md
+    # verdicts only where contrast.json gives every difference a p-value; never invented
+    if judged:
+        assert "Primary: top-1 − full in fid" in md and "Primary: top-1 − full in amplification@1" in md
+        assert "| top-1 | fid | primary |" in md and "secondary" in md
+    else:
+        assert "The dissociation is not judged" in md and "No verdicts:" in md and "p_value" in md
     html = copy_of.paths.report_html.read_text()
     assert html.count("<table>") == 7 and html.count("data:image/png;base64,") >= 3 + 4 and "](" not in html
     for name in ("lipschitz", "hit_rate", "selected_distance", "disagreement_router"):

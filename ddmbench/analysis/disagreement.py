@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ddmbench.analysis.stats import spearman
-from ddmbench.evaluation.fid import fid
 
 
 def weighted_spread(v_experts: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -27,23 +26,62 @@ def weighted_spread(v_experts: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return (a * (v - combined).pow(2).mean(-1)).sum(-1)
 
 
+def within_class_quantiles(values: np.ndarray, classes: np.ndarray, quantiles: int) -> np.ndarray:
+    """(N,) quantile index 0..quantiles-1 of each value among the samples of its own class (ties by order);
+    -1 for samples of a class with fewer than ``quantiles`` members (too few to split)."""
+    out = np.full(len(values), -1, dtype=np.int64)
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        if len(idx) < quantiles:
+            continue
+        order = idx[np.argsort(values[idx], kind="stable")]
+        for q, group in enumerate(np.array_split(order, quantiles)):
+            out[group] = q
+    return out
+
+
 def quality_relation(disagreement: np.ndarray, confidence: np.ndarray, nn_distance: np.ndarray,
-                     real_feats: torch.Tensor, fake_feats: torch.Tensor, quantiles: int = 5) -> dict[str, Any]:
-    """Spearman rho of per-sample disagreement (N,) with confidence and nearest-real distance, and quality
-    by disagreement quantile (lowest first): FID of the quantile's samples, mean confidence, mean distance.
-    A constant disagreement (a one-expert policy) ranks nothing: rho is None and there are no quantiles."""
-    if np.ptp(disagreement) == 0:
-        return {"spearman_confidence": spearman(disagreement, confidence),
-                "spearman_nn_distance": spearman(disagreement, nn_distance), "by_quantile": []}
-    order = np.argsort(disagreement, kind="stable")
-    groups = np.array_split(order, quantiles)
-    by_quantile = []
-    for q, idx in enumerate(groups):
-        sel = torch.from_numpy(idx)
-        by_quantile.append({"quantile": q + 1, "n": len(idx),
-                            "disagreement_mean": float(disagreement[idx].mean()),
-                            "fid": fid(real_feats, fake_feats[sel]) if len(idx) >= 2 else None,
-                            "confidence": float(confidence[idx].mean()),
-                            "nn_distance": float(nn_distance[idx].mean())})
-    return {"spearman_confidence": spearman(disagreement, confidence),
-            "spearman_nn_distance": spearman(disagreement, nn_distance), "by_quantile": by_quantile}
+                     predicted_class: np.ndarray, quantiles: int = 5) -> dict[str, Any]:
+    """Per-sample quality against per-sample disagreement, all arrays (N,).
+
+    Spearman rho of disagreement with the evaluator's confidence and with the distance to the nearest real
+    feature, pooled and within class (the class-size-weighted mean of per-class rho). Per-sample quality
+    by disagreement quantile, stratified by the evaluator's predicted class: quantiles are cut within each
+    class, so every quantile holds the class mix of the whole set and a class that is both hard to agree on
+    and low in confidence cannot make the quantiles differ by composition alone (averaging per-class means
+    with class-size weights equals pooling the within-class bins). Classes with fewer than ``quantiles``
+    samples are left out (``n_unstratified``). No FID per quantile: a fifth of the samples, chosen by
+    disagreement, is not a representative set and FID at N/5 is biased by N.
+    A constant disagreement (a one-expert policy) ranks nothing: rho is None and there are no quantiles.
+    """
+    d = np.asarray(disagreement, dtype=np.float64)
+    conf, dist = np.asarray(confidence, dtype=np.float64), np.asarray(nn_distance, dtype=np.float64)
+    classes = np.asarray(predicted_class).astype(np.int64)
+    if not len(d) == len(conf) == len(dist) == len(classes):
+        raise ValueError(f"per-sample arrays differ in length: {len(d)}, {len(conf)}, {len(dist)}, {len(classes)}")
+    out: dict[str, Any] = {"spearman_confidence": spearman(d, conf), "spearman_nn_distance": spearman(d, dist),
+                           "spearman_confidence_within_class": _within_class_rho(d, conf, classes),
+                           "spearman_nn_distance_within_class": _within_class_rho(d, dist, classes),
+                           "stratified_by": "predicted class", "by_quantile": [], "n_unstratified": 0}
+    if np.ptp(d) == 0:
+        return out
+    q_of = within_class_quantiles(d, classes, quantiles)
+    out["n_unstratified"] = int((q_of < 0).sum())
+    for q in range(quantiles):
+        idx = np.flatnonzero(q_of == q)
+        if len(idx):
+            out["by_quantile"].append({"quantile": q + 1, "n": len(idx), "disagreement_mean": float(d[idx].mean()),
+                                       "confidence": float(conf[idx].mean()), "nn_distance": float(dist[idx].mean())})
+    return out
+
+
+def _within_class_rho(a: np.ndarray, b: np.ndarray, classes: np.ndarray) -> float | None:
+    """Class-size-weighted mean of the per-class Spearman rho (classes where it is defined); None if none."""
+    rhos, weights = [], []
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        rho = spearman(a[idx], b[idx])["rho"]
+        if rho is not None:
+            rhos.append(rho)
+            weights.append(len(idx))
+    return float(np.average(rhos, weights=weights)) if rhos else None

@@ -36,3 +36,32 @@ def spearman(a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
         return {"rho": None, "p_value": None}
     res = stats.spearmanr(a, b)
     return {"rho": float(res.statistic), "p_value": float(res.pvalue)}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (Holm 1979), in the input order; reject H_i at level a iff adj_i <= a.
+
+    Hand-written: scipy has only Benjamini–Hochberg (``scipy.stats.false_discovery_control``) and statsmodels
+    is not a dependency. Step-down: sort ascending, adj_(i) = max_{j<=i} min(1, (m - j) p_(j)), 0-based j.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"Holm needs p-values in [0, 1], got {p_values}")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    adjusted = np.empty(m)
+    adjusted[order] = stepped
+    return adjusted.tolist()
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (R,), R >= 2 (scipy.stats.t); a point when all are equal."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        raise ValueError(f"a t-interval needs at least 2 values, got {len(v)}")
+    mean, sem = float(v.mean()), float(stats.sem(v))
+    if sem == 0:
+        return mean, mean
+    lo, hi = stats.t.interval(level, len(v) - 1, loc=mean, scale=sem)
+    return float(lo), float(hi)

@@ -141,11 +141,14 @@ def separation(policy: Annotated[str, typer.Option(help="Policy to contrast with
                    "--size", help="Sample count N to test (repeat the option); default: halvings of sample.n.")] = None,
                seeds: Annotated[Optional[list[int]], typer.Option(
                    "--seeds", help="Traced-seed count n to test (repeat); default: halvings of analysis.n.")] = None,
+               resamples: Annotated[int, typer.Option(
+                   min=0, help="Bootstrap resamples per size for the fraction that separates (0 = skip).")] = 100,
                params: ParamsOption = Path("params.yaml")) -> None:
-    """Paired contrasts vs full on the first N samples / n traced seeds: the smallest run that separates them."""
+    """Planning tool: paired contrasts vs full on the first N samples / n traced seeds, Bonferroni-corrected
+    over the sizes looked at; names a size only if every larger one separates too."""
     from ddmbench.tools import separation as study
 
-    guard(lambda: study.run(*context(params), policy, sizes, seeds))
+    guard(lambda: study.run(*context(params), policy, sizes, seeds, resamples))
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Commands around the pipeline: bench, bench-train, compare, baseline, ablations, spread, show-config."""
+"""Commands around the pipeline: bench, bench-train, compare, baseline, ablations, spread, replicate, show-config."""
 
 from __future__ import annotations
 
@@ -292,5 +292,44 @@ def show_config(params: ParamsOption = Path("params.yaml")) -> None:
     def body() -> None:
         cfg, _ = context(params)
         console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False, markup=False)
+
+    guard(body)
+
+
+@app.command()
+def replicate(seeds: Annotated[list[str], typer.Option(
+                  "--seeds", help="Training seeds, e.g. --seeds 0,1,2 (or repeat the option).")],
+              run: Annotated[bool, typer.Option(
+                  "--run/--collect", help="--run: queue one DVC experiment per seed (`dvc exp run --queue -S "
+                                          "seed=<s>`) and start the queue; --collect: aggregate the finished ones.")] = False,
+              jobs: Annotated[int, typer.Option(help="Experiments run at once by `dvc queue start --jobs`.")] = 1,
+              from_json: Annotated[Optional[Path], typer.Option(
+                  "--from-json", help="With --collect: a saved `dvc exp show --json` document.")] = None,
+              params: ParamsOption = Path("params.yaml")) -> None:
+    """Headline paired contrasts across training seeds: queue R pipelines as DVC experiments, then collect
+    every seed's value, a between-seed t-interval and the seeds that agree in sign (reports/replicate.json)."""
+    import os
+
+    from ddmbench.io import read_json
+    from ddmbench.tools import replicate as rep
+
+    def body() -> None:
+        cfg, paths = context(params)
+        chosen = rep.parse_seeds(seeds)
+        if run:
+            if params.resolve() != (paths.root / "params.yaml").resolve():
+                raise ConfigError(f"--params {params}: DVC experiments vary params.yaml; cp {params} params.yaml "
+                                  "first, then run without --params")
+            data_root = None if Path(cfg.data.root).is_absolute() else str((paths.root / cfg.data.root).resolve())
+            # queued runs happen in a copy of the repo: point MLflow at this repo's store, as the ablations do
+            env = ({"MLFLOW_TRACKING_URI": f"sqlite:///{paths.root.resolve()}/mlflow.db"}
+                   if cfg.tracking.enabled and cfg.tracking.uri is None and "MLFLOW_TRACKING_URI" not in os.environ
+                   else {})
+            rep.launch(paths.root, rep.queue_commands(chosen, jobs, data_root), env)
+            console.print(f"queued seeds {chosen}; follow with `dvc queue status`, then "
+                          f"`ddmbench replicate --collect --seeds {','.join(map(str, chosen))}`")
+            return
+        doc = read_json(from_json, "dvc exp show --json > FILE") if from_json else None
+        rep.collect(cfg, paths, chosen, doc)
 
     guard(body)

@@ -23,9 +23,10 @@ from ddmbench.analysis.stability import RoutingJump, amplification, lipschitz_al
 from ddmbench.analysis.stats import summary
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import progress
+from ddmbench.data.datasets import to_model_space
 from ddmbench.errors import ArtifactError
-from ddmbench.evaluation.features import extract_features, load_real_features
-from ddmbench.evaluation.identity import check_same_evaluator
+from ddmbench.evaluation.features import class_probabilities, extract_features
+from ddmbench.evaluation.identity import check_same_evaluator, weights_sha256
 from ddmbench.io import ensure_writable, load_tensors, save_tensors, write_json
 from ddmbench.models.checkpoints import load_classifier
 from ddmbench.pipeline.artifacts import build_field, load_clusters, sample_seeds, sampling_device
@@ -172,11 +173,12 @@ def _quality_relation(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, 
     if not torch.equal(quality["seeds"], samples["seeds"]):
         raise ArtifactError(f"{paths.quality(spec.label)} scores other samples than {paths.samples(spec.label)}; "
                             f"re-run `ddmbench evaluate --policy {spec.label}`")
-    real, digest = load_real_features(paths.real_features, dataset=cfg.data.dataset)
-    check_same_evaluator({str(paths.real_features.relative_to(paths.root)): digest,
-                          str(paths.quality(spec.label).relative_to(paths.root)): quality.get("evaluator_sha256")})
-    fake = quality["features"]                                              # (N, d) extracted by `evaluate`
+    evaluator = load_classifier(paths.model("evaluator"))
+    digest = check_same_evaluator({"outputs/evaluator.pt": weights_sha256(evaluator),
+                                   str(paths.quality(spec.label).relative_to(paths.root)): quality.get("evaluator_sha256")})
+    # the evaluator's predicted class (the class whose max-softmax is quality["confidence"]) stratifies
+    predicted = class_probabilities(evaluator, to_model_space(samples["images"])).argmax(1)
     d = samples["disagreement"].double().numpy()
     relation = quality_relation(d, quality["confidence"].double().numpy(), quality["nn_distance"].double().numpy(),
-                                real, fake, quantiles=cfg.analysis.quantiles)
+                                predicted.numpy(), quantiles=cfg.analysis.quantiles)
     return {"per_sample_mean": float(np.mean(d)), **relation, "evaluator_sha256": digest}

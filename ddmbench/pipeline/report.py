@@ -11,12 +11,13 @@ import torch
 from ddmbench.config import Config
 from ddmbench.console import console, show_table
 from ddmbench.data.datasets import check_sample_images
+from ddmbench.errors import ArtifactError
 from ddmbench.io import ensure_writable, load_tensors, read_json, write_json, write_text
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.report import figures, tables
 from ddmbench.report.document import Document, fmt, save_grid
-from ddmbench.report.summary import dissociation, summary_text
+from ddmbench.report.summary import dissociation, judge, summary_text
 
 # (curve field, y label, log scale) for the per-t figures and DVC plots
 CURVES = (("lipschitz", "local Lipschitz estimate of the combined field", True),
@@ -60,7 +61,7 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
           accuracy: dict[str, Any] | None, contrast: dict[str, Any] | None = None) -> Document:
     doc = Document("ddmbench report")
     doc.heading("Summary")
-    doc.paragraph(summary_text(results, contrast))
+    doc.paragraph(summary_text(contrast, cfg.report))
     doc.heading("Setup")
     doc.table(["quantity", "value"], setup_rows(cfg, paths, results))
 
@@ -106,8 +107,11 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   "one, per pixel. Policy-weighted: the experts the policy mixed (all samples; 0 for one-expert "
                   "policies). Router-weighted: every expert weighted by the router (traced seeds). Spearman ρ "
                   "of per-sample policy-weighted disagreement with the evaluator's confidence and with the "
-                  "distance to the nearest real feature; FID of the samples in the lowest and highest "
-                  "disagreement quantile (small groups: compare within a row, not with Table 1).")
+                  "distance to the nearest real feature, pooled and within the evaluator's predicted class "
+                  "(class-size-weighted mean of per-class ρ); mean confidence and nearest-real distance of the "
+                  "samples in the lowest and highest disagreement quantile, the quantiles cut within each "
+                  "predicted class so that every quantile has the class mix of the whole set "
+                  "(metrics/analyze/<policy>.json, disagreement).")
     doc.table(*tables.disagreement(results))
     if drawn["disagreement_router"].exists():
         doc.image(drawn["disagreement_router"], "router-weighted disagreement over t")
@@ -130,7 +134,16 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                       "given these trained models (coverage measured in tests/test_coverage.py). "
                       "'lower'/'higher': the interval excludes 0. Paired intervals are narrower than Table 1's "
                       "marginal ones side by side, because per-seed results of two policies are correlated.")
-        doc.table(*tables.contrasts(contrast, tables.headline_eps(results)))
+        try:
+            judged = judge(contrast, cfg.report)
+        except ArtifactError as exc:  # no p-values: show the differences, judge nothing
+            doc.paragraph(f"No verdicts: {exc}.")
+            doc.table(*tables.contrasts(contrast, tables.headline_eps(results)))
+        else:
+            doc.paragraph(f"Primary hypotheses (report.primary, declared before the run) are judged at "
+                          f"α = {cfg.report.alpha:g} on their own p-value; every other difference is secondary and "
+                          "judged on Holm–Bonferroni adjusted p-values over all secondaries.")
+            doc.table(*tables.verdicts(judged))
 
     doc.heading("Samples (first 64 seeds; the same seeds for every policy)")
     for label in results:
@@ -177,12 +190,20 @@ def run(cfg: Config, paths: Paths) -> tables.Results:
     write_text(paths.report_html, doc.html())
 
     show_table("routing policy vs quality, stability and cost", *tables.quality_stability_cost(results))
-    console.print(summary_text(results, contrast))
+    console.print(summary_text(contrast, cfg.report))
     console.print(f"wrote {paths.report_md.relative_to(paths.root)} and {paths.report_html.relative_to(paths.root)}")
-    verdict = dissociation(results, contrast)
+    verdict = _dissociation(cfg, contrast)
     figs = sorted(p for p in paths.figure("x").parent.glob("*.png"))
     mirror(cfg, paths, "report", "report", {"policies": ",".join(cfg.policies)},
            {"dissociation_holds": float(bool(verdict["holds"])) if verdict["holds"] is not None else None,
             **{label: {"fid": r["evaluate"]["fid"], "kid": r["evaluate"]["kid"]} for label, r in results.items()}},
            [paths.report_md, paths.report_html, *plot_files, *figs] + [paths.sample_grid(label) for label in results])
     return results
+
+
+def _dissociation(cfg: Config, contrast: dict[str, Any] | None) -> dict[str, Any]:
+    """The declared dissociation's verdict for MLflow; holds None when it cannot be judged."""
+    try:
+        return dissociation(judge(contrast or {}, cfg.report))
+    except ArtifactError:
+        return {"holds": None}

@@ -73,21 +73,25 @@ def expert_accuracy(data: dict[str, Any]) -> Table:
 
 
 def disagreement(results: Results) -> Table:
-    """Table 4: expert disagreement and its relation to per-sample quality."""
+    """Table 4: expert disagreement and per-sample quality, pooled ρ and within predicted class, and mean
+    confidence / nearest-real distance in the lowest and highest disagreement quantile cut within class."""
     q = next((len(r["analyze"]["disagreement"]["by_quantile"]) for r in results.values()
               if r["analyze"].get("disagreement", {}).get("by_quantile")), 5)
     headers = ["policy", "disagreement (policy-w, all samples)", "disagreement (router-w, traced)",
-               "ρ(disagr., confidence)", "ρ(disagr., nearest-real dist.)", "FID lowest quantile",
-               f"FID highest quantile (of {q})"]
+               "ρ(disagr., confidence) pooled / within class", "ρ(disagr., nearest-real dist.) pooled / within class",
+               f"confidence: lowest → highest quantile (of {q})", "nearest-real dist.: lowest → highest quantile"]
     rows = []
     for label, r in results.items():
         d = r["analyze"].get("disagreement")
         if d is None:
             continue
-        quantiles = d["by_quantile"] or [{"fid": None}]
+        quantiles = d["by_quantile"] or [{}]
+        lo, hi = quantiles[0], quantiles[-1]
         rows.append([label, fmt(d["per_sample_mean"], 4), fmt(d["router_weighted"], 4),
-                     fmt(d["spearman_confidence"]["rho"]), fmt(d["spearman_nn_distance"]["rho"]),
-                     fmt(quantiles[0]["fid"]), fmt(quantiles[-1]["fid"])])
+                     f"{fmt(d['spearman_confidence']['rho'])} / {fmt(d.get('spearman_confidence_within_class'))}",
+                     f"{fmt(d['spearman_nn_distance']['rho'])} / {fmt(d.get('spearman_nn_distance_within_class'))}",
+                     f"{fmt(lo.get('confidence'), 3)} → {fmt(hi.get('confidence'), 3)}",
+                     f"{fmt(lo.get('nn_distance'), 3)} → {fmt(hi.get('nn_distance'), 3)}"])
     return headers, rows
 
 
@@ -100,19 +104,54 @@ def inference_strategies(results: Results) -> Table:
 
 
 def contrasts(data: dict[str, Any], eps_key: str) -> Table:
-    """Table 6: every policy minus full, paired by seed (metrics/contrast.json); 95% intervals (jackknife for FID, BCa bootstrap per seed)."""
+    """Every policy minus full, paired by seed (metrics/contrast.json), as the contrast stage wrote it; reads
+    ``estimate``/``ci95`` (or the older ``delta``/``delta_ci95``). The report's Table 6 is :func:`verdicts`."""
     headers = ["policy − full", "ΔFID∞ [95% CI]", "FID", f"Δamplification ε={eps_value(eps_key)} [95% CI]",
-               "amplification", "seeds with lower amp.", "p (paired t)", "Δconv. error [95% CI]", "conv. error",
+               "amplification", "seeds with lower amp.", "p (amp.)", "Δconv. error [95% CI]", "conv. error",
                "ΔLipschitz [95% CI]"]
     rows = []
     for label, c in data.get("contrasts", {}).items():
         fid, amp = c["fid"], c["amplification"].get(eps_key)
         conv, lip = c["convergence_error"], c["lipschitz"]
-        rows.append([label, fmt_ci(fid["estimate"], fid["ci95"]), fid["verdict"],
-                     fmt_ci(amp["estimate"], amp["ci95"], 3) if amp else "–", amp["verdict"] if amp else "–",
-                     fmt(amp["frac_lower"], 2) if amp else "–", _p_value(amp["p_value"]) if amp else "–",
-                     fmt_ci(conv["estimate"], conv["ci95"], 4), conv["verdict"],
-                     fmt_ci(lip["estimate"], lip["ci95"], 3)])
+        rows.append([label, _diff(fid), fid.get("verdict", "–"), _diff(amp, 3) if amp else "–",
+                     amp.get("verdict", "–") if amp else "–",
+                     fmt(amp.get("frac_lower"), 2) if amp else "–",
+                     _p_value(amp.get("p_value", amp.get("wilcoxon_p"))) if amp else "–",
+                     _diff(conv, 4), conv.get("verdict", "–"), _diff(lip, 3)])
+    return headers, rows
+
+
+def _diff(d: dict[str, Any], digits: int = 2) -> str:
+    return fmt_ci(d.get("estimate", d.get("delta")), d.get("ci95", d.get("delta_ci95")), digits)
+
+
+def verdicts(judged: list[dict[str, Any]]) -> Table:
+    """Table 6: every paired difference policy − full (ddmbench.report.summary.judge), primaries first:
+    estimate [95% CI], its estimand, two-sided p, the p the verdict uses (Holm over the secondaries) and
+    the verdict at alpha."""
+    headers = ["policy − full", "metric", "hypothesis", "estimate [95% CI]", "estimand", "p", "p used (Holm)",
+               "verdict"]
+    rows = [[v["policy"], v["metric"], v["family"], "{:+.3g} [{:+.3g}, {:+.3g}]".format(v["estimate"], *v["ci95"]),
+             v["estimand"],
+             _p_value(v["p_value"]), _p_value(v["p_adjusted"]) if v["family"] == "secondary" else "(declared)",
+             v["verdict"]] for v in judged]
+    return headers, rows
+
+
+def replication(data: dict[str, Any]) -> Table:
+    """Headline differences across training seeds (reports/replicate.json, ``ddmbench replicate``): each
+    seed's estimate with its own 95% interval (sampling noise given that seed's trained models), then the
+    between-seed mean with its t-interval and the seeds agreeing in sign (training-seed variation)."""
+    headers = ["policy − full", "metric", "per seed: estimate [95% CI, sampling]",
+               "mean over seeds [95% t-interval, training]", "seeds agreeing in sign"]
+    rows = []
+    for c in data.get("contrasts", []):
+        b = c["between_seeds"]
+        per_seed = "; ".join(f"seed {s['seed']}: " + (f"{s['estimate']:+.3g} [{s['ci95'][0]:+.3g}, {s['ci95'][1]:+.3g}]"
+                                                      if s.get("ci95") else f"{s['estimate']:+.3g}")
+                             for s in c["per_seed"])
+        between = f"{b['mean']:+.3g} " + (f"[{b['ci95'][0]:+.3g}, {b['ci95'][1]:+.3g}]" if b["ci95"] else "(R < 3)")
+        rows.append([c["policy"], c["metric"], per_seed, between, f"{b['agree_in_sign']} of {b['r']}"])
     return headers, rows
 
 
