@@ -92,6 +92,11 @@ class MonolithConfig(FlowTrainConfig):
 class RouterConfig(TrainConfig):
     steps: int = Field(800, ge=1, description="Optimizer steps for the router.")
     net: Literal["router-s"] = Field("router-s", description="Router network preset.")
+    calibrate: bool = Field(False, description="Fit a temperature T on held-out noised test images after training "
+                                               "(minimum NLL) and store it in outputs/router.pt: every field then "
+                                               "routes by softmax(logits / T).")
+    calibration_n: int = Field(2000, ge=2, le=100_000, description="Held-out test images the temperature is fitted "
+                                                                   "on (disjoint from the router-calibration scores).")
 
 
 class EvaluatorConfig(TrainConfig):
@@ -222,6 +227,16 @@ class ReportConfig(Section):
     alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided level of every verdict (secondaries after Holm).")
 
 
+class PosteriorConfig(Section):
+    """The exact cluster posterior p*(k | x_t) of the training set (`router-calibration`, `analyze`, the
+    posterior* policies)."""
+
+    n_train: int = Field(0, ge=0, description="Training images p* sums over: 0 = all; else a fixed random subset "
+                                              "(router-calibration reports the total variation it costs).")
+    chunk: int = Field(4096, ge=1, description="Training images per step of the streamed log-sum-exp (memory: "
+                                               "states x chunk float64).")
+
+
 class TrackingConfig(Section):
     enabled: bool = Field(True, description="Mirror params, metrics and artefacts to MLflow.")
     uri: str | None = Field(None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI or "
@@ -255,6 +270,7 @@ class Config(Section):
                                 description="Routing policy labels sampled and evaluated by the pipeline.")
     evaluate: EvaluateConfig = EvaluateConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    posterior: PosteriorConfig = PosteriorConfig()
     tracking: TrackingConfig = TrackingConfig()
     report: ReportConfig = ReportConfig()
 

@@ -11,6 +11,7 @@ import torch
 from ddmbench.analysis import alignment as align
 from ddmbench.analysis.convergence import convergence, empirical_order, ladder
 from ddmbench.analysis.disagreement import quality_relation, weighted_spread, within_class_quantiles
+from ddmbench.analysis.posterior import EmpiricalPosterior
 from ddmbench.analysis.stability import RoutingJump, amplification, unit_directions
 from ddmbench.analysis.stats import bootstrap_ci, spearman, summary
 from ddmbench.config import AnalysisConfig, SampleConfig
@@ -202,40 +203,53 @@ def test_convergence_reuses_given_samples_at_nfe() -> None:
 # alignment
 # ----------------------------------------------------------------------------------------------
 
-def _traced(label: str, seeds: list[int]) -> dict[str, torch.Tensor]:
-    field = RoutedField([PointExpert(m) for m in MEANS], PosteriorRouter(MEANS), parse_policy(label))
+def _traced(label: str, seeds: list[int], router: object | None = None) -> dict[str, torch.Tensor]:
+    field = RoutedField([PointExpert(m) for m in MEANS], router or PosteriorRouter(MEANS), parse_policy(label))
     rec = TraceRecorder(field, probe_n=len(seeds))
     generate(field, seeds, nfe_steps=8, solver="euler", batch_size=16, observers=[rec])
     return rec.result()
 
 
-def _alignment(trace: dict[str, torch.Tensor], weighted_top: bool = True) -> tuple[torch.Tensor, dict]:
-    dist = align.centroid_distances(trace["probe_x"], trace["probe_v"], trace["t"], lambda x: x.flatten(1),
-                                    MEANS.flatten(1))
-    idx = trace["probe_index"]
-    return dist, align.alignment(dist, trace["w"][idx], trace["p"][idx], weighted_top=weighted_top)
+def _p_star(trace: dict[str, torch.Tensor]) -> torch.Tensor:
+    """p* at every probe state (M, S, K) from the two-point training set MEANS (clusters 0, 1)."""
+    post = EmpiricalPosterior(MEANS, torch.tensor([0, 1]), 2)
+    m, s = trace["probe_x"].shape[:2]
+    return post(trace["probe_x"].flatten(0, 1), trace["t"].repeat(m)).log_p.exp().view(m, s, 2)
+
+
+def test_posterior_alignment_known_answers() -> None:
+    p_star = torch.tensor([[0.7, 0.2, 0.1]] * 4)
+    w = torch.tensor([[1.0, 0, 0], [1 / 3, 1 / 3, 1 / 3], [0, 0, 1.0], [0.7, 0.2, 0.1]])
+    al = align.posterior_alignment(w, p_star)
+    torch.testing.assert_close(al["posterior_weight"], torch.tensor([0.7, 1 / 3, 0.1, 0.54], dtype=torch.float64))
+    assert al["hit"][[0, 2, 3]].tolist() == [1.0, 0.0, 1.0] and math.isnan(al["hit"][1])  # uniform: no top expert
+
+
+def test_posterior_alignment_of_uniform_weights_is_one_over_k_whatever_p_star() -> None:
+    p_star = torch.softmax(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)), 1)
+    al = align.posterior_alignment(torch.full((50, 4), 0.25), p_star)
+    torch.testing.assert_close(al["posterior_weight"], torch.full((50,), 0.25, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("label", ["top-1", "full"])
-def test_alignment_hit_rate_is_one_with_exact_experts_and_router(label: str) -> None:
-    dist, al = _alignment(_traced(label, list(range(40))))
-    assert dist.shape == (40, 8, 2)
-    # at t = 1 the posterior is exactly uniform (a tie); from the second evaluation on it decides
-    assert float(al["hit"][:, 1:].mean()) == 1.0 and float(al["router_hit"][:, 1:].mean()) == 1.0
-    if label == "top-1":  # the selected expert's point is the denoised estimate itself
-        assert float(al["selected"].max()) < 1e-4
-        assert float(al["unselected"].min()) > 0.9 * float((MEANS[1] - MEANS[0]).norm())
-    else:                 # every expert weighted (until the posterior underflows to one-hot): no unselected distance
-        assert torch.isnan(al["unselected"][:, 0]).all()
+def test_alignment_is_high_with_exact_experts_and_router(label: str) -> None:
+    trace = _traced(label, list(range(40)))
+    idx = trace["probe_index"]
+    p_star = _p_star(trace)
+    torch.testing.assert_close(trace["p"][idx, 1:].double(), p_star[:, 1:], rtol=0, atol=1e-4)  # the router is p*
+    al = align.posterior_alignment(trace["w"][idx], p_star)
+    assert al["hit"].shape == (40, 8)
+    # at t = 1 p* is the uniform prior (a tie); from the second evaluation on it decides
+    assert float(al["hit"][:, 1:].mean()) == 1.0 and float(al["posterior_weight"][:, 3:].min()) > 0.99
 
 
-def test_alignment_hit_rate_drops_with_a_wrong_router() -> None:
-    dist = torch.tensor([[[1.0, 3.0], [1.0, 3.0]]])              # nearest is 0 at both evaluations
-    w = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
-    al = align.alignment(dist, w, w)
-    assert al["hit"].tolist() == [[0.0, 1.0]]
-    assert al["selected"].tolist() == [[3.0, 1.0]] and al["unselected"].tolist() == [[1.0, 3.0]]
-    assert align.alignment(dist, w, w, weighted_top=False)["hit"] is None
+def test_alignment_comes_out_against_a_policy_with_a_wrong_router() -> None:
+    # the router names the other cluster: a top-1 policy then selects the expert whose data the state is not near
+    # (the circular x̂0 measure scored this 1.0: x̂0 lands on the chosen expert's point)
+    wrong = PosteriorRouter(MEANS.flip(0))
+    trace = _traced("top-1", list(range(40)), router=wrong)
+    al = align.posterior_alignment(trace["w"][trace["probe_index"]], _p_star(trace))
+    assert float(al["hit"][:, 1:].mean()) == 0.0 and float(al["posterior_weight"][:, 3:].max()) < 0.01
 
 
 # ----------------------------------------------------------------------------------------------

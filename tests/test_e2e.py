@@ -243,6 +243,7 @@ def test_analyze_is_deterministic_and_report_has_every_table(copy_of: Project) -
     assert first["disagreement"]["per_sample_mean"] == 0                   # one expert: nothing to disagree
     assert "alignment" not in _json(copy_of.paths.analysis_metrics("monolith"))
     invoke(copy_of.root, "expert-accuracy")
+    invoke(copy_of.root, "router-calibration")
     contrast_output = invoke(copy_of.root, "contrast")
     contrast = _json(copy_of.paths.contrast_metrics)
     assert contrast["reference"] == "full" and set(contrast["contrasts"]) == {"monolith", "top-1"}
@@ -268,15 +269,13 @@ def test_analyze_is_deterministic_and_report_has_every_table(copy_of: Project) -
     for title in ("## Summary", "## Table 1", "## Table 2", "## Table 3", "## Table 4", "## Table 5", "## Table 6"):
         assert title in md
     assert "Not computed" not in md and "The dissociation" in md
-    # verdicts only where contrast.json gives every difference a p-value; never invented
-    if judged:
-        assert "Primary: top-1 − full in fid" in md and "Primary: top-1 − full in amplification@1" in md
-        assert "| top-1 | fid | primary |" in md and "secondary" in md
-    else:
-        assert "The dissociation is not judged" in md and "No verdicts:" in md and "p_value" in md
+    # every difference in contrast.json carries a p-value, so the declared primaries are judged
+    assert "Primary: top-1 − full in fid" in md and "Primary: top-1 − full in amplification@1" in md
+    assert "| top-1 | fid | primary |" in md and "secondary" in md
     html = copy_of.paths.report_html.read_text()
-    assert html.count("<table>") == 7 and html.count("data:image/png;base64,") >= 3 + 4 and "](" not in html
-    for name in ("lipschitz", "hit_rate", "selected_distance", "disagreement_router"):
+    assert html.count("<table>") == 8 and html.count("data:image/png;base64,") >= 3 + 5 and "](" not in html
+    assert "## Router calibration by t" in md and copy_of.paths.figure("router_reliability").stat().st_size > 1000
+    for name in ("lipschitz", "hit_rate", "posterior_weight", "disagreement_router"):
         rows = _json(copy_of.paths.plot_data(name))
         assert {r["policy"] for r in rows} <= {"monolith", "full", "top-1"} and all(name in r for r in rows)
     assert {r["policy"] for r in _json(copy_of.paths.plot_data("lipschitz"))} == {"monolith", "full", "top-1"}

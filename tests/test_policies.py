@@ -11,7 +11,8 @@ K = 4
 B = 64
 # Every label form, with k = K variants; the battery covers every name in the registry (test below).
 LABELS = ["full", "uniform", "oracle", "top-1", "top-2", f"top-{K}", "sample-1", "sample-2", f"sample-{K}",
-          "threshold-0.05", "threshold-0", "threshold-1", "nucleus-p0.9-T0.5", "nucleus-p1-T1", "nucleus-p0.5-T2"]
+          "threshold-0.05", "threshold-0", "threshold-1", "nucleus-p0.9-T0.5", "nucleus-p1-T1", "nucleus-p0.5-T2",
+          "tempered-0.5", "tempered-1", "tempered-4", "posterior", "posterior-top-1", f"posterior-top-{K}"]
 
 
 def router_probs(seed: int = 0, b: int = B, k: int = K) -> torch.Tensor:
@@ -279,3 +280,55 @@ def test_make_policy_matches_labels() -> None:
 def test_check_rejects_k_above_K() -> None:
     with pytest.raises(ValueError, match=r"k <= number of experts \(4\)"):
         parse_policy("sample-5").check(K)
+
+
+# ----------------------------------------------------------------------------------------------
+# the decomposition policies (issue 15 item 4)
+# ----------------------------------------------------------------------------------------------
+
+def test_tempered_one_is_full() -> None:
+    p = router_probs(seed=8)
+    torch.testing.assert_close(weights("tempered-1", p), weights("full", p), rtol=1e-6, atol=1e-7)
+
+
+def test_tempered_is_softmax_of_logits_over_t() -> None:
+    logits = 2.0 * torch.randn(B, K, generator=torch.Generator().manual_seed(9))
+    for temp in (0.3, 2.5):
+        w = weights(f"tempered-{temp:g}", torch.softmax(logits, 1))
+        torch.testing.assert_close(w, torch.softmax(logits / temp, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_tempered_walks_from_top_1_to_uniform_over_the_support() -> None:
+    p = router_probs(seed=10)[4:]  # rows without ties or exact zeros
+    assert torch.equal((weights("tempered-0.001", p) > 0.999), weights("top-1", p) > 0)
+    torch.testing.assert_close(weights("tempered-1e6", p), torch.full_like(p, 1.0 / K), rtol=0, atol=1e-4)
+    top = [float(weights(f"tempered-{temp:g}", p).max(1).values.mean()) for temp in (0.1, 0.5, 1, 2, 8)]
+    assert top == sorted(top, reverse=True)  # the top expert's weight falls as T grows: a continuous path
+
+
+def test_tempered_keeps_zero_probability_experts_at_zero() -> None:
+    p = torch.tensor([[0.7, 0.3, 0.0, 0.0]])
+    w = weights("tempered-100", p)
+    assert w[0, 2:].tolist() == [0.0, 0.0] and w[0, 0] > w[0, 1] > 0
+
+
+@pytest.mark.parametrize(("label", "same_as"), [("posterior", "full"), ("posterior-top-2", "top-2")])
+def test_posterior_policies_weight_p_like_their_router_twins(label: str, same_as: str) -> None:
+    # the weights are those of full / top-k; what differs is p: the field's router is p* (uses_posterior)
+    p = router_probs(seed=11)
+    assert torch.equal(weights(label, p), weights(same_as, p))
+    spec = parse_policy(label)
+    assert spec.uses_posterior and spec.uses_router and not parse_policy(same_as).uses_posterior
+
+
+def test_decomposition_labels_parse_and_validate() -> None:
+    assert make_policy("tempered", temperature=0.5) == parse_policy("tempered-0.5")
+    assert make_policy("posterior-top", k=2) == parse_policy("posterior-top-2")
+    with pytest.raises(ValueError, match="policy 'tempered': temperature must be > 0"):
+        parse_policy("tempered-0")
+    with pytest.raises(ValueError, match="positive integer"):
+        parse_policy("posterior-top-0")
+    with pytest.raises(ValueError, match="valid forms.*tempered-<temperature>, posterior, posterior-top-<k>"):
+        parse_policy("tempered")
+    with pytest.raises(ValueError, match=r"k <= number of experts \(4\)"):
+        parse_policy("posterior-top-5").check(K)

@@ -1,46 +1,25 @@
-"""Cluster-distance alignment: do the experts a policy selects belong to the data the trajectory is heading for?
+"""Expert-data alignment against ground truth: does a policy weight the experts whose cluster the state belongs to?
 
-At every field evaluation the denoised estimate x̂0 = x - t v (ddmbench.sampling.flow.denoised) is mapped into the
-clustering feature space and its distance to every cluster centroid measured. Per evaluation: the
-weight-averaged distance of the selected experts' centroids, the mean distance of the non-selected
-ones, whether the top-weighted expert's centroid is the nearest one (hit), and whether the router's
-top choice is (router hit).
+The ground truth is the exact cluster posterior p*(k | x_t) of the training set (``ddmbench.analysis.posterior``),
+which is independent of the policy, the experts and the router. Per traced state:
+- posterior weight: sum_k w_k p*(k | x_t), the probability that the policy's weights land on the state's cluster
+  (1 for one-hot weights on a certain cluster; 1/K for uniform weights whatever p*; can fall to 0);
+- hit: the top-weighted expert is argmax p* (nan where the weights tie at the top, e.g. uniform: no top expert).
+An earlier measure put x̂_0 = x_t - t v from the policy's own velocity next to the cluster centroids; under
+top-1 or oracle it lands on the chosen expert's centroid by construction (hit rate 1), so it was dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
-from ddmbench.sampling.flow import denoised
 
-FeatureMap = Callable[[torch.Tensor], torch.Tensor]  # (n, C, H, W) model space -> (n, d) clustering features
+def posterior_alignment(w: torch.Tensor, p_star: torch.Tensor) -> dict[str, torch.Tensor]:
+    """w: (..., K) expert weights (rows sum to 1), p_star: (..., K) exact posterior -> per state (...,):
+    ``posterior_weight`` sum_k w_k p*_k in [0, 1] and ``hit`` 1.0 / 0.0 (nan where the top weight is tied)."""
+    w, p_star = w.double(), p_star.double()
+    top = w.max(-1, keepdim=True).values
+    tied = (w >= top - 1e-12).sum(-1) > 1
+    hit = (w.argmax(-1) == p_star.argmax(-1)).double()
+    return {"posterior_weight": (w * p_star).sum(-1), "hit": torch.where(tied, torch.nan, hit)}
 
-
-def centroid_distances(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, features: FeatureMap,
-                       centroids: torch.Tensor) -> torch.Tensor:
-    """x, v: (M, S, C, H, W) states and combined velocities; t: (S,) -> (M, S, K) distances of x̂0 to centroids."""
-    m, s = x.shape[:2]
-    x0_hat = denoised(x.flatten(0, 1), v.flatten(0, 1), t.repeat(m))             # (M*S, C, H, W)
-    return torch.cdist(features(x0_hat).double(), centroids.double()).view(m, s, -1)
-
-
-def alignment(dist: torch.Tensor, w: torch.Tensor, p: torch.Tensor, *, weighted_top: bool = True) -> dict[str, Any]:
-    """dist, w, p: (M, S, K) centroid distances, expert weights and router probabilities.
-
-    Returns per-evaluation arrays (M, S): selected (weight-averaged distance of the selected centroids),
-    unselected (mean distance of the others; nan where every expert is selected), hit (top-weighted
-    expert is the nearest centroid; only if ``weighted_top``, i.e. the weights single one out) and
-    router_hit (argmax p is the nearest centroid).
-    """
-    w = w.double()
-    nearest = dist.argmin(-1)
-    off = w <= 0
-    n_off = off.sum(-1)
-    unselected = torch.where(n_off > 0, (dist * off).sum(-1) / n_off.clamp_min(1), torch.full_like(dist[..., 0], torch.nan))
-    out: dict[str, Any] = {"selected": (dist * w).sum(-1), "unselected": unselected,
-                           "router_hit": (p.argmax(-1) == nearest).double()}
-    out["hit"] = (w.argmax(-1) == nearest).double() if weighted_top else None
-    return out

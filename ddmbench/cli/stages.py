@@ -120,6 +120,14 @@ def expert_accuracy(params: ParamsOption = Path("params.yaml")) -> None:
     guard(lambda: stage.run(*context(params)))
 
 
+@app.command("router-calibration")
+def router_calibration(params: ParamsOption = Path("params.yaml")) -> None:
+    """The router against the exact posterior p* by t: accuracy, NLL, Brier, ECE, KL(p* || router), temperature."""
+    from ddmbench.pipeline import router_calibration as stage
+
+    guard(lambda: stage.run(*context(params)))
+
+
 @app.command()
 def analyze(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
             tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:

@@ -65,10 +65,41 @@ def load_velocity_net(path: Path, kind: str, what: str, expect: dict[str, Any] |
     return _restore(lambda: nets.build_velocity_net(meta["net"], shape), state, path, what)
 
 
-def load_router(path: Path, what: str = "ddmbench train-router", image_shape: ImageShape | None = None) -> nets.Router:
+class TemperatureScaled(nn.Module):
+    """A router whose logits are divided by a fitted temperature T (temperature scaling, Guo et al. 2017):
+    (x (B, C, H, W), t (B,)) -> logits / T (B, K). ``head`` and ``image_shape`` are the wrapped router's."""
+
+    def __init__(self, router: nets.Router, temperature: float) -> None:
+        super().__init__()
+        self.router = router
+        self.temperature = float(temperature)
+        self.image_shape = router.image_shape
+
+    @property
+    def head(self) -> nn.Module:
+        return self.router.head
+
+    def forward(self, x: Any, t: Any) -> Any:
+        return self.router(x, t) / self.temperature
+
+
+def router_temperature(meta: dict[str, Any], path: Path, what: str) -> float:
+    """The temperature stored by `train-router` with router.calibrate (1 when none was fitted)."""
+    temp = meta.get("temperature", 1.0)
+    if not isinstance(temp, (int, float)) or not temp > 0:
+        raise ArtifactError(f"{path} has a malformed temperature {temp!r}; re-run `{what}`")
+    return float(temp)
+
+
+def load_router(path: Path, what: str = "ddmbench train-router", image_shape: ImageShape | None = None,
+                calibrated: bool = True) -> nets.Router | TemperatureScaled:
+    """The trained router; with ``calibrated`` (the default) its logits are divided by the stored temperature,
+    if `train-router` fitted one (router.calibrate), so every field routes by the calibrated probabilities."""
     state, meta = _load(path, "router", what)
     shape = _image_shape(meta, path, what, image_shape)
-    return _restore(lambda: nets.build_router(meta["net"], int(meta["num_experts"]), shape), state, path, what)
+    router = _restore(lambda: nets.build_router(meta["net"], int(meta["num_experts"]), shape), state, path, what)
+    temp = router_temperature(meta, path, what)
+    return TemperatureScaled(router, temp).eval() if calibrated and temp != 1.0 else router
 
 
 def load_classifier(path: Path, what: str = "ddmbench train-evaluator",

@@ -19,18 +19,20 @@ import torch
 from ddmbench.analysis import alignment as align
 from ddmbench.analysis.convergence import convergence
 from ddmbench.analysis.disagreement import quality_relation, weighted_spread
+from ddmbench.analysis.posterior import kl_divergence
 from ddmbench.analysis.stability import RoutingJump, amplification, lipschitz_along
 from ddmbench.analysis.stats import summary
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import progress
 from ddmbench.data.datasets import to_model_space
 from ddmbench.errors import ArtifactError
-from ddmbench.evaluation.features import class_probabilities, extract_features
+from ddmbench.evaluation.features import class_probabilities
 from ddmbench.evaluation.identity import check_same_evaluator, weights_sha256
 from ddmbench.io import ensure_writable, load_tensors, save_tensors, write_json
 from ddmbench.models.checkpoints import load_classifier
-from ddmbench.pipeline.artifacts import build_field, load_clusters, sample_seeds, sampling_device
+from ddmbench.pipeline.artifacts import load_clusters, sample_seeds, sampling_device
 from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.posterior_field import build_policy_field, empirical_posterior
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.sampling.field import RoutedField
 from ddmbench.sampling.observers import States
@@ -53,22 +55,12 @@ def _nanmean(a: torch.Tensor) -> float | None:
     return float(valid.double().mean()) if valid.numel() else None
 
 
-def clustering_feature_map(cfg: Config, paths: Paths, clusters: dict[str, torch.Tensor]) -> align.FeatureMap:
-    """Model-space images -> the clustering's PCA features (the space its centroids live in): pixels, or
-    the evaluator's embedding when ``cluster.features`` is ``evaluator``, then the saved PCA."""
-    mean, comps = clusters["pca_mean"].double(), clusters["pca_components"].double()
-    if cfg.cluster.features == "pixel-pca":
-        return lambda x: (x.flatten(1).double() - mean) @ comps.T
-    classifier = load_classifier(paths.model("evaluator"))
-    return lambda x: (extract_features(classifier, x.clamp(-1, 1)).double() - mean) @ comps.T
-
-
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     a = cfg.analysis
     ensure_writable(paths.analysis_metrics(spec.label), paths.curves(spec.label), paths.analysis_values(spec.label))
     seeds = sample_seeds(cfg)[:a.n]
     device = sampling_device(cfg)
-    field = build_field(cfg, paths, spec, device)
+    field = build_policy_field(cfg, paths, spec, device)
     clusters = load_clusters(paths)
     cluster = draw_clusters(seeds, clusters["sizes"].double()) if spec.name == "oracle" else None
     routed = isinstance(field, RoutedField)
@@ -142,17 +134,7 @@ def _routing_analyses(cfg: Config, paths: Paths, spec: PolicySpec, trace: dict[s
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
     idx = trace["probe_index"]
     p, w = trace["p"][idx], trace["w"][idx]                                 # (n, S, K)
-    dist = align.centroid_distances(trace["probe_x"], trace["probe_v"], trace["t"], clustering_feature_map(cfg, paths, clusters),
-                                    clusters["centroids"])
-    singles_out = spec.uses_router or spec.name == "oracle"                 # uniform weights name no top expert
-    al = align.alignment(dist, w, p, weighted_top=singles_out)
-    alignment = {"selected_distance": _nanmean(al["selected"]), "unselected_distance": _nanmean(al["unselected"]),
-                 "hit_rate": _nanmean(al["hit"]) if al["hit"] is not None else None,
-                 "router_hit_rate": _nanmean(al["router_hit"]) if spec.uses_router else None,
-                 "nearest_distance": float(dist.min(-1).values.mean())}
-    curves["selected_distance"] = _mean_over_samples(al["selected"])
-    curves["unselected_distance"] = _mean_over_samples(al["unselected"])
-    curves["hit_rate"] = _mean_over_samples(al["hit"]) if al["hit"] is not None else [None] * len(curves["t"])
+    alignment = _posterior_alignment(cfg, paths, spec, trace, p, w, curves)
     router_spread = weighted_spread(trace["probe_v_experts"], p)           # (n, S)
     policy_spread = weighted_spread(trace["probe_v_experts"], w)
     curves["disagreement_router"] = _mean_over_samples(router_spread)
@@ -161,6 +143,33 @@ def _routing_analyses(cfg: Config, paths: Paths, spec: PolicySpec, trace: dict[s
                                     "policy_weighted": float(policy_spread.mean())}
     disagreement.update(_quality_relation(cfg, paths, spec))
     return alignment, disagreement
+
+
+# --- alignment against the exact posterior p* (issue 15 item 3) -------------------------------------------
+def _posterior_alignment(cfg: Config, paths: Paths, spec: PolicySpec, trace: dict[str, torch.Tensor],
+                         p: torch.Tensor, w: torch.Tensor, curves: dict[str, list[Any]]) -> dict[str, Any]:
+    """p*(k | x_t) of the training set at every traced probe state (n, S, K), against the policy's weights w and
+    the router's p (n, S, K): posterior weight sum_k w_k p*_k, hit rate (top-weighted expert = argmax p*),
+    KL(p* || p_router) and the effective number of training points behind p*, as scalars and curves over t."""
+    post = empirical_posterior(cfg, paths)
+    x, t = trace["probe_x"], trace["t"]                                     # (n, S, C, H, W), (S,)
+    n, steps = x.shape[:2]
+    parts = [post(xb, tb) for xb, tb in zip(x.flatten(0, 1).split(256), t.repeat(n).split(256))]
+    log_p_star = torch.cat([r.log_p for r in parts]).view(n, steps, -1)    # (n, S, K)
+    n_eff = torch.cat([r.n_eff for r in parts]).view(n, steps)             # (n, S)
+    p_star = log_p_star.exp()
+    al = align.posterior_alignment(w, p_star)
+    router = align.posterior_alignment(p, p_star)
+    kl = kl_divergence(log_p_star.flatten(0, 1), p.double().clamp_min(1e-12).log().flatten(0, 1)).view(n, steps)
+    curves["posterior_weight"] = _mean_over_samples(al["posterior_weight"])
+    curves["hit_rate"] = _mean_over_samples(al["hit"])
+    curves["kl_posterior_router"] = _mean_over_samples(kl) if spec.uses_router else [None] * steps
+    curves["n_eff_median"] = [float(v) for v in n_eff.median(0).values]
+    return {"posterior_weight": _nanmean(al["posterior_weight"]), "hit_rate": _nanmean(al["hit"]),
+            "router_posterior_weight": _nanmean(router["posterior_weight"]) if spec.uses_router else None,
+            "router_hit_rate": _nanmean(router["hit"]) if spec.uses_router else None,
+            "kl_posterior_router": float(kl.mean()) if spec.uses_router else None,
+            "n_eff_median": float(n_eff.median()), "posterior_train_images": len(post)}
 
 
 def _quality_relation(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:

@@ -67,6 +67,11 @@ class Paths:
     def expert_accuracy(self) -> Path:
         return self.root / "metrics" / "expert_accuracy.json"
 
+    @property
+    def router_calibration(self) -> Path:
+        """Router calibration and the exact posterior p* by t (`router-calibration`)."""
+        return self.root / "metrics" / "router_calibration.json"
+
     def analysis_metrics(self, label: str) -> Path:
         return self.root / "metrics" / "analyze" / f"{label}.json"
 

@@ -17,12 +17,13 @@ from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.report import figures, tables
 from ddmbench.report.document import Document, fmt, save_grid
+from ddmbench.report.reliability import reliability_diagram
 from ddmbench.report.summary import dissociation, judge, summary_text
 
 # (curve field, y label, log scale) for the per-t figures and DVC plots
 CURVES = (("lipschitz", "local Lipschitz estimate of the combined field", True),
-          ("hit_rate", "hit rate: top-weighted expert = nearest centroid", False),
-          ("selected_distance", "distance of x̂₀ to the selected centroids", False),
+          ("hit_rate", "hit rate: top-weighted expert = argmax p*", False),
+          ("posterior_weight", "weight on the state's clusters Σ w·p*", False),
           ("disagreement_router", "router-weighted expert disagreement", True))
 
 
@@ -58,7 +59,8 @@ def setup_rows(cfg: Config, paths: Paths, results: tables.Results) -> list[list[
 
 
 def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, list[dict[str, Any]]],
-          accuracy: dict[str, Any] | None, contrast: dict[str, Any] | None = None) -> Document:
+          accuracy: dict[str, Any] | None, contrast: dict[str, Any] | None = None,
+          calibration: dict[str, Any] | None = None) -> Document:
     doc = Document("ddmbench report")
     doc.heading("Summary")
     doc.paragraph(summary_text(contrast, cfg.report))
@@ -82,14 +84,15 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     if drawn["lipschitz"].exists():
         doc.image(drawn["lipschitz"], "local Lipschitz estimate over t")
 
-    doc.heading("Table 2 — cluster-distance alignment")
-    doc.paragraph("At every evaluation the denoised estimate x̂₀ = x − t·v is projected into the clustering "
-                  "feature space. Distances to the selected experts' centroids (weight-averaged), to the "
-                  "unselected ones (mean; – when every expert carries weight), and to the nearest centroid; hit "
-                  "rate: the top-weighted expert's centroid is the nearest one. Policies without a router or "
-                  "with uniform weights name no top expert (–).")
+    doc.heading("Table 2 — alignment against the exact cluster posterior p*")
+    doc.paragraph("Ground truth: p*(k | x_t) ∝ Σ_{i∈k} N(x_t; (1−t)·x_i, t²·I) over the training images, at every "
+                  "traced state (independent of the policy, its experts and its router). Σ w·p*: the weight the "
+                  "policy puts on the clusters the state belongs to (1/K for uniform weights whatever the state); "
+                  "hit rate: the top-weighted expert is argmax p* (– where the weights tie at the top); the same for "
+                  "the router's p; KL(p* ‖ router). Effective training points 1/Σw_i²: where it is about 1 (on "
+                  "MNIST below t ≈ 0.7), p* is the nearest training image's cluster, not a smooth density.")
     doc.table(*tables.alignment(results))
-    for name in ("hit_rate", "selected_distance"):
+    for name in ("hit_rate", "posterior_weight"):
         if drawn[name].exists():
             doc.image(drawn[name], name.replace("_", " ") + " over t")
 
@@ -101,6 +104,19 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                       "noised to each t: experts the router selects vs those it does not, the full ensemble's "
                       "router-weighted prediction, and the image's own cluster's expert (oracle).")
         doc.table(*tables.expert_accuracy(accuracy))
+
+    doc.heading("Router calibration by t")
+    if calibration is None:
+        doc.paragraph("Not computed: run `ddmbench router-calibration` (the DVC pipeline does).")
+    else:
+        temp = calibration["temperature"]
+        doc.paragraph(f"{calibration['n']} held-out test images noised to each t, scored against their cluster "
+                      f"labels; (T): after temperature scaling with T = {fmt(temp['fitted'], 3)} fitted (minimum "
+                      f"NLL) on {temp['fit_n']} other test images (applied when sampling: T = "
+                      f"{fmt(temp['applied'], 3)}). p* acc.: the exact posterior's accuracy, the ceiling of any "
+                      "router. " + " ".join(f"{k}: {v}." for k, v in calibration["definitions"].items()))
+        doc.table(*tables.router_calibration(calibration))
+        doc.image(paths.figure("router_reliability"), "router reliability diagram by t, before and after T")
 
     doc.heading("Table 4 — disagreement vs quality")
     doc.paragraph("Disagreement: weighted variance of the experts' velocity predictions around the combined "
@@ -173,19 +189,24 @@ def run(cfg: Config, paths: Paths) -> tables.Results:
     accuracy = (read_json(paths.expert_accuracy, "ddmbench expert-accuracy")
                 if paths.expert_accuracy.exists() else None)
     contrast = read_json(paths.contrast_metrics, "ddmbench contrast") if paths.contrast_metrics.exists() else None
+    calibration = (read_json(paths.router_calibration, "ddmbench router-calibration")
+                   if paths.router_calibration.exists() else None)
     ensure_writable(paths.report_md, paths.report_html, *(paths.sample_grid(label) for label in results),
-                    *(paths.figure(name) for name in ("fid_vs_amplification", *(f"curve_{c}" for c, _, _ in CURVES))),
+                    *(paths.figure(name) for name in ("fid_vs_amplification", "router_reliability",
+                                                      *(f"curve_{c}" for c, _, _ in CURVES))),
                     *(paths.plot_data(c) for c, _, _ in CURVES))
     # read every input before writing anything, so a bad samples file leaves no partial report behind
     images = {label: _sample_images(paths, label) for label in results}
     for label, grid in images.items():
         save_grid(grid, paths.sample_grid(label))
     figures.fid_vs_amplification(results, paths.figure("fid_vs_amplification"))
+    if calibration is not None:
+        reliability_diagram(calibration["rows"], paths.figure("router_reliability"), calibration["temperature"]["fitted"])
     for name, ylabel, log in CURVES:
         if not figures.curves_over_t(curves, name, ylabel, paths.figure(f"curve_{name}"), log=log):
             paths.figure(f"curve_{name}").unlink(missing_ok=True)
     plot_files = write_plot_data(paths, curves)
-    doc = build(cfg, paths, results, curves, accuracy, contrast)
+    doc = build(cfg, paths, results, curves, accuracy, contrast, calibration)
     write_text(paths.report_md, doc.markdown(paths.reports))
     write_text(paths.report_html, doc.html())
 

@@ -12,8 +12,9 @@ from ddmbench.data.datasets import to_uint8
 from ddmbench.errors import ArtifactError
 from ddmbench.evaluation.cost import flops_per_image, gflops_per_image
 from ddmbench.io import ensure_writable, save_tensors, write_json
-from ddmbench.pipeline.artifacts import build_field, load_clusters, sample_seeds, sampling_device
+from ddmbench.pipeline.artifacts import load_clusters, sample_seeds, sampling_device
 from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.posterior_field import build_policy_field
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.sampling.field import RoutedField
 from ddmbench.sampling.policies import PolicySpec
@@ -25,7 +26,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     ensure_writable(paths.samples(spec.label), paths.sample_metrics(spec.label))
     seeds = sample_seeds(cfg)
     device = sampling_device(cfg)
-    field = build_field(cfg, paths, spec, device)
+    field = build_policy_field(cfg, paths, spec, device)
     cluster = None
     if spec.name == "oracle":
         sizes = load_clusters(paths)["sizes"]

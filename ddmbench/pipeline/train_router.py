@@ -14,6 +14,7 @@ from ddmbench.models.checkpoints import save_weights
 from ddmbench.pipeline.artifacts import load_clusters
 from ddmbench.pipeline.fitting import fit_stage
 from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.router_temperature import fit_router_temperature
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.sampling import flow
 from ddmbench.train.modules import RouterTraining
@@ -57,8 +58,12 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     net.eval()
     heldout = accuracy_by_t(net, to_model_space(ds["test_x"][:2000]), clusters["test_assignments"][:2000], seed)
     metrics = summarise(result, {"steps": cfg.router.steps, "heldout": heldout})
-    save_weights(paths.model("router"), net, {"kind": "router", "net": cfg.router.net, "num_experts": k,
-                                                "image_shape": list(shape)})
+    meta = {"kind": "router", "net": cfg.router.net, "num_experts": k, "image_shape": list(shape)}
+    if cfg.router.calibrate:  # temperature scaling on held-out noised test images; load_router applies it
+        meta["temperature"], fit_n = fit_router_temperature(cfg, net, to_model_space(ds["test_x"]),
+                                                            clusters["test_assignments"])
+        metrics["temperature"] = {"value": meta["temperature"], "fit_n": fit_n}
+    save_weights(paths.model("router"), net, meta)
     write_json(paths.model_metrics("router"), metrics)
     result.discard_checkpoints()
     mirror(cfg, paths, "train-router", "train-router", {"router": config_to_dict(cfg)["router"], "seed": seed},

@@ -44,16 +44,29 @@ def quality_stability_cost(results: Results) -> Table:
 
 
 def alignment(results: Results) -> Table:
-    """Table 2: distances of x̂0 (clustering feature space) to the selected / unselected / nearest centroids."""
-    headers = ["policy", "dist. to selected centroids (w-avg) ↓", "dist. to unselected (mean)",
-               "dist. to nearest", "hit rate: top-weighted = nearest ↑", "router top-1 = nearest ↑"]
+    """Table 2: alignment against the exact cluster posterior p* on the traced states (metrics/analyze)."""
+    headers = ["policy", "weight on the state's clusters Σ w·p* ↑", "hit rate: top-weighted = argmax p* ↑",
+               "router Σ p·p*", "router top-1 = argmax p*", "KL(p* ‖ router) ↓", "effective training points (median)"]
     rows = []
     for label, r in results.items():
         al = r["analyze"].get("alignment")
         if al is None:
             continue
-        rows.append([label, fmt(al["selected_distance"]), fmt(al["unselected_distance"]), fmt(al["nearest_distance"]),
-                     fmt(al["hit_rate"], 3), fmt(al["router_hit_rate"], 3)])
+        rows.append([label, fmt(al.get("posterior_weight"), 3), fmt(al.get("hit_rate"), 3),
+                     fmt(al.get("router_posterior_weight"), 3), fmt(al.get("router_hit_rate"), 3),
+                     fmt(al.get("kl_posterior_router"), 3), fmt(al.get("n_eff_median"), 1)])
+    return headers, rows
+
+
+def router_calibration(data: dict[str, Any]) -> Table:
+    """Router calibration by t before / after temperature scaling, next to p* (metrics/router_calibration.json)."""
+    headers = ["t", "router acc.", "p* acc.", "NLL", "NLL (T)", "Brier", "Brier (T)", "ECE", "ECE (T)",
+               "KL(p* ‖ router)", "KL (T)", "eff. training points (median)", "split-half TV", "split-half argmax agree"]
+    rows = [[fmt(r["t"]), fmt(r["router"]["accuracy"], 3), fmt(r["posterior"]["accuracy"], 3),
+             fmt(r["router"]["nll"], 3), fmt(r["calibrated"]["nll"], 3), fmt(r["router"]["brier"], 3),
+             fmt(r["calibrated"]["brier"], 3), fmt(r["router"]["ece"], 3), fmt(r["calibrated"]["ece"], 3),
+             fmt(r["kl_posterior_router"], 3), fmt(r["kl_posterior_calibrated"], 3), fmt(r["n_eff"]["median"], 1),
+             fmt(r["split_half"]["tv"], 3), fmt(r["split_half"]["argmax_agreement"], 3)] for r in data["rows"]]
     return headers, rows
 
 

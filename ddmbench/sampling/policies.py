@@ -102,6 +102,13 @@ def nucleus(p: torch.Tensor, ctx: RoutingContext, *, p_mass: float, temperature:
     return _keep(q, mask).to(p.dtype)
 
 
+def tempered(p: torch.Tensor, ctx: RoutingContext, *, temperature: float) -> torch.Tensor:
+    """Full with the router's logits divided by T: w = softmax(log p / T) = p^(1/T) renormalised.
+
+    T = 1 is full; T -> 0 is top-1 (ties split evenly); T -> inf is uniform over the experts with p > 0."""
+    return torch.softmax(torch.log(p.double()) / temperature, dim=1).to(p.dtype)  # (B, K); log 0 = -inf -> 0
+
+
 def oracle(p: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
     """One-hot on the cluster each sample was drawn for (ignores the router)."""
     if ctx.cluster is None:
@@ -124,11 +131,21 @@ class PolicySpec:
             return f"threshold-{_num(self.params['tau'])}"
         if self.name == "nucleus":
             return f"nucleus-p{_num(self.params['p_mass'])}-T{_num(self.params['temperature'])}"
+        if self.name == "posterior-top":
+            return f"posterior-top-{int(self.params['k'])}"
+        if self.name == "tempered":
+            return f"tempered-{_num(self.params['temperature'])}"
         return self.name
 
     @property
     def uses_experts(self) -> bool:
         return self.name != "monolith"
+
+    @property
+    def uses_posterior(self) -> bool:
+        """The decomposition policies route by the exact cluster posterior p* (``ddmbench.analysis.posterior``)
+        in place of the trained router: whoever builds the field must give it the posterior router."""
+        return self.name in ("posterior", "posterior-top")
 
     @property
     def uses_router(self) -> bool:
@@ -163,6 +180,9 @@ POLICIES: dict[str, Policy | None] = {
     "sample": sample_k,
     "threshold": threshold,
     "nucleus": nucleus,
+    "tempered": tempered,
+    "posterior": full,         # w = p*: the field's router is the exact posterior (PolicySpec.uses_posterior)
+    "posterior-top": top_k,    # top-k of p*
 }
 
 _NUM = r"(\d+(?:\.\d*)?(?:e[+-]?\d+)?)"
@@ -171,14 +191,17 @@ _PATTERNS: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [
     ("sample", re.compile(r"sample-(\d+)"), ("k",)),
     ("threshold", re.compile(rf"threshold-{_NUM}"), ("tau",)),
     ("nucleus", re.compile(rf"nucleus-p{_NUM}-T{_NUM}"), ("p_mass", "temperature")),
+    ("posterior-top", re.compile(r"posterior-top-(\d+)"), ("k",)),
+    ("tempered", re.compile(rf"tempered-{_NUM}"), ("temperature",)),
 ]
-LABEL_FORMS = "monolith, oracle, full, uniform, top-<k>, sample-<k>, threshold-<tau>, nucleus-p<mass>-T<temperature>"
+LABEL_FORMS = ("monolith, oracle, full, uniform, top-<k>, sample-<k>, threshold-<tau>, nucleus-p<mass>-T<temperature>, "
+               "tempered-<temperature>, posterior, posterior-top-<k>")
 
 
 def parse_policy(label: str) -> PolicySpec:
     """Parse a policy label (``top-2``, ``nucleus-p0.9-T0.5``); ValueError names the valid forms."""
     label = str(label).strip()
-    if label in ("monolith", "oracle", "full", "uniform"):
+    if label in ("monolith", "oracle", "full", "uniform", "posterior"):
         return PolicySpec(label)
     for name, pattern, keys in _PATTERNS:
         m = pattern.fullmatch(label)
@@ -190,7 +213,8 @@ def parse_policy(label: str) -> PolicySpec:
 
 def make_policy(name: str, **params: float) -> PolicySpec:
     """Build and validate a policy from its name and parameters (CLI: ``--policy nucleus --p 0.9``)."""
-    required = {"top": ("k",), "sample": ("k",), "threshold": ("tau",), "nucleus": ("p_mass", "temperature")}
+    required = {"top": ("k",), "sample": ("k",), "threshold": ("tau",), "nucleus": ("p_mass", "temperature"),
+                "tempered": ("temperature",), "posterior-top": ("k",)}
     if name not in POLICIES:
         raise ValueError(f"unknown policy '{name}'; valid policies: {', '.join(POLICIES)}")
     need = required.get(name, ())
@@ -209,5 +233,5 @@ def make_policy(name: str, **params: float) -> PolicySpec:
     if "p_mass" in params and not 0.0 < params["p_mass"] <= 1.0:
         raise ValueError(f"policy 'nucleus': p must be in (0, 1], got {params['p_mass']:g}")
     if "temperature" in params and not params["temperature"] > 0.0:
-        raise ValueError(f"policy 'nucleus': temperature must be > 0, got {params['temperature']:g}")
+        raise ValueError(f"policy '{name}': temperature must be > 0, got {params['temperature']:g}")
     return PolicySpec(name, params)
