@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, make_project, run_cli
+from conftest import Project, make_dvc_project, run_cli
 
 from ddmbench.errors import ArtifactError
 from ddmbench.tools import ablations as ab
@@ -88,7 +88,7 @@ def test_no_metrics_and_no_experiments_is_one_error(project: Project) -> None:
 @pytest.mark.slow
 def test_real_k1_run_is_collected(tmp_path: Path) -> None:
     """A one-expert DDM end to end: every routed policy is that expert, so full and top-1 give the same FID."""
-    project = make_project(tmp_path / "repo", cluster={"k": 1}, experts=[0], policies=["full", "top-1"])
+    project = make_dvc_project(tmp_path / "repo", cluster={"k": 1}, experts=[0], policies=["full", "top-1"])
     for policy in ("full", "top-1"):
         result = run_cli(project.root, "run", "--policy", policy, columns=250)
         assert result.exit_code == 0, result.output
