@@ -236,3 +236,20 @@ def test_console_progress_shows_i_of_n_and_eta(monkeypatch: pytest.MonkeyPatch, 
             advance(1)
     line = next(ln for ln in capsys.readouterr().err.splitlines() if BAR in ln)
     assert line.startswith("sample full") and "5/5" in line and re.search(r"\d:\d\d:\d\d", line)
+
+
+def test_resumed_training_bar_starts_at_its_step() -> None:
+    """A fit resumed at step 40 of 100 shows 40/100 (the stock bar would count 0/60 batches of this restart)."""
+    from types import SimpleNamespace
+
+    from rich.progress import Progress
+
+    from ddmbench.train.trainer import StepProgressBar
+
+    bar = StepProgressBar("train-expert@0 step")
+    bar._trainer = SimpleNamespace(global_step=40, max_steps=100)
+    bar.progress = Progress(disable=True)
+    assert bar.total_train_batches == 100 and bar._get_train_description(0) == "train-expert@0 step"
+    task_id = bar._add_task(bar.total_train_batches, "train-expert@0 step")
+    task = next(t for t in bar.progress.tasks if t.id == task_id)
+    assert (task.completed, task.total, task.description) == (40, 100, "train-expert@0 step")
