@@ -22,7 +22,8 @@ TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: every float key (and every float in a list) rejects .nan and +-.inf by name.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -67,13 +68,6 @@ class TrainConfig(Section):
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate (not rescaled by the number of devices).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     net: Literal[NET_PRESETS] = Field("unet-s", description=f"Network preset: {', '.join(NET_PRESETS)}.")  # type: ignore[valid-type]
-
-    @field_validator("lr", "weight_decay")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
 
 
 class FlowTrainConfig(TrainConfig):
@@ -385,7 +379,22 @@ def load_config(path: Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    check_complete(raw, path)
     return parse_config(raw, str(path.name))
+
+
+def check_complete(raw: Any, path: Path) -> None:
+    """A params file must spell out every top-level key: an empty or truncated file would otherwise run on
+    defaults (pydantic fills them, DVC does not). Sections may still omit keys inside them."""
+    if raw is None:
+        raise ConfigError(f"{path}: the params file is empty; restore it (e.g. `git checkout {path.name}` or "
+                          "copy a profile from params/)")
+    if not isinstance(raw, dict):
+        return  # parse_config names the type
+    missing = [key for key in Config.model_fields if key not in raw]
+    if missing:
+        raise ConfigError(f"{path}: missing top-level key(s) {', '.join(missing)} (a truncated file?); every "
+                          f"params file spells out all {len(Config.model_fields)}: {', '.join(Config.model_fields)}")
 
 
 def with_trainer(cfg: Config, **overrides: Any) -> Config:

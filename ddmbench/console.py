@@ -1,4 +1,8 @@
-"""Rich console output: progress bars on stderr, tables on stdout, rank-zero only under DDP."""
+"""Rich console output: progress bars on stderr, tables on stdout, rank-zero only under DDP.
+
+Bars are off with the global ``--quiet`` flag (which sets ``DDMBENCH_QUIET=1``, so the stage commands that DVC
+or Lightning's DDP launcher start inherit it) or when ``CI`` is set to anything but 0/false/no (logs then keep
+only the lines that matter)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,21 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
+QUIET_ENV = "DDMBENCH_QUIET"
+_OFF = ("", "0", "false", "no")
+
+
+def set_quiet(quiet: bool) -> None:
+    """The global ``--quiet`` flag: no progress bars in this process or the processes it starts."""
+    if quiet:
+        os.environ[QUIET_ENV] = "1"
+
+
+def bars_enabled() -> bool:
+    """False under ``--quiet`` (DDMBENCH_QUIET) or in CI (CI=true, as GitHub Actions and GitLab set it)."""
+    return all(os.environ.get(key, "").strip().lower() in _OFF for key in (QUIET_ENV, "CI"))
+
+
 def is_rank_zero() -> bool:
     """Global rank 0 under torchrun (RANK), SLURM (SLURM_PROCID) or Lightning's own launcher (LOCAL/NODE_RANK)."""
     for key in ("RANK", "SLURM_PROCID"):
@@ -26,7 +45,11 @@ def is_rank_zero() -> bool:
 
 @contextmanager
 def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)`` for a rich progress bar of ``total`` units."""
+    """Yield ``advance(n)`` for a rich progress bar of ``total`` units: `description ━━━ i/N elapsed ETA`.
+    Without bars (``bars_enabled``) ``advance`` does nothing."""
+    if not bars_enabled():
+        yield lambda n: None
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as bar:

@@ -188,6 +188,20 @@ def make_project(root: Path, **overrides: Any) -> Project:
     return project
 
 
+def make_dvc_project(root: Path, **overrides: Any) -> Project:
+    """``make_project`` plus what DVC needs: the repo's dvc.yaml and .dvcignore, a copy of the ddmbench/ code
+    (the stages' code deps; the code that runs is still the installed one) and ``dvc init --no-scm``."""
+    from dvc.repo import Repo
+
+    project = make_project(root, **overrides)
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    shutil.copytree(REPO_ROOT / "ddmbench", root / "ddmbench", ignore=shutil.ignore_patterns("__pycache__"))
+    Repo.init(str(root), no_scm=True).close()
+    (root / ".dvc" / "config").write_text("[core]\n    no_scm = True\n    analytics = false\n")
+    return project
+
+
 def run_cli(root: Path, *args: str, columns: int = 200) -> Any:
     """Run the CLI in-process from the repo root ``root`` (outputs go under the cwd) with its params.yaml;
     return typer's Result (exit_code, output), whatever the exit code."""

@@ -107,6 +107,18 @@ def _dataset_without_labels(p: Project) -> None:
     save_tensors(p.paths.dataset, blob)
 
 
+def _truncate_params_before(line: str) -> Callable[[Project], None]:
+    """params.yaml cut at the start of ``line`` (a file cut short by a full disk or an interrupted copy)."""
+    def setup(p: Project) -> None:
+        text = p.params.read_text()
+        p.params.write_text(text[:text.index(f"\n{line}") + 1])
+    return setup
+
+
+def _copy_params(name: str) -> Callable[[Project], None]:
+    return lambda p: shutil.copy(p.params, p.root / name)
+
+
 def _malformed_baseline(p: Project) -> None:
     write_json(p.root / "baseline.json", {"metrics": {"evaluate/full.json:fid": {"value": "forty"}}})
 
@@ -174,6 +186,24 @@ CASES = [
     Case("malformed-yaml", ["cluster"], ("params.yaml", "not valid YAML at line"), raw_params="seed: 0\ncluster: [k: 2\n"),
     Case("params-not-a-mapping", ["prepare"], ("params.yaml", "expected a mapping", "list"), raw_params="- seed\n- 0\n"),
     Case("missing-params-file", ["cluster", "--params", "nope.yaml"], ("nope.yaml", "not found"), with_params=False),
+    Case("empty-params-file", ["cluster"], ("params.yaml", "the params file is empty"), raw_params=""),
+    Case("params-file-of-comments-only", ["prepare"], ("params.yaml", "empty"), raw_params="# emptied by mistake\n"),
+    Case("truncated-params-file", ["train-router"], ("params.yaml", "missing top-level key(s) sample, policies",
+                                                     "a truncated file?"), setup=_truncate_params_before("sample:")),
+    Case("truncated-params-file-mid-line", ["cluster"], ("params.yaml", "not valid YAML at line"),
+         raw_params="seed: 0\ncluster:\n  k: [2, \n"),
+    Case("nan-float-timeout", ["prepare"], ("data.download_timeout_s", "finite number", "nan"),
+         params={"data": {"download_timeout_s": float("nan")}}),
+    Case("minus-inf-ema-decay", ["train-expert", "--expert", "0"], ("expert.ema_decay", "finite number", "-inf"),
+         params={"expert": {"ema_decay": float("-inf")}}),
+    Case("inf-in-a-float-list", ["analyze", "--policy", "full"], ("analysis.eps.1", "finite number", "inf"),
+         params={"analysis": {"eps": [0.1, float("inf")]}}),
+    Case("nan-lipschitz-delta", ["analyze", "--policy", "full"], ("analysis.lipschitz_delta", "nan"),
+         params={"analysis": {"lipschitz_delta": float("nan")}}),
+    Case("run-with-another-params-file", ["run", "--policy", "full", "--params", "other.yaml"],
+         ("--params other.yaml", "reads params.yaml", "cp other.yaml params.yaml"), setup=_copy_params("other.yaml"),
+         with_params=False),
+    Case("run-outside-a-dvc-project", ["run", "--policy", "full"], ("no dvc.yaml", "repo root")),
     Case("missing-checksum-file", ["prepare"], ("none.sha256", "data.checksums"),
          params={"data": {"checksums": "data/none.sha256"}}),
     # dataset files

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import Project, invoke, make_images, make_project
+from conftest import Project, invoke, make_dvc_project, make_images
 from PIL import Image
 
 from ddmbench.config import parse_config
@@ -340,7 +340,7 @@ def test_grids_are_rgb_for_three_channels_and_gray_for_one(tmp_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def cifar_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    project = make_project(tmp_path_factory.mktemp("cifar-e2e") / "repo")
+    project = make_dvc_project(tmp_path_factory.mktemp("cifar-e2e") / "repo")
     write_cifar(project.root / "data")
     project.update(data={"dataset": "cifar10", "checksums": "data/cifar10.sha256"})
     folder = project.root / "data" / cifar.FOLDER

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,82 @@ def test_no_args_shows_help(runner: CliRunner) -> None:
     result = runner.invoke(app, [])
     assert result.exit_code == 2  # typer's no_args_is_help exits 2 (ECOSYSTEM section 6)
     assert "prepare" in result.output
+
+
+# ------------------------------------------------------------------------------------------------
+# progress bars: optimizer steps with an ETA; none under --quiet or in CI
+# ------------------------------------------------------------------------------------------------
+
+BAR = "━"
+
+
+@pytest.fixture
+def prepared(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
+    from ddmbench.pipeline import prepare
+
+    monkeypatch.setenv("DDMBENCH_QUIET", "0")  # undone after the test: --quiet sets it to 1 for child processes
+    monkeypatch.delenv("CI", raising=False)
+    project.update(evaluator={"steps": 7}, trainer={"checkpoint_every_n_steps": 3})
+    prepare.run(project.config(), project.paths)
+    return project
+
+
+def test_training_bar_counts_steps_with_an_eta(prepared: Project) -> None:
+    from conftest import run_cli
+
+    output = run_cli(prepared.root, "train-evaluator").output
+    bar = next((ln for ln in output.splitlines() if BAR in ln), None)
+    assert bar is not None, output
+    assert bar.lstrip().startswith("train-evaluator step") and "7/7" in bar and "Epoch" not in output
+    assert re.search(r"\d+:\d\d:\d\d • \d+:\d\d:\d\d", bar), bar       # elapsed • remaining (the ETA)
+
+
+@pytest.mark.parametrize("how", ["--quiet", "CI=true"])
+def test_quiet_or_ci_prints_no_bar(prepared: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                   how: str) -> None:
+    from conftest import run_cli
+
+    if how == "CI=true":
+        monkeypatch.setenv("CI", "true")
+    args = ["--quiet"] if how == "--quiet" else []
+    output = run_cli(prepared.root, *args, "train-evaluator").output
+    assert BAR not in output and " step" not in output, output
+    assert (prepared.root / "outputs" / "evaluator.pt").exists()
+    from ddmbench.console import progress
+
+    capsys.readouterr()
+    with progress("anything", 3) as advance:  # sampling, analyses, expert accuracy
+        advance(3)
+    assert BAR not in capsys.readouterr().err
+
+
+def test_console_progress_shows_i_of_n_and_eta(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from ddmbench.console import bars_enabled, progress
+
+    for value, on in (("", True), ("0", True), ("false", True), ("true", False), ("1", False)):
+        monkeypatch.setenv("CI", value)
+        monkeypatch.setenv("DDMBENCH_QUIET", "0")
+        assert bars_enabled() is on, value
+    monkeypatch.setenv("CI", "")
+    with progress("sample full", 5) as advance:
+        for _ in range(5):
+            advance(1)
+    line = next(ln for ln in capsys.readouterr().err.splitlines() if BAR in ln)
+    assert line.startswith("sample full") and "5/5" in line and re.search(r"\d:\d\d:\d\d", line)
+
+
+def test_resumed_training_bar_starts_at_its_step() -> None:
+    """A fit resumed at step 40 of 100 shows 40/100 (the stock bar would count 0/60 batches of this restart)."""
+    from types import SimpleNamespace
+
+    from rich.progress import Progress
+
+    from ddmbench.train.trainer import StepProgressBar
+
+    bar = StepProgressBar("train-expert@0 step")
+    bar._trainer = SimpleNamespace(global_step=40, max_steps=100)
+    bar.progress = Progress(disable=True)
+    assert bar.total_train_batches == 100 and bar._get_train_description(0) == "train-expert@0 step"
+    task_id = bar._add_task(bar.total_train_batches, "train-expert@0 step")
+    task = next(t for t in bar.progress.tasks if t.id == task_id)
+    assert (task.completed, task.total, task.description) == (40, 100, "train-expert@0 step")

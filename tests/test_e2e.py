@@ -1,4 +1,4 @@
-"""End to end on the tiny synthetic project: `ddmbench run` trains what is missing, samples and evaluates;
+"""End to end on the tiny synthetic project: `ddmbench run` reproduces what DVC finds stale, samples and evaluates;
 sampling is reproducible; sparse policies cost what they should; experts' saved EMA weights are trained."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project, invoke, make_project, run_cli
+from conftest import Project, invoke, make_dvc_project, run_cli
 
 from ddmbench.data.datasets import load_prepared, to_model_space
 from ddmbench.io import load_tensors
@@ -28,8 +28,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, str]]:
-    """`ddmbench run --policy full` from scratch (prepare, cluster, evaluator, router, 2 experts, sample, evaluate)."""
-    project = make_project(tmp_path_factory.mktemp("e2e") / "repo")
+    """`ddmbench run --policy full` from scratch through DVC (prepare, cluster, evaluator, router, 2 experts, the
+    monolith that dvc.yaml's sample stage also reads, sample, evaluate, analyze)."""
+    project = make_dvc_project(tmp_path_factory.mktemp("e2e") / "repo")
     output = invoke(project.root, "run", "--policy", "full")
     yield project, output
 
@@ -52,7 +53,7 @@ def test_run_full_trains_everything_and_evaluates(trained: tuple[Project, str]) 
     paths = project.paths
     for stage in ("prepare", "cluster", "train-evaluator", "train-router", "train-expert@0", "train-expert@1"):
         assert f"{stage}:" in output, stage
-    assert "train-monolith" not in output  # `full` needs no monolith
+    assert "sample@top-1" not in output and "report:" not in output  # only the stages `full` needs
     for path in (paths.dataset, paths.clusters, paths.model("evaluator"), paths.model("router"),
                  paths.expert(0), paths.expert(1), paths.samples("full")):
         assert path.exists(), path
@@ -153,15 +154,18 @@ def test_report_after_all_policies(copy_of: Project) -> None:
 def test_run_again_trains_nothing(copy_of: Project) -> None:
     weights = {p: p.stat().st_mtime_ns for p in (copy_of.root / "outputs").rglob("*.pt") if "samples" not in p.parts}
     output = invoke(copy_of.root, "run", "--policy", "top-1")
-    assert "is missing, running it" not in output
+    for stage in ("prepare", "train-evaluator", "cluster", "train-router", "train-expert@0", "train-expert@1"):
+        assert f"{stage}: up to date" in output, stage
     assert {p: p.stat().st_mtime_ns for p in weights} == weights
     assert math.isfinite(_json(copy_of.paths.eval_metrics("top-1"))["fid"])
 
 
-def test_monolith_policy_trains_only_the_monolith(copy_of: Project) -> None:
-    output = invoke(copy_of.root, "run", "--policy", "monolith")
-    assert "train-monolith:" in output and "train-expert" not in output and "train-router" not in output
-    cost = _json(copy_of.paths.sample_metrics("monolith"))
+def test_monolith_policy_needs_only_the_monolith(copy_of: Project) -> None:
+    from ddmbench.pipeline.run import AdhocPaths
+
+    output = invoke(copy_of.root, "run", "--policy", "monolith")  # not in `policies`: sampled outside DVC
+    assert "train-monolith: up to date" in output and "train-expert" not in output and "train-router" not in output
+    cost = _json(AdhocPaths(copy_of.root).sample_metrics("monolith"))
     assert cost["expert_evals_per_image"] == 3 and cost["router_evals_per_image"] == 0
     assert _json(copy_of.paths.model_metrics("monolith"))["steps"] == 20
 

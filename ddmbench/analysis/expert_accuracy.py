@@ -67,8 +67,10 @@ def summarise(t: float, e: torch.Tensor, p: torch.Tensor, full: torch.Tensor, cl
 
 
 def expert_accuracy(experts: Sequence[Model], router: Model, x0: torch.Tensor, cluster: torch.Tensor,
-                    ts: Sequence[float], seed: int, batch: int = 250) -> dict[str, Any]:
-    """The per-expert accuracy table over the t grid for held-out images x0 (N, C, H, W) of clusters (N,).
+                    ts: Sequence[float], seed: int, batch: int = 250,
+                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The per-expert accuracy table over the t grid for held-out images x0 (N, C, H, W) of clusters (N,);
+    ``progress(1)`` after each t.
 
     The noise comes from one generator seeded with ``seed``, drawn t by t, so a run replays exactly.
     Layout: {"t": [...], "n": N, "k": K, "rows": [{"t": .., "selected_top1": .., ...}, ...]}.
@@ -76,5 +78,9 @@ def expert_accuracy(experts: Sequence[Model], router: Model, x0: torch.Tensor, c
     if len(x0) != len(cluster) or len(x0) == 0:
         raise ValueError(f"need one cluster per image, got {len(x0)} images and {len(cluster)} clusters")
     g = torch.Generator().manual_seed(seed)
-    rows = [summarise(t, *errors_at(experts, router, x0, t, g, batch), cluster.long()) for t in ts]
+    rows = []
+    for t in ts:
+        rows.append(summarise(t, *errors_at(experts, router, x0, t, g, batch), cluster.long()))
+        if progress is not None:
+            progress(1)
     return {"t": [float(t) for t in ts], "n": len(x0), "k": len(experts), "rows": rows}

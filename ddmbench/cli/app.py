@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from ddmbench.config import Config, load_config, with_trainer
-from ddmbench.console import err_console
+from ddmbench.console import err_console, set_quiet
 from ddmbench.errors import ConfigError, DDMBenchError
 from ddmbench.pipeline.paths import Paths
 from ddmbench.sampling.policies import LABEL_FORMS, POLICIES, PolicySpec, make_policy
@@ -31,6 +31,14 @@ TempOption = Annotated[Optional[float], typer.Option("--temperature", help="Temp
 DevicesOption = Annotated[Optional[int], typer.Option("--devices", help="Devices (processes) per node; overrides "
                                                       "trainer.devices. batch_size stays per device.")]
 NodesOption = Annotated[Optional[int], typer.Option("--num-nodes", help="Nodes; overrides trainer.num_nodes.")]
+
+
+@app.callback()
+def options(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (for logs; also off when "
+                                                "the CI environment variable is set). Tables and errors still print.")
+                             ] = False) -> None:
+    """Benchmark harness for Decentralized Diffusion Models (DDMs) on MNIST."""
+    set_quiet(quiet)
 
 
 def context(params: Path) -> tuple[Config, Paths]:

@@ -23,6 +23,7 @@ from ddmbench.cli.app import (
     policy_option,
     train_context,
 )
+from ddmbench.errors import ConfigError
 
 
 @app.command()
@@ -170,17 +171,21 @@ def report(params: ParamsOption = Path("params.yaml")) -> None:
 @app.command()
 def run(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
         tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:
-    """Sample and evaluate one policy, training whatever is missing first; prints a table.
+    """Bring one policy's results up to date through DVC (`dvc repro` of its stages), then print a table.
 
-    Missing means the output file does not exist; `dvc repro` is the staleness-aware way to rebuild.
+    DVC decides what is stale from params and dependency hashes (dvc.lock). A policy not listed in
+    `policies` is sampled, evaluated and analysed outside DVC, into outputs/adhoc/ and metrics/adhoc/.
     """
     from ddmbench.pipeline import run as pipeline
 
     def body() -> None:
+        root = Path.cwd()
+        if params.resolve() != (root / "params.yaml").resolve():
+            raise ConfigError(f"--params {params}: `ddmbench run` goes through DVC, which reads params.yaml in the "
+                              f"repo root; copy it there (cp {params} params.yaml) or run the stage commands with "
+                              "--params instead")
         cfg, paths = context(params)
         spec = policy_option(cfg, policy, k, tau, p, temperature)
-        result = pipeline.run_policy(cfg, paths, spec)
-        if result is not None:
-            pipeline.print_result(spec, result)
+        pipeline.print_result(spec, pipeline.run_policy(cfg, paths, spec))
 
     guard(body)

@@ -9,6 +9,7 @@ import torch
 from ddmbench import streams
 from ddmbench.analysis.expert_accuracy import expert_accuracy
 from ddmbench.config import Config, config_to_dict
+from ddmbench.console import progress
 from ddmbench.data.datasets import load_prepared, shape_of_images, to_model_space
 from ddmbench.io import ensure_writable, write_json
 from ddmbench.pipeline.artifacts import build_field, load_clusters
@@ -25,8 +26,10 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     pick = torch.randperm(len(ds["test_x"]), generator=streams.expert_accuracy_subset(cfg.seed))[:n]
     field = build_field(cfg, paths, cfg.policy("full"), torch.device("cpu"),  # checked experts + router
                         image_shape=shape_of_images(ds["test_x"]))
-    data = expert_accuracy(field.experts, field.router, to_model_space(ds["test_x"][pick]),
-                           clusters["test_assignments"][pick], cfg.analysis.accuracy_t, seed=cfg.seed)
+    with progress("expert-accuracy t", len(cfg.analysis.accuracy_t)) as advance:
+        data = expert_accuracy(field.experts, field.router, to_model_space(ds["test_x"][pick]),
+                               clusters["test_assignments"][pick], cfg.analysis.accuracy_t, seed=cfg.seed,
+                               progress=advance)
     data["seed"] = cfg.seed
     write_json(paths.expert_accuracy, data)
     flat = {f"t{row['t']:g}/{key}": value for row in data["rows"] for key, value in row.items() if key != "t"}

@@ -54,7 +54,7 @@ def train_flow(cfg: Config, paths: Paths, *, kind: str, run_name: str, section: 
     net.eval()
     metrics = summarise(result, {"steps": steps, "n_train": len(images), "params": sum(p.numel() for p in net.parameters()),
                                  "heldout_loss": heldout_loss(net, to_model_space(heldout), seed)})
-    save_weights(out, net, {"kind": kind, "net": section.net, "image_shape": list(shape), **meta})
+    save_weights(out, net, {"kind": kind, "net": section.net, "image_shape": list(shape), "steps": steps, **meta})
     write_json(metrics_path, metrics)
     result.discard_checkpoints()
     mirror(cfg, paths, run_name, run_name.split("@")[0], {kind: section.model_dump(mode="json"), "seed": seed,
