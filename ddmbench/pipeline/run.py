@@ -12,6 +12,7 @@ from rich.table import Table
 from ddmbench.config import Config
 from ddmbench.console import console, is_rank_zero
 from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.tracking import stage_clock
 from ddmbench.sampling.policies import PolicySpec
 
 
@@ -45,11 +46,16 @@ def run_policy(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any] | 
         if not output.exists():
             if is_rank_zero():
                 console.print(f"[bold]{name}[/]: {output.relative_to(paths.root)} is missing, running it")
-            step()
+            with stage_clock():  # each stage's MLflow run starts with its own work
+                step()
     if not is_rank_zero():
         return None
-    sample.run(cfg, paths, spec)
-    return {**evaluate.run(cfg, paths, spec), "analysis": analyze.run(cfg, paths, spec)}
+    with stage_clock():
+        sample.run(cfg, paths, spec)
+    with stage_clock():
+        evaluated = evaluate.run(cfg, paths, spec)
+    with stage_clock():
+        return {**evaluated, "analysis": analyze.run(cfg, paths, spec)}
 
 
 def print_result(spec: PolicySpec, m: dict[str, Any]) -> None:
