@@ -4,6 +4,7 @@ the per-t curves also go to reports/plots/ for `dvc plots show`, everything to M
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,14 +16,54 @@ from ddmbench.io import ensure_writable, load_tensors, read_json, write_json, wr
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.report import figures, tables
-from ddmbench.report.document import Document, fmt, save_grid
-from ddmbench.report.summary import dissociation, summary_text
+from ddmbench.report.document import Document, fmt, fmt_ci, markdown_table, save_grid
+from ddmbench.report.summary import dissociation, sparse_reference, summary_text
 
 # (curve field, y label, log scale) for the per-t figures and DVC plots
-CURVES = (("lipschitz", "local Lipschitz estimate of the combined field", True),
-          ("hit_rate", "hit rate: top-weighted expert = nearest centroid", False),
-          ("selected_distance", "distance of x̂₀ to the selected centroids", False),
-          ("disagreement_router", "router-weighted expert disagreement", True))
+CURVES = (("lipschitz", "local Lipschitz ‖Δv‖/‖Δx‖ of the combined field (1/unit t)", True),
+          ("hit_rate", "hit rate: top-weighted expert = nearest centroid (fraction)", False),
+          ("selected_distance", "distance of x̂₀ to the selected centroids (clustering-feature L2)", False),
+          ("disagreement_router", "router-weighted expert disagreement (velocity variance per pixel)", True))
+
+# The headline: the declared primary contrasts, one row per (policy, versus, metric).
+HEADLINE_KEYS = ("policy", "versus", "metric", "estimate", "ci95", "estimand", "p_value", "verdict")
+
+
+def headline_contrasts(results: tables.Results, contrast: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The primary contrasts as dicts with HEADLINE_KEYS, from metrics/contrast.json.
+
+    Until primary hypotheses are declared in params, the primary contrast is the dissociation's: the sparse
+    reference policy (top-2, else the best top-k) minus full, in FID and in amplification at the headline ε.
+    Reads both contrast.json layouts: {delta, delta_ci95, verdict, wilcoxon_p} and {estimate, ci95,
+    estimand, p_value, verdict}. This is the one place to re-point at declared hypotheses' verdicts.
+    """
+    sparse, key = sparse_reference(results), tables.headline_eps(results)
+    paired = (contrast or {}).get("contrasts", {}).get(sparse or "")
+    if paired is None:
+        return []
+    versus = (contrast or {}).get("reference") or "full"
+    n = results[sparse]["evaluate"].get("n_fake")
+    rows = []
+    for metric, entry, estimand in (
+            ("FID", paired.get("fid"), f"paired difference of FID at N={n} ({sparse} − {versus}, same seeds)"),
+            (f"amplification ε={tables.eps_value(key)}", paired.get("amplification", {}).get(key),
+             f"mean per-seed difference of amplification ({sparse} − {versus}, same seeds and directions)")):
+        if entry is None:
+            continue
+        rows.append({"policy": sparse, "versus": versus, "metric": metric,
+                     "estimate": entry.get("estimate", entry.get("delta")),
+                     "ci95": entry.get("ci95", entry.get("delta_ci95")),
+                     "estimand": entry.get("estimand", estimand),
+                     "p_value": entry.get("p_value", entry.get("wilcoxon_p")), "verdict": entry.get("verdict")})
+    return rows
+
+
+def headline_table(rows: list[dict[str, Any]]) -> tables.Table:
+    """The headline rows as (headers, rows) of strings."""
+    headers = ["contrast", "metric", "estimate [95% CI]", "p", "verdict", "estimand"]
+    return headers, [[f"{r['policy']} − {r['versus']}", r["metric"], fmt_ci(r["estimate"], r["ci95"], 3),
+                      "–" if r["p_value"] is None else f"{r['p_value']:.2g}", str(r["verdict"] or "–"),
+                      r["estimand"]] for r in rows]
 
 
 def collect(cfg: Config, paths: Paths) -> tuple[tables.Results, dict[str, list[dict[str, Any]]]]:
@@ -58,11 +99,30 @@ def setup_rows(cfg: Config, paths: Paths, results: tables.Results) -> list[list[
 
 def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, list[dict[str, Any]]],
           accuracy: dict[str, Any] | None, contrast: dict[str, Any] | None = None) -> Document:
+    def src(*files: Path) -> str:
+        return "Source: " + ", ".join(f.relative_to(paths.root).as_posix() for f in files)
+
+    each_eval, each_analyze = paths.eval_metrics("<policy>"), paths.analysis_metrics("<policy>")
     doc = Document("ddmbench report")
+    doc.contents()
+    doc.heading("Headline result")
+    headline = headline_contrasts(results, contrast)
+    if headline:
+        doc.paragraph("The primary contrast, paired by seed: the estimate of the difference with its 95% "
+                      "interval; the verdict 'lower'/'higher' means the interval excludes 0 (α = 0.05), "
+                      "'not separable' that it contains 0. Below, the two policies' samples from the same seeds.")
+        doc.table(*headline_table(headline), caption=src(paths.contrast_metrics), css="headline")
+        shown = [headline[0]["versus"], headline[0]["policy"]]
+        doc.images([(paths.sample_grid(label), label) for label in shown if label in results])
+    else:
+        doc.paragraph("No primary contrast on this run: it needs `full` and a `top-k` policy in `policies` and "
+                      "`ddmbench contrast` (the DVC pipeline runs it).")
     doc.heading("Summary")
     doc.paragraph(summary_text(results, contrast))
     doc.heading("Setup")
-    doc.table(["quantity", "value"], setup_rows(cfg, paths, results))
+    doc.table(["quantity", "value"], setup_rows(cfg, paths, results),
+              caption="the resolved params; " + src(paths.cluster_metrics, paths.model_metrics("router"), paths.model_metrics("evaluator"),
+                          paths.expert_metrics("<k>"), each_eval))
 
     doc.heading("Table 1 — routing policy vs quality, stability and cost")
     doc.paragraph("FID and KID: torchmetrics in the evaluator classifier's feature space against the test split, "
@@ -74,7 +134,7 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   f"{cfg.analysis.reference_factor}× as many; order: slope of log error over the step ladder "
                   "(1 for Euler on a smooth field). Cost: expert forward passes per image (sparse dispatch), "
                   "GFLOPs measured with torch.utils.flop_counter, sampling throughput.")
-    doc.table(*tables.quality_stability_cost(results))
+    doc.table(*tables.quality_stability_cost(results), caption=src(each_eval, each_analyze))
     doc.image(paths.figure("fid_vs_amplification"), "FID against amplification per policy (95% intervals)")
     drawn = {name: paths.figure(f"curve_{name}") for name, _, _ in CURVES}
     if drawn["lipschitz"].exists():
@@ -86,7 +146,7 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   "unselected ones (mean; – when every expert carries weight), and to the nearest centroid; hit "
                   "rate: the top-weighted expert's centroid is the nearest one. Policies without a router or "
                   "with uniform weights name no top expert (–).")
-    doc.table(*tables.alignment(results))
+    doc.table(*tables.alignment(results), caption=src(each_analyze) + " (alignment)")
     for name in ("hit_rate", "selected_distance"):
         if drawn[name].exists():
             doc.image(drawn[name], name.replace("_", " ") + " over t")
@@ -98,7 +158,7 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
         doc.paragraph(f"Velocity MSE against the true target ε − x₀ on {accuracy.get('n', '?')} held-out test images "
                       "noised to each t: experts the router selects vs those it does not, the full ensemble's "
                       "router-weighted prediction, and the image's own cluster's expert (oracle).")
-        doc.table(*tables.expert_accuracy(accuracy))
+        doc.table(*tables.expert_accuracy(accuracy), caption=src(paths.expert_accuracy))
 
     doc.heading("Table 4 — disagreement vs quality")
     doc.paragraph("Disagreement: weighted variance of the experts' velocity predictions around the combined "
@@ -107,12 +167,12 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   "of per-sample policy-weighted disagreement with the evaluator's confidence and with the "
                   "distance to the nearest real feature; FID of the samples in the lowest and highest "
                   "disagreement quantile (small groups: compare within a row, not with Table 1).")
-    doc.table(*tables.disagreement(results))
+    doc.table(*tables.disagreement(results), caption=src(each_analyze) + " (disagreement)")
     if drawn["disagreement_router"].exists():
         doc.image(drawn["disagreement_router"], "router-weighted disagreement over t")
 
     doc.heading("Table 5 — inference strategies (layout of McAllister et al. Table 1)")
-    doc.table(*tables.inference_strategies(results))
+    doc.table(*tables.inference_strategies(results), caption=src(each_eval))
 
     doc.heading("Table 6 — paired contrasts against the full ensemble")
     if contrast is None:
@@ -127,11 +187,10 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                       "is the fraction where the policy is below full, with a Wilcoxon signed-rank p-value. "
                       "'lower'/'higher': the interval excludes 0. Paired intervals are narrower than Table 1's "
                       "marginal ones side by side, because per-seed results of two policies are correlated.")
-        doc.table(*tables.contrasts(contrast, tables.headline_eps(results)))
+        doc.table(*tables.contrasts(contrast, tables.headline_eps(results)), caption=src(paths.contrast_metrics))
 
     doc.heading("Samples (first 64 seeds; the same seeds for every policy)")
-    for label in results:
-        doc.image(paths.sample_grid(label), label)
+    doc.images([(paths.sample_grid(label), label) for label in results])
     return doc
 
 
@@ -178,8 +237,18 @@ def run(cfg: Config, paths: Paths) -> tables.Results:
     console.print(f"wrote {paths.report_md.relative_to(paths.root)} and {paths.report_html.relative_to(paths.root)}")
     verdict = dissociation(results, contrast)
     figs = sorted(p for p in paths.figure("x").parent.glob("*.png"))
+    headline = headline_contrasts(results, contrast)
+    note = ("Report of this configuration: `report.html` (self-contained) and `report.md` in this run's "
+            "artifacts; each table under `tables/`, figures under `figures/`, sample grids under `samples/`. "
+            f"Local copy: {paths.report_html.resolve().as_uri()}")
+    if headline:
+        note += "\n\n**Headline result**\n\n" + markdown_table(*headline_table(headline))
     mirror(cfg, paths, "report", "report", {"policies": ",".join(cfg.policies)},
            {"dissociation_holds": float(bool(verdict["holds"])) if verdict["holds"] is not None else None,
-            **{label: {"fid": r["evaluate"]["fid"], "kid": r["evaluate"]["kid"]} for label, r in results.items()}},
-           [paths.report_md, paths.report_html, *plot_files, *figs] + [paths.sample_grid(label) for label in results])
+            **{label: {"fid": r["evaluate"]["fid"], "kid": r["evaluate"]["kid"]} for label, r in results.items()},
+            "headline": {r["metric"].split()[0].lower(): {"estimate": r["estimate"], "ci95": r["ci95"]} for r in headline}},
+           [paths.report_md, paths.report_html, *((f, "plots") for f in plot_files), *((f, "figures") for f in figs),
+            *((paths.sample_grid(label), "samples") for label in results)],
+           tags={"mlflow.note.content": note, "report_html": paths.report_html.resolve().as_uri()},
+           text={f"tables/{name}": text for name, text in doc.named_tables().items()})
     return results
