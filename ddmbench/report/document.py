@@ -47,15 +47,17 @@ def anchor(text: str) -> str:
     return kept.replace(" ", "-")
 
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;line-height:1.45;"
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;line-height:1.45;"
          "color:#222}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}"
          "nav.toc{background:#f7f7f7;border:1px solid #e3e3e3;padding:.4em 1em;display:inline-block}"
          "nav.toc ol{margin:.3em 0;padding-left:1.4em}"
          "table{border-collapse:collapse;margin:1em 0;font-size:.88em}"
          "caption{caption-side:bottom;text-align:left;font-size:.85em;color:#555;padding-top:.3em}"
-         "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+         "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}td span{white-space:nowrap}"
+         ".scroll{overflow-x:auto}"
          "th:first-child,td:first-child{text-align:left}thead{background:#f3f3f3}"
          "table.headline td,table.headline th{font-size:1.05em}"
+         "table.headline td:last-child{white-space:normal;text-align:left;min-width:18em}"
          "figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:100%}"
          "figcaption{font-size:.85em;color:#555;text-align:center}"
          ".row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}"
@@ -142,16 +144,25 @@ class Document:
                 body.append(f'<nav class="toc"><strong>Contents</strong><ol>{items}</ol></nav>')
             elif kind == "table":
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-                rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in block[2])
+                rows = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in block[2])
                 caption = f"<caption>{html.escape(block[3])}</caption>" if block[3] else ""
                 css = f' class="{block[4]}"' if block[4] else ""
-                body.append(f"<table{css}>{caption}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+                body.append(f'<div class="scroll"><table{css}>{caption}<thead><tr>{head}</tr></thead>'
+                            f"<tbody>{rows}</tbody></table></div>")
             elif kind == "row":
                 body.append('<div class="row">' + "".join(_figure(path, alt) for path, alt in block[1]) + "</div>")
             else:
                 body.append(_figure(block[1], block[2]))
         return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}</title>"
                 f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _cell(text: str) -> str:
+    """A table cell whose value and interval ('1.23 [0.9, 1.5]') may go on two lines but never break inside."""
+    point, sep, interval = text.partition(" [")
+    if not sep:
+        return f"<span>{html.escape(text)}</span>" if len(text) <= 24 else html.escape(text)
+    return f"<span>{html.escape(point)}</span> <span>[{html.escape(interval)}</span>"
 
 
 def _figure(path: Path, alt: str) -> str:

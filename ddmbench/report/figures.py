@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from ddmbench.io import atomic_path  # noqa: E402
 from ddmbench.report.tables import Results, eps_value, headline_eps  # noqa: E402
@@ -75,6 +76,11 @@ def curves_over_t(curves: dict[str, list[dict[str, Any]]], field: str, ylabel: s
     ax.set_ylabel(ylabel, fontsize=9)
     if log:
         ax.set_yscale("log")
+        # plain numbers (1.5, not 1.5×10⁰); minor ticks labelled only when the data span less than a decade
+        plain = ticker.FuncFormatter(lambda v, _: f"{v:.3g}")
+        ax.yaxis.set_major_formatter(plain)
+        ys = [y for rows in curves.values() for row in rows if (y := row.get(field)) is not None and y > 0]
+        ax.yaxis.set_minor_formatter(plain if ys and max(ys) < 10 * min(ys) else ticker.NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend(title="policy", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
               borderaxespad=0)
