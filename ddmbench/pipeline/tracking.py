@@ -2,8 +2,10 @@
 
 How the runs look in ``mlflow ui`` (MLflow 3):
 
-- The experiment carries ``mlflow.experimentKind = custom_model_development``, so the UI opens it on its
-  runs ("Model training") instead of the GenAI traces overview.
+- The experiment carries ``mlflow.experimentKind = custom_model_development``, MLflow's mark of a
+  model-training experiment. (The 3.17 UI lets its GenAI / Model training switch override the tag: the
+  switch comes from the URL's ``?workflowType=machine_learning``, then from the browser's memory, and
+  starts on GenAI; the README gives the link that opens the runs.)
 - **Grouping: one parent run per pipeline configuration**, keyed by the digest of the resolved config
   (without the ``tracking`` section: where results are logged is not what produced them) and the git
   commit. Every stage run is nested under it (``mlflow.parentRunId``), so the runs table shows one
@@ -15,7 +17,7 @@ How the runs look in ``mlflow ui`` (MLflow 3):
   results describe, not with a repro that ran two stages. Two stages creating the parent at once converge on
   the oldest one and delete the other.
 - Each stage run starts when the stage's work began (``stage_clock()``, opened by the CLI around every
-  command and by ``ddmbench run`` around every step) and ends when its results were mirrored, so durations
+  command and by ``ddmbench run`` around every step) and ends when the stage hands its results over, so durations
   in the UI are those of the work. The parent spans its first stage's start to its latest stage's end.
 - Standard tags (``mlflow.source.git.commit``, ``mlflow.source.name`` = the stage's module,
   ``mlflow.source.type``, ``mlflow.runName``, ``mlflow.user``) plus ``stage``/``dvc_stage``/``dvc_exp``;
@@ -188,7 +190,8 @@ def _parent_run(client: Any, exp_id: str, cfg: Config, commit: str) -> str:
     found = _pipeline_runs(client, exp_id, digest, commit)
     if found:
         return found[0].info.run_id
-    tags = {KIND_TAG: "pipeline", DIGEST_TAG: digest, "mlflow.source.type": "LOCAL", "mlflow.user": _user(),
+    tags = {KIND_TAG: "pipeline", DIGEST_TAG: digest, "mlflow.source.name": "dvc.yaml",
+            "mlflow.source.type": "LOCAL", "mlflow.user": _user(),
             "mlflow.note.content": f"All stage runs of one configuration (config digest {digest[:12]}, "
                                    f"commit {commit[:12]}); each stage run is nested under this one."}
     if commit != "none":
@@ -234,9 +237,8 @@ def start_stage_run(client: Any, cfg: Config, paths: Paths, run_name: str, stage
     return run.info.run_id
 
 
-def _finish(client: Any, run_id: str) -> None:
-    """End the run now and stretch its parent's end time to cover it."""
-    end = now_ms()
+def _finish(client: Any, run_id: str, end: int) -> None:
+    """End the run at ``end`` (ms) and stretch its parent's end time to cover it."""
     client.set_terminated(run_id, "FINISHED", end_time=end)
     parent = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
     if parent:
@@ -249,8 +251,9 @@ def mirror(cfg: Config, paths: Paths, run_name: str, stage: str, params: Mapping
            run_id: str | None = None, tags: Mapping[str, str] | None = None,
            text: Mapping[str, str] | None = None) -> str | None:
     """Log params, numeric metrics, tags, artefact files (a path, or (path, artifact folder)) and ``text``
-    ({artifact file: content}) to a stage run (new, or ``run_id`` made by ``lightning_logger``), then end it
-    now; the run's id, or None (warned)."""
+    ({artifact file: content}) to a stage run (new, or ``run_id`` made by ``lightning_logger``), ending it
+    at this call (the stage's work is done; MLflow's own overhead is not the stage's); the run's id, or None."""
+    end = now_ms()
     uri = tracking_uri(cfg, paths)
     if not cfg.tracking.enabled or uri in _FAILED_URIS:
         return None
@@ -270,7 +273,7 @@ def mirror(cfg: Config, paths: Paths, run_name: str, stage: str, params: Mapping
                 client.log_artifact(run_id, str(path), folder)
         for name, content in (text or {}).items():
             client.log_text(run_id, content, name)
-        _finish(client, run_id)
+        _finish(client, run_id, end)
         return run_id
     except Exception as exc:  # tracking must never cost a result
         _give_up(uri, f"MLflow tracking failed for '{run_name}' at {uri} ({first_line(exc)}); "
