@@ -73,7 +73,8 @@ def guard(fn: Callable[[], Any]) -> Any:
 
     tracking.forget_failures()  # one warning per command for an unreachable MLflow, even in-process
     try:
-        return fn()
+        with tracking.stage_clock():  # the command's MLflow run starts when its work does
+            return fn()
     except DDMBenchError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -4,6 +4,7 @@ the per-t curves also go to reports/plots/ for `dvc plots show`, everything to M
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,15 +17,37 @@ from ddmbench.io import ensure_writable, load_tensors, read_json, write_json, wr
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.report import figures, tables
-from ddmbench.report.document import Document, fmt, save_grid
+from ddmbench.report.document import Document, fmt, fmt_ci, markdown_table, save_grid
 from ddmbench.report.reliability import reliability_diagram
-from ddmbench.report.summary import dissociation, judge, summary_text
+from ddmbench.report.summary import dissociation, judge, primary_verdicts, summary_text
 
 # (curve field, y label, log scale) for the per-t figures and DVC plots
-CURVES = (("lipschitz", "local Lipschitz estimate of the combined field", True),
-          ("hit_rate", "hit rate: top-weighted expert = argmax p*", False),
-          ("posterior_weight", "weight on the state's clusters Σ w·p*", False),
-          ("disagreement_router", "router-weighted expert disagreement", True))
+CURVES = (("lipschitz", "local Lipschitz: top singular value of ∂v/∂x, median over seeds (1/unit t)", True),
+          ("hit_rate", "hit rate: top-weighted expert = argmax p* (fraction)", False),
+          ("posterior_weight", "weight on the state's clusters Σ w·p* (fraction)", False),
+          ("disagreement_router", "router-weighted expert disagreement (velocity variance per pixel)", True))
+
+# The headline: the declared primary contrasts, one row per (policy, versus, metric).
+HEADLINE_KEYS = ("policy", "versus", "metric", "estimate", "ci95", "estimand", "p_value", "verdict")
+
+
+def headline_contrasts(cfg: Config, contrast: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The declared primary hypotheses (report.primary) as judged from metrics/contrast.json, as dicts with
+    HEADLINE_KEYS; [] when none are declared or contrast.json cannot be judged (the summary says why)."""
+    if not contrast or not cfg.report.primary:
+        return []
+    try:
+        return [{k: v[k] for k in HEADLINE_KEYS} for v in primary_verdicts(contrast, cfg.report)]
+    except ArtifactError:
+        return []
+
+
+def headline_table(rows: list[dict[str, Any]]) -> tables.Table:
+    """The headline rows as (headers, rows) of strings."""
+    headers = ["contrast", "metric", "estimate [95% CI]", "p", "verdict", "estimand"]
+    return headers, [[f"{r['policy']} − {r['versus']}", r["metric"], fmt_ci(r["estimate"], r["ci95"], 3),
+                      "–" if r["p_value"] is None else f"{r['p_value']:.2g}", str(r["verdict"] or "–"),
+                      r["estimand"]] for r in rows]
 
 
 def collect(cfg: Config, paths: Paths) -> tuple[tables.Results, dict[str, list[dict[str, Any]]]]:
@@ -61,11 +84,31 @@ def setup_rows(cfg: Config, paths: Paths, results: tables.Results) -> list[list[
 def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, list[dict[str, Any]]],
           accuracy: dict[str, Any] | None, contrast: dict[str, Any] | None = None,
           calibration: dict[str, Any] | None = None) -> Document:
+    def src(*files: Path) -> str:
+        return "Source: " + ", ".join(f.relative_to(paths.root).as_posix() for f in files)
+
+    each_eval, each_analyze = paths.eval_metrics("<policy>"), paths.analysis_metrics("<policy>")
     doc = Document("ddmbench report")
+    doc.contents()
+    doc.heading("Headline result")
+    headline = headline_contrasts(cfg, contrast)
+    if headline:
+        doc.paragraph(f"The primary hypotheses declared in params before the run (report.primary), paired by seed: "
+                      f"the estimate of the difference with its 95% interval and what it covers, the two-sided "
+                      f"p-value, and the verdict at α = {cfg.report.alpha:g} ('lower'/'higher', or 'not separable'). "
+                      "Below, the two policies' samples from the same seeds.")
+        doc.table(*headline_table(headline), caption=src(paths.contrast_metrics), css="headline")
+        shown = [headline[0]["versus"], headline[0]["policy"]]
+        doc.images([(paths.sample_grid(label), label) for label in shown if label in results])
+    else:
+        doc.paragraph("No primary hypothesis judged on this run: declare them in params (report.primary) before "
+                      "running, and run `ddmbench contrast` (the DVC pipeline does); the Summary says why.")
     doc.heading("Summary")
     doc.paragraph(summary_text(contrast, cfg.report))
     doc.heading("Setup")
-    doc.table(["quantity", "value"], setup_rows(cfg, paths, results))
+    doc.table(["quantity", "value"], setup_rows(cfg, paths, results),
+              caption="the resolved params; " + src(paths.cluster_metrics, paths.model_metrics("router"), paths.model_metrics("evaluator"),
+                          paths.expert_metrics("<k>"), each_eval))
 
     doc.heading("Table 1 — routing policy vs quality, stability and cost")
     doc.paragraph("FID and KID in the evaluator classifier's feature space (one evaluator, identified by the "
@@ -78,7 +121,7 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   f"{cfg.analysis.reference_factor}× as many; order: slope of log error over the step ladder "
                   "(1 for Euler on a smooth field). Cost: expert forward passes per image (sparse dispatch), "
                   "GFLOPs measured with torch.utils.flop_counter, sampling throughput.")
-    doc.table(*tables.quality_stability_cost(results))
+    doc.table(*tables.quality_stability_cost(results), caption=src(each_eval, each_analyze))
     doc.image(paths.figure("fid_vs_amplification"), "FID against amplification per policy (95% intervals)")
     drawn = {name: paths.figure(f"curve_{name}") for name, _, _ in CURVES}
     if drawn["lipschitz"].exists():
@@ -91,7 +134,7 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   "hit rate: the top-weighted expert is argmax p* (– where the weights tie at the top); the same for "
                   "the router's p; KL(p* ‖ router). Effective training points 1/Σw_i²: where it is about 1 (on "
                   "MNIST below t ≈ 0.7), p* is the nearest training image's cluster, not a smooth density.")
-    doc.table(*tables.alignment(results))
+    doc.table(*tables.alignment(results), caption=src(each_analyze) + " (alignment)")
     for name in ("hit_rate", "posterior_weight"):
         if drawn[name].exists():
             doc.image(drawn[name], name.replace("_", " ") + " over t")
@@ -103,7 +146,7 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
         doc.paragraph(f"Velocity MSE against the true target ε − x₀ on {accuracy.get('n', '?')} held-out test images "
                       "noised to each t: experts the router selects vs those it does not, the full ensemble's "
                       "router-weighted prediction, and the image's own cluster's expert (oracle).")
-        doc.table(*tables.expert_accuracy(accuracy))
+        doc.table(*tables.expert_accuracy(accuracy), caption=src(paths.expert_accuracy))
 
     doc.heading("Router calibration by t")
     if calibration is None:
@@ -115,7 +158,7 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                       f"NLL) on {temp['fit_n']} other test images (applied when sampling: T = "
                       f"{fmt(temp['applied'], 3)}). p* acc.: the exact posterior's accuracy, the ceiling of any "
                       "router. " + " ".join(f"{k}: {v}." for k, v in calibration["definitions"].items()))
-        doc.table(*tables.router_calibration(calibration))
+        doc.table(*tables.router_calibration(calibration), caption=src(paths.router_calibration))
         doc.image(paths.figure("router_reliability"), "router reliability diagram by t, before and after T")
 
     doc.heading("Table 4 — disagreement vs quality")
@@ -128,12 +171,12 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   "samples in the lowest and highest disagreement quantile, the quantiles cut within each "
                   "predicted class so that every quantile has the class mix of the whole set "
                   "(metrics/analyze/<policy>.json, disagreement).")
-    doc.table(*tables.disagreement(results))
+    doc.table(*tables.disagreement(results), caption=src(each_analyze) + " (disagreement)")
     if drawn["disagreement_router"].exists():
         doc.image(drawn["disagreement_router"], "router-weighted disagreement over t")
 
     doc.heading("Table 5 — inference strategies (layout of McAllister et al. Table 1)")
-    doc.table(*tables.inference_strategies(results))
+    doc.table(*tables.inference_strategies(results), caption=src(each_eval))
 
     doc.heading("Table 6 — paired contrasts against the full ensemble")
     if contrast is None:
@@ -154,16 +197,15 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
             judged = judge(contrast, cfg.report)
         except ArtifactError as exc:  # no p-values: show the differences, judge nothing
             doc.paragraph(f"No verdicts: {exc}.")
-            doc.table(*tables.contrasts(contrast, tables.headline_eps(results)))
+            doc.table(*tables.contrasts(contrast, tables.headline_eps(results)), caption=src(paths.contrast_metrics))
         else:
             doc.paragraph(f"Primary hypotheses (report.primary, declared before the run) are judged at "
                           f"α = {cfg.report.alpha:g} on their own p-value; every other difference is secondary and "
                           "judged on Holm–Bonferroni adjusted p-values over all secondaries.")
-            doc.table(*tables.verdicts(judged))
+            doc.table(*tables.verdicts(judged), caption=src(paths.contrast_metrics))
 
     doc.heading("Samples (first 64 seeds; the same seeds for every policy)")
-    for label in results:
-        doc.image(paths.sample_grid(label), label)
+    doc.images([(paths.sample_grid(label), label) for label in results])
     return doc
 
 
@@ -215,10 +257,20 @@ def run(cfg: Config, paths: Paths) -> tables.Results:
     console.print(f"wrote {paths.report_md.relative_to(paths.root)} and {paths.report_html.relative_to(paths.root)}")
     verdict = _dissociation(cfg, contrast)
     figs = sorted(p for p in paths.figure("x").parent.glob("*.png"))
+    headline = headline_contrasts(cfg, contrast)
+    note = ("Report of this configuration: `report.html` (self-contained) and `report.md` in this run's "
+            "artifacts; each table under `tables/`, figures under `figures/`, sample grids under `samples/`. "
+            f"Local copy: {paths.report_html.resolve().as_uri()}")
+    if headline:
+        note += "\n\n**Headline result**\n\n" + markdown_table(*headline_table(headline))
     mirror(cfg, paths, "report", "report", {"policies": ",".join(cfg.policies)},
            {"dissociation_holds": float(bool(verdict["holds"])) if verdict["holds"] is not None else None,
-            **{label: {"fid": r["evaluate"]["fid"], "kid": r["evaluate"]["kid"]} for label, r in results.items()}},
-           [paths.report_md, paths.report_html, *plot_files, *figs] + [paths.sample_grid(label) for label in results])
+            **{label: {"fid": r["evaluate"]["fid"], "kid": r["evaluate"]["kid"]} for label, r in results.items()},
+            "headline": {r["metric"].split()[0].lower(): {"estimate": r["estimate"], "ci95": r["ci95"]} for r in headline}},
+           [paths.report_md, paths.report_html, *((f, "plots") for f in plot_files), *((f, "figures") for f in figs),
+            *((paths.sample_grid(label), "samples") for label in results)],
+           tags={"mlflow.note.content": note, "report_html": paths.report_html.resolve().as_uri()},
+           text={f"tables/{name}": text for name, text in doc.named_tables().items()})
     return results
 
 

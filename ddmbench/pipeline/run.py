@@ -42,6 +42,7 @@ from ddmbench.console import console
 from ddmbench.errors import ArtifactError, ConfigError, DDMBenchError, first_line
 from ddmbench.io import read_json
 from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.tracking import stage_clock
 from ddmbench.sampling.policies import PolicySpec
 
 if TYPE_CHECKING:
@@ -212,7 +213,8 @@ def _in_process(stage: Stage, cfg: Config, paths: Paths, module: str, args: list
         with rwlock(stage.repo.tmp_dir, stage.repo.fs, " ".join(sys.argv), fs_paths(stage.deps), fs_paths(stage.outs),
                     stage.repo.config["core"].get("hardlink_lock", False)):
             stage_args: list[Any] = [] if not args else [int(args[0]) if args[0].isdigit() else cfg.policy(args[0])]
-            importlib.import_module(f"ddmbench.pipeline.{module}").run(cfg, paths, *stage_args)
+            with stage_clock():  # the stage's MLflow run starts when its work does
+                importlib.import_module(f"ddmbench.pipeline.{module}").run(cfg, paths, *stage_args)
     no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
     stage.save(run_cache=not no_cache_outs)
     stage.commit()
@@ -278,8 +280,12 @@ def run_policy(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
                       f"{adhoc.eval_metrics(spec.label).parent.parent.relative_to(paths.root)}/ and "
                       f"{adhoc.curves(spec.label).parent.parent.relative_to(paths.root)}/ (not in dvc.lock or the report)",
                       highlight=False, soft_wrap=True)
-        sample.run(cfg, adhoc, spec)
-        return {**evaluate.run(cfg, adhoc, spec), "analysis": analyze.run(cfg, adhoc, spec)}
+        with stage_clock():
+            sample.run(cfg, adhoc, spec)
+        with stage_clock():
+            evaluated = evaluate.run(cfg, adhoc, spec)
+        with stage_clock():
+            return {**evaluated, "analysis": analyze.run(cfg, adhoc, spec)}
 
 
 def print_result(spec: PolicySpec, m: dict[str, Any]) -> None:
