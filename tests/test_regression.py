@@ -115,6 +115,19 @@ def test_float_drift_is_drift_and_more_is_regression(tmp_path: Path) -> None:
     assert "values beyond float drift" in moved.summary() and "4 of 4 headline contrasts hold" in moved.summary()
 
 
+def test_drift_is_judged_on_the_scale_of_the_estimate() -> None:
+    values = {"contrast.json:contrasts.m.fid.delta": 21.0, "contrast.json:contrasts.m.fid.delta_ci95.0": -0.09,
+              "contrast.json:contrasts.m.fid.delta_ci95.1": 47.0, "contrast.json:contrasts.m.lipschitz.wilcoxon_p": 0.9,
+              "contrast.json:contrasts.m.lipschitz.delta": -0.16, "evaluate/full.json:fid": 40.0,
+              "evaluate/full.json:recall": 0.26, "evaluate/full.json:kid_ci95.0": 2.2, "evaluate/full.json:kid_ci95.1": 2.6}
+    scales = regression.sibling_scales(values)
+    assert scales["contrast.json:contrasts.m.fid.delta_ci95.0"] == 47.0          # an interval bound near 0
+    assert scales["contrast.json:contrasts.m.lipschitz.delta"] == 0.16           # a p-value lends no scale
+    assert scales["contrast.json:contrasts.m.lipschitz.wilcoxon_p"] == 0.9
+    assert scales["evaluate/full.json:recall"] == 0.26                           # top-level numbers: their own
+    assert scales["evaluate/full.json:kid_ci95.0"] == 2.6
+
+
 def test_sign_flip_of_a_headline_contrast_is_a_regression(tmp_path: Path) -> None:
     base = _baseline(tmp_path)
     flipped = regression.compare(_metrics(tmp_path / "flip", top1_fid=(0.5, -2.5, 3.5)), base)   # top-1 ≈ full now

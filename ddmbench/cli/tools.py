@@ -195,6 +195,9 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
              spread_file: Annotated[Optional[Path], typer.Option(
                  "--spread", help="A `ddmbench spread` JSON whose contrast ranges set the contrasts' tolerances "
                                   "(default: each contrast's 95% half-width).")] = None,
+             drift_rel: Annotated[Optional[float], typer.Option(
+                 min=0.0, max=0.01, help="Float drift the determinism check allows, as a fraction of each value's "
+                                         "scale (default regression.DRIFT_REL; measured: reports/baseline/README.md).")] = None,
              out: Annotated[Path, typer.Option(help="Baseline file to write.")] = Path("reports/baseline/ci.json")) -> None:
     """Freeze a run as the regression baseline: its values, its config constants, and its headline contrasts
     with their tolerances and guarded signs."""
@@ -208,7 +211,8 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
         context(params)  # the params must be valid
         spread_doc = read_json(spread_file, "ddmbench spread RUN... --out FILE") if spread_file else None
         result = regression.make_baseline(current, why=why, git_commit=git_commit(Path.cwd()), profile=str(params),
-                                          spread=spread_doc)
+                                          spread=spread_doc,
+                                          drift_rel=regression.DRIFT_REL if drift_rel is None else drift_rel)
         write_json(out, result)
         guarded = sum(1 for c in result["contrasts"].values() if c["sign"])
         console.print(f"wrote {out}: {len(result['values'])} values, {len(result['constants'])} constants, "
