@@ -249,3 +249,15 @@ def tracking_uri(tmp_path: Path, mlflow_template: Path) -> str:
     db = tmp_path / "mlflow.db"
     shutil.copy(mlflow_template, db)
     return f"sqlite:///{db}"
+
+
+@pytest.fixture(autouse=True)
+def no_system_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read a distribution's dataset package installed on this machine (e.g. Debian's
+    /usr/share/datasets/fashion-mnist): tests use synthetic files only; a test opts in with its own folder."""
+    from dataclasses import replace
+
+    from ddmbench.data.datasets import DATASETS
+
+    for name, spec in list(DATASETS.items()):
+        monkeypatch.setitem(DATASETS, name, replace(spec, system_dir=None))

@@ -120,7 +120,12 @@ def _copy_params(name: str) -> Callable[[Project], None]:
 
 
 def _malformed_baseline(p: Project) -> None:
-    write_json(p.root / "baseline.json", {"metrics": {"evaluate/full.json:fid": {"value": "forty"}}})
+    write_json(p.root / "baseline.json", {"format": 2, "values": {"evaluate/full.json:fid": "forty"},
+                                          "constants": {}, "contrasts": {}})
+
+
+def _old_baseline(p: Project) -> None:
+    write_json(p.root / "baseline.json", {"why": "w", "metrics": {"evaluate/full.json:fid": {"value": 40.0}}})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,8 +258,10 @@ CASES = [
     # regression commands
     Case("compare-missing-metrics-folder", ["compare", "no-metrics", "baseline.json"], ("no-metrics", "not a metrics folder"),
          with_params=False),
-    Case("compare-malformed-baseline", ["compare", "metrics", "baseline.json"], ("baseline file is malformed",),
+    Case("compare-malformed-baseline", ["compare", "metrics", "baseline.json"], ("baseline.json is a malformed baseline",),
          setup=_malformed_baseline, with_params=False),
+    Case("compare-old-format-baseline", ["compare", "metrics", "baseline.json"],
+         ("baseline.json is an old-format baseline", "ddmbench baseline --why"), setup=_old_baseline, with_params=False),
     Case("spread-of-one-run", ["spread", "metrics", "--out", "spread.json"], ("at least 2 runs",), with_params=False),
 ]
 

@@ -146,34 +146,42 @@ def bench_train(net: Annotated[str, typer.Option(help="Velocity-net preset (unet
 @app.command()
 def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the run to check.")] = Path("metrics"),
             baseline: Annotated[Path, typer.Argument(help="Baseline JSON.")] = Path("reports/baseline/ci.json"),
-            failures_only: Annotated[bool, typer.Option(help="List only the failing metrics.")] = False) -> None:
-    """Compare a run's metrics with a committed baseline; exit 1 if any metric is out of tolerance."""
+            failures_only: Annotated[bool, typer.Option(help="List only the failing contrasts.")] = False) -> None:
+    """Gate a run against the baseline: (a) same-seed determinism, exact or within float drift; (b) the headline
+    paired contrasts keep their sign and tolerance. Ends in one line: exact / drift (exit 0) or regression (1)."""
     from rich.table import Table
 
     from ddmbench.io import read_json
     from ddmbench.tools import regression
 
     def body() -> int:
-        flat = regression.flatten_metrics(current)
-        base = read_json(baseline, "ddmbench baseline --why '...'")
-        rows = regression.compare(flat, base)
-        new = regression.ungated(flat, base)
-        failed = [r for r in rows if not r.passed]
-        table = Table(title=f"{current} vs {baseline}")
-        for col in ("metric", "baseline", "current", "delta", "tolerance", "pass"):
-            table.add_column(col, justify="left" if col == "metric" else "right")
-        for r in (failed if failures_only else rows):
-            table.add_row(r.metric, f"{r.baseline:.6g}", "missing" if r.current is None else f"{r.current:.6g}",
-                          "" if r.delta is None else f"{r.delta:+.4g}", f"± {r.tolerance:.4g}",
-                          "yes" if r.passed else "[red]NO[/]")
+        regression.flatten_metrics(current)   # the run's folder first: its error is the likelier one
+        base = regression.check_baseline(read_json(baseline, "ddmbench baseline --why '...'"), baseline)
+        result = regression.compare(current, base)
+        table = Table(title=f"headline contrasts: {current} vs {baseline}")
+        for col in ("contrast", "baseline", "current", "tolerance", "sign guarded", "pass"):
+            table.add_column(col, justify="left" if col == "contrast" else "right")
+        for r in result.contrasts:
+            if failures_only and r.passed:
+                continue
+            table.add_row(r.name, f"{r.baseline:+.4g}", "missing" if r.current is None else f"{r.current:+.4g}",
+                          f"± {r.tolerance:.3g}", {1: "> 0", -1: "< 0"}.get(r.sign, "no"),
+                          "yes" if r.passed else f"[red]NO: {r.why}[/]")
         console.print(table)
-        console.print(f"{len(rows) - len(failed)} of {len(rows)} metrics within tolerance")
-        if new:
-            no_rule = [n for n in new if regression.rule_for(n) is None]
-            console.print(f"{len(new)} metrics are not in the baseline and not gated, e.g. {', '.join(new[:3])}"
-                          + (f"; {len(no_rule)} have no rule in regression.TOLERANCES: measure their spread with "
-                             "`ddmbench spread` and add one" if no_rule else ""))
-        return 1 if failed else 0
+        if result.beyond:
+            values = Table(title=f"values beyond float drift ({len(result.beyond)}; first 20)")
+            for col in ("value", "baseline", "current"):
+                values.add_column(col, justify="left" if col == "value" else "right")
+            for name, b, c in result.beyond[:20]:
+                values.add_row(escape(name), f"{b:.6g}", "missing" if c is None else f"{c:.6g}")
+            console.print(values)
+        for name, b, c in result.constants_changed[:10]:
+            console.print(f"constant {escape(name)}: {b:g} -> {'missing' if c is None else f'{c:g}'}")
+        if result.new:
+            console.print(f"{len(result.new)} numbers are not in the baseline (not compared), e.g. "
+                          f"{escape(', '.join(result.new[:3]))}")
+        console.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
+        return 1 if result.verdict == "regression" else 0
 
     code = guard(body)
     if code:
@@ -184,9 +192,16 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
 def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (recorded in the file; say it in the commit too).")],
              current: Annotated[Path, typer.Option(help="Metrics folder to freeze.")] = Path("metrics"),
              params: ParamsOption = Path("params.yaml"),
+             spread_file: Annotated[Optional[Path], typer.Option(
+                 "--spread", help="A `ddmbench spread` JSON whose contrast ranges set the contrasts' tolerances "
+                                  "(default: each contrast's 95% half-width).")] = None,
+             drift_rel: Annotated[Optional[float], typer.Option(
+                 min=0.0, max=0.01, help="Float drift the determinism check allows, as a fraction of each value's "
+                                         "scale (default regression.DRIFT_REL; measured: reports/baseline/README.md).")] = None,
              out: Annotated[Path, typer.Option(help="Baseline file to write.")] = Path("reports/baseline/ci.json")) -> None:
-    """Freeze the current metrics (with their tolerances) as the regression baseline."""
-    from ddmbench.io import write_json
+    """Freeze a run as the regression baseline: its values, its config constants, and its headline contrasts
+    with their tolerances and guarded signs."""
+    from ddmbench.io import read_json, write_json
     from ddmbench.pipeline.tracking import git_commit
     from ddmbench.tools import regression
 
@@ -194,10 +209,14 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
         if not why.strip():
             raise ConfigError("--why: say why the baseline changes")
         context(params)  # the params must be valid
-        result = regression.make_baseline(regression.flatten_metrics(current), why=why,
-                                          git_commit=git_commit(Path.cwd()), profile=str(params))
+        spread_doc = read_json(spread_file, "ddmbench spread RUN... --out FILE") if spread_file else None
+        result = regression.make_baseline(current, why=why, git_commit=git_commit(Path.cwd()), profile=str(params),
+                                          spread=spread_doc,
+                                          drift_rel=regression.DRIFT_REL if drift_rel is None else drift_rel)
         write_json(out, result)
-        console.print(f"wrote {out} ({len(result['metrics'])} metrics)")
+        guarded = sum(1 for c in result["contrasts"].values() if c["sign"])
+        console.print(f"wrote {out}: {len(result['values'])} values, {len(result['constants'])} constants, "
+                      f"{len(result['contrasts'])} headline contrasts ({guarded} with a guarded sign)")
 
     guard(body)
 
@@ -244,42 +263,31 @@ def ablations(from_json: Annotated[Optional[Path], typer.Option(
 @app.command()
 def spread(runs: Annotated[list[Path], typer.Argument(help="Metrics folders of runs of one profile (e.g. one per seed).")],
            out: Annotated[Path, typer.Option(help="Where to save the JSON.")] = Path("reports/baseline/spread.json"),
-           all_metrics: Annotated[bool, typer.Option("--all", help="Also list metrics a rule marks as not compared.")] = False
+           all_metrics: Annotated[bool, typer.Option("--all", help="Also list values and constants, not only contrasts.")] = False
            ) -> None:
-    """Run-to-run spread (mean, std, min, max, max-min) of every metric, next to the tolerance that gates it."""
+    """Run-to-run spread (mean, std, min, max, max-min) of the headline contrasts (and with --all of every
+    number), with the tolerance `ddmbench baseline --spread` would set from it."""
     from rich.table import Table
 
     from ddmbench.io import write_json
     from ddmbench.tools import regression
 
     def body() -> None:
-        result = regression.spread({str(d): regression.flatten_metrics(d) for d in runs})
+        result = regression.spread({str(d): d for d in runs})
         write_json(out, result)
         table = Table(title=f"spread over {len(runs)} runs")
-        for col in ("metric", "mean", "std", "min", "max", "max-min", "tolerance", "tol/range"):
-            table.add_column(col, justify="left" if col == "metric" else "right", overflow="fold")
+        for col in ("number", "kind", "mean", "std", "min", "max", "max-min", "tolerance"):
+            table.add_column(col, justify="left" if col in ("number", "kind") else "right", overflow="fold")
         for name, m in result["metrics"].items():
-            if not (all_metrics or m["gated"] or m["rule"] is None):
-                continue  # timings and other metrics a rule marks "not compared"
-            ratio = m["tol_over_range"]
-            tol = ("no rule" if m["rule"] is None else "not gated") if m["tolerance"] is None else f"± {m['tolerance']:.4g}"
-            table.add_row(name, f"{m['mean']:.6g}", f"{m['std']:.3g}", f"{m['min']:.6g}", f"{m['max']:.6g}",
-                          f"{m['range']:.3g}", tol, "" if ratio is None else
-                          (f"{ratio:.2f}" if ratio >= 1 else f"[red]{ratio:.2f}[/]"))
+            if not (all_metrics or m["kind"] == "contrast"):
+                continue
+            table.add_row(escape(name), m["kind"], f"{m['mean']:.6g}", f"{m['std']:.3g}", f"{m['min']:.6g}",
+                          f"{m['max']:.6g}", f"{m['range']:.3g}",
+                          "" if m["tolerance"] is None else f"± {m['tolerance']:.3g}")
         console.print(table)
-        rules = Table(title=f"per rule: widest spread, and {result['multiple']:g} x it (how TOLERANCES are set)")
-        for col in ("rule", "n", "abs_tol", "rel_tol", "range", "range/|mean|", "suggested abs", "suggested rel"):
-            rules.add_column(col, justify="left" if col == "rule" else "right", overflow="fold", no_wrap=col != "rule")
-        for r in result["rules"]:
-            rules.add_row(r["rule"] or f"[red]no rule[/] ({escape(r['example'])})", str(r["metrics"]),
-                          "" if r["abs_tol"] is None else f"{r['abs_tol']:.3g}",
-                          "" if r["rel_tol"] is None else f"{r['rel_tol']:.3g}", f"{r['max_range']:.3g}",
-                          f"{r['max_rel_range']:.3g}", f"{r['suggested_abs']:.3g}", f"{r['suggested_rel']:.3g}")
-        console.print(rules)
-        narrow = [n for n, m in result["metrics"].items() if m["tol_over_range"] is not None and m["tol_over_range"] < 1]
-        no_rule = [n for n, m in result["metrics"].items() if m["rule"] is None]
-        console.print(f"wrote {out}; {len(narrow)} tolerances narrower than the observed spread; "
-                      f"{len(no_rule)} metrics have no tolerance rule" + (f" (e.g. {', '.join(no_rule[:3])})" if no_rule else ""))
+        n_contrasts = sum(1 for m in result["metrics"].values() if m["kind"] == "contrast")
+        console.print(f"wrote {out}; {n_contrasts} contrasts, {len(result['metrics'])} numbers in every run, "
+                      f"{len(result['missing_in_some_runs'])} missing in some")
 
     guard(body)
 

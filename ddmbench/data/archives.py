@@ -37,25 +37,56 @@ def check_md5(path: Path, expected: str, reference: str) -> None:
                         "the file is truncated or tampered with: delete it and run `ddmbench prepare` again")
 
 
-def gunzip_verified(folder: Path, names: tuple[str, ...], md5s: dict[str, str], reference: str) -> dict[str, str]:
-    """Unpack ``<name>.gz`` in ``folder`` for every name whose archive is present, after checking every archive's
-    MD5 (``md5s`` maps an archive's file name to its MD5). Return {name: sha256 of the unpacked file}.
+def _gunzip_to_temp(archive: Path) -> tuple[Path, str]:
+    """Decompress ``archive`` into a temp file beside it; (temp path, SHA-256 of the decompressed bytes)."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{archive.stem}.", suffix=".tmp", dir=archive.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, gzip.open(archive, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+        return tmp, file_digest(tmp, "sha256")
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot unpack {archive} ({first_line(exc)}); it is not a complete gzip file: delete it "
+                        "and fetch it again") from exc
 
-    All archives are checked before any is unpacked, so a bad archive leaves the folder as it was. An
-    unpacked file already in place must equal its archive's content (it is compared, never overwritten);
-    a missing one is written atomically (temp file + rename).
+
+def gunzip_verified(folder: Path, names: tuple[str, ...], md5s: dict[str, str], reference: str,
+                    sha256s: dict[str, str] | None = None, sha_reference: str = "the SHA-256 list") -> dict[str, str]:
+    """Unpack ``<name>.gz`` in ``folder`` for every name whose archive is present; return {name: sha256 of the
+    unpacked file}.
+
+    An archive is vouched for by its MD5 (``md5s``: archive file name -> MD5, from ``reference``, i.e.
+    torchvision's list of the upstream .gz bytes) or, when that differs, by the SHA-256 of its decompressed
+    content (``sha256s``: raw file name -> SHA-256, from ``sha_reference``). The second route accepts any
+    faithful copy: a repacked gzip (Debian's ``dataset-fashion-mnist`` package) has other bytes and the same
+    content. Every archive is decompressed to a temp file and checked before any is put in place, so a bad
+    archive leaves the folder as it was. An unpacked file already in place must equal its archive's content
+    (it is compared, never overwritten); a missing one is moved in atomically (rename).
     """
-    present = [n for n in names if (folder / f"{n}.gz").exists() and f"{n}.gz" in md5s]
-    for name in present:
-        check_md5(folder / f"{name}.gz", md5s[f"{name}.gz"], reference)
-    vouched: dict[str, str] = {}
-    for name in present:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, gzip.open(folder / f"{name}.gz", "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-            digest = file_digest(tmp, "sha256")
+    sha256s = sha256s or {}
+    staged: dict[str, tuple[Path, str]] = {}
+    try:
+        for name in names:
+            archive = folder / f"{name}.gz"
+            if not archive.exists():
+                continue
+            tmp, digest = _gunzip_to_temp(archive)
+            staged[name] = (tmp, digest)
+            md5 = file_digest(archive, "md5")
+            if md5 == md5s.get(archive.name, "").lower() or digest == sha256s.get(name):
+                continue
+            listed = (f"{reference} lists {md5s[archive.name][:12]}…" if archive.name in md5s
+                      else f"{reference} has no entry")
+            shipped = (f"{sha_reference} lists {sha256s[name][:12]}…" if name in sha256s
+                       else f"{sha_reference} has no entry for {name}")
+            raise DataError(
+                f"{archive} is not a verified copy: the MD5 of the .gz is {md5[:12]}… ({listed}) and the SHA-256 "
+                f"of its decompressed content is {digest[:12]}… ({shipped}); the archive is corrupt or another "
+                "release: delete it and fetch it again, or set data.checksums to a sha256sum file of the "
+                "decompressed files you trust")
+        vouched: dict[str, str] = {}
+        for name, (tmp, digest) in staged.items():
             target = folder / name
             if target.exists():
                 if file_digest(target, "sha256") != digest:
@@ -64,13 +95,10 @@ def gunzip_verified(folder: Path, names: tuple[str, ...], md5s: dict[str, str], 
             else:
                 os.replace(tmp, target)
             vouched[name] = digest
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise DataError(f"cannot unpack {folder / name}.gz ({first_line(exc)}); delete it and run "
-                            "`ddmbench prepare` again") from exc
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    return vouched
+        return vouched
+    finally:
+        for tmp, _ in staged.values():
+            tmp.unlink(missing_ok=True)
 
 
 def extract_members(archive: Path, md5: str, reference: str, members: dict[str, str], dest: Path) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddmbench.errors import DataError, first_line
 from ddmbench.data.shapes import CIFAR_SHAPE
+from ddmbench.errors import DataError, first_line
 
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"

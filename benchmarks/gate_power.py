@@ -1,0 +1,198 @@
+"""The regression gate's power, measured: plant one known fault at a time and see whether `compare` fails.
+
+For each mutation (a literal source edit that must match exactly once, so the suite breaks loudly when the
+code moves): export HEAD into a temporary folder (``git archive``), apply the edit, run the CI profile there
+(``git init``, ``dvc repro`` with that copy's code on PYTHONPATH) and check its metrics against the baseline
+with this checkout's (unmutated) gate. A first run without any mutation is the control: it must come back
+``exact`` or ``drift``, else the baseline is stale and no row means anything. Results go to
+reports/baseline/gate-power.json and to the table between the markers in reports/baseline/README.md.
+
+Runs by hand or on a schedule, never in CI (one CI-profile run per mutation):
+
+    python benchmarks/gate_power.py [--data-root data] [--only top-k-smallest] [--timeout-min 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ddmbench.errors import ConfigError
+from ddmbench.io import read_json, write_json, write_text
+from ddmbench.tools import regression
+
+START, END = "<!-- gate-power:start -->", "<!-- gate-power:end -->"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """A planted fault: replace ``old`` (which must occur exactly once in ``path``) by ``new``."""
+
+    name: str
+    layer: str
+    path: str
+    old: str
+    new: str
+    what: str
+
+
+MUTATIONS: tuple[Mutation, ...] = (
+    Mutation("top-k-smallest", "policy", "ddmbench/sampling/policies.py",
+             "idx = p.topk(min(k, p.shape[1]), dim=1).indices  # (B, k)",
+             "idx = p.topk(min(k, p.shape[1]), dim=1, largest=False).indices  # (B, k)",
+             "top-k keeps the k smallest router probabilities"),
+    Mutation("euler-sign-half-grid", "solver", "ddmbench/sampling/solvers.py",
+             "x = x + (t_next - t) * v            # step along it",
+             "x = x + (t_next - t) * (v if 2 * i < len(ts) - 1 else -v)  # step along it",
+             "Euler steps against the velocity on the second half of the time grid"),
+    Mutation("ema-disabled", "training", "ddmbench/train/modules.py",
+             "return d * averaged + (1.0 - d) * current",
+             "return current",
+             "the EMA copy just follows the trained weights"),
+    Mutation("amplification-fresh-routing", "analysis", "ddmbench/analysis/stability.py",
+             "moved = generate(field, seeds, noise=z + e * u, **kw).images",
+             "moved = generate(field, [s + 1_000_003 for s in seeds], noise=z + e * u, **kw).images",
+             "the perturbed run draws fresh routing randomness instead of replaying the unperturbed run's"),
+    Mutation("router-shifted-labels", "router", "ddmbench/train/modules.py",
+             "loss = nn.functional.cross_entropy(logits, cluster)",
+             "loss = nn.functional.cross_entropy(logits, cluster.roll(1, 0))",
+             "the router is trained against the cluster of the neighbouring image in the batch"),
+    Mutation("evaluator-mirrored-features", "evaluator", "ddmbench/evaluation/metrics.py",
+             "return torch.cat([classifier.features(chunk.float()) for chunk in images.split(batch)])",
+             "return torch.cat([classifier.features(chunk.float().flip(-1)) for chunk in images.split(batch)])",
+             "the evaluator embeds left-right mirrored images"),
+    Mutation("convergence-mse-not-rms", "analysis", "ddmbench/analysis/convergence.py",
+             "per_seed[n] = ((x0 - reference).flatten(1).pow(2).mean(1)).sqrt()   # (N,) RMS per pixel",
+             "per_seed[n] = ((x0 - reference).flatten(1).pow(2).mean(1))   # (N,) RMS per pixel",
+             "the convergence error is the mean square, not its root"),
+)
+
+
+def apply(root: Path, m: Mutation) -> None:
+    """Edit ``root / m.path`` in place; ConfigError naming the mutation unless ``m.old`` occurs exactly once."""
+    path = root / m.path
+    text = path.read_text() if path.exists() else ""
+    count = text.count(m.old)
+    if count != 1:
+        raise ConfigError(f"mutation {m.name}: {m.path} holds its target text {count} times (expected once); "
+                          "the code moved: update MUTATIONS in benchmarks/gate_power.py")
+    path.write_text(text.replace(m.old, m.new))
+
+
+def export_head(repo: Path, dest: Path) -> None:
+    """The committed tree of ``repo`` (HEAD) into ``dest``, as its own git repository (DVC needs one)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "HEAD"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    git = ["git", "-c", "user.email=gate-power@localhost", "-c", "user.name=gate-power"]
+    subprocess.run(git + ["init", "-q"], cwd=dest, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
+    subprocess.run(git + ["commit", "-qm", "gate-power copy"], cwd=dest, check=True)
+
+
+def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float) -> tuple[bool, str]:
+    """``dvc repro`` of ``profile`` in ``copy`` with its own code; (finished, last lines of output)."""
+    params = yaml.safe_load(profile.read_text())
+    params["data"]["root"] = str(data_root.resolve())
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(copy), "DVC_NO_ANALYTICS": "1"}
+    try:
+        proc = subprocess.run(["dvc", "repro"], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {timeout_s:.0f} s"
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+    return proc.returncode == 0, tail
+
+
+def row_for(m: Mutation | None, metrics: Path | None, baseline: dict[str, Any], failure: str = "") -> dict[str, Any]:
+    """One table row: what the gate said about the run (or that the pipeline itself failed)."""
+    row: dict[str, Any] = {"mutation": m.name if m else "none (control)", "layer": m.layer if m else "",
+                           "what": m.what if m else "HEAD as committed"}
+    if metrics is None:
+        return {**row, "verdict": "pipeline failed", "caught": m is not None, "failing_contrasts": [],
+                "values_beyond_drift": None, "detail": failure}
+    result = regression.compare(metrics, baseline)
+    failing = [f"{r.name} ({r.why})" for r in result.failed_contrasts]
+    return {**row, "verdict": result.verdict, "caught": result.verdict == "regression",
+            "failing_contrasts": failing, "values_beyond_drift": len(result.beyond),
+            "detail": result.summary()}
+
+
+def markdown(rows: list[dict[str, Any]], header: str) -> str:
+    """The table written between the markers: mutation -> verdict and the metrics that caught it."""
+    lines = [header, "", "| mutation | layer | verdict | caught by headline contrasts | values beyond drift |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        contrasts = "; ".join(r["failing_contrasts"]) or "none"
+        beyond = "—" if r["values_beyond_drift"] is None else str(r["values_beyond_drift"])
+        lines.append(f"| `{r['mutation']}`: {r['what']} | {r['layer']} | {r['verdict']} | {contrasts} | {beyond} |")
+    return "\n".join(lines)
+
+
+def write_table(readme: Path, table: str) -> None:
+    """Put ``table`` between the gate-power markers of ``readme`` (appended with the markers if absent)."""
+    text = readme.read_text() if readme.exists() else ""
+    block = f"{START}\n{table}\n{END}"
+    if START in text and END in text and text.index(START) < text.index(END):
+        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    write_text(readme, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repo", type=Path, default=Path.cwd())
+    ap.add_argument("--profile", type=Path, default=Path("params/ci.yaml"))
+    ap.add_argument("--baseline", type=Path, default=Path("reports/baseline/ci.json"))
+    ap.add_argument("--data-root", type=Path, default=Path("data"), help="raw datasets (data.root of the copies)")
+    ap.add_argument("--only", action="append", choices=[m.name for m in MUTATIONS], help="run only these")
+    ap.add_argument("--timeout-min", type=float, default=90.0, help="per CI-profile run")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copies")
+    args = ap.parse_args(argv)
+    baseline = regression.check_baseline(read_json(args.baseline, "ddmbench baseline --why '...'"), args.baseline)
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    rows = []
+    scratch = Path(tempfile.mkdtemp(prefix="gate-power-"))
+    try:
+        for m in [None, *chosen]:
+            copy = scratch / (m.name if m else "control")
+            export_head(args.repo, copy)
+            if m is not None:
+                apply(copy, m)
+            t0 = time.time()
+            ok, tail = run_profile(copy, args.repo / args.profile, args.data_root, args.timeout_min * 60)
+            rows.append(row_for(m, copy / "metrics" if ok else None, baseline, tail))
+            rows[-1]["minutes"] = round((time.time() - t0) / 60, 1)
+            print(f"{rows[-1]['mutation']}: {rows[-1]['verdict']} ({rows[-1]['minutes']} min)", flush=True)
+            if m is None and rows[0]["verdict"] not in ("exact", "drift"):
+                print(f"control run is '{rows[0]['verdict']}': refresh the baseline first ({rows[0]['detail']})")
+                return 1
+            if not args.keep:
+                shutil.rmtree(copy, ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    commit = subprocess.run(["git", "-C", str(args.repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    write_json(args.repo / "reports/baseline/gate-power.json", {"commit": commit, "rows": rows})
+    header = (f"Measured at {commit} with `python benchmarks/gate_power.py` ({args.profile}, baseline "
+              f"{args.baseline}); caught = `compare` says regression.")
+    write_table(args.repo / "reports/baseline/README.md", markdown(rows, header))
+    missed = [r["mutation"] for r in rows[1:] if not r["caught"]]
+    print("every mutation caught" if not missed else f"not caught: {', '.join(missed)}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""benchmarks/gate_power.py, the mutation suite: every planted fault still applies to the code, applying one
+edits exactly its target, the table lands between its markers, and one cheap mutation changes behaviour."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddmbench.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("gate_power", REPO / "benchmarks" / "gate_power.py")
+gate_power = importlib.util.module_from_spec(_spec)
+sys.modules["gate_power"] = gate_power
+_spec.loader.exec_module(gate_power)
+
+
+def test_at_least_six_mutations_over_the_layers_each_still_applies_once() -> None:
+    mutations = gate_power.MUTATIONS
+    assert len(mutations) >= 6 and len({m.name for m in mutations}) == len(mutations)
+    assert {"policy", "solver", "training", "router", "evaluator", "analysis"} <= {m.layer for m in mutations}
+    for m in mutations:
+        assert (REPO / m.path).read_text().count(m.old) == 1, m.name     # the code has not moved under it
+        assert m.old != m.new
+
+
+def test_apply_edits_only_the_target_and_refuses_a_moved_target(tmp_path: Path) -> None:
+    m = gate_power.MUTATIONS[0]
+    (tmp_path / m.path).parent.mkdir(parents=True)
+    original = (REPO / m.path).read_text()
+    (tmp_path / m.path).write_text(original)
+    gate_power.apply(tmp_path, m)
+    mutated = (tmp_path / m.path).read_text()
+    assert mutated == original.replace(m.old, m.new) and mutated.count(m.new) == 1
+    with pytest.raises(ConfigError, match=f"mutation {m.name}: {m.path} holds its target text 0 times"):
+        gate_power.apply(tmp_path, m)                                   # already applied: target gone
+
+
+def test_top_k_mutation_keeps_the_smallest_probabilities(tmp_path: Path) -> None:
+    """The harness on one cheap mutation: the mutated copy's top-1 picks the least likely expert."""
+    m = next(m for m in gate_power.MUTATIONS if m.name == "top-k-smallest")
+    subprocess.run(["cp", "-r", str(REPO / "ddmbench"), str(tmp_path / "ddmbench")], check=True)
+    gate_power.apply(tmp_path, m)
+    probe = ("import torch; from ddmbench.sampling import policies as P; "
+             "p = torch.tensor([[0.1, 0.6, 0.3]]); print(P.top_k(p, None, k=1).tolist())")
+    out = {}
+    (tmp_path / "cwd").mkdir()                  # python -c puts its cwd first on sys.path: keep it empty
+    for label, root in (("original", REPO), ("mutated", tmp_path)):
+        proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path / "cwd", capture_output=True, text=True,
+                              env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr
+        out[label] = json.loads(proc.stdout)
+    assert out == {"original": [[0.0, 1.0, 0.0]], "mutated": [[1.0, 0.0, 0.0]]}
+
+
+def _rows() -> list[dict]:
+    return [{"mutation": "none (control)", "layer": "", "what": "HEAD as committed", "verdict": "exact",
+             "failing_contrasts": [], "values_beyond_drift": 0},
+            {"mutation": "top-k-smallest", "layer": "policy", "what": "top-k keeps the smallest", "verdict": "regression",
+             "failing_contrasts": ["top-1 − full: fid (sign flipped)"], "values_beyond_drift": 120},
+            {"mutation": "ema-disabled", "layer": "training", "what": "no EMA", "verdict": "pipeline failed",
+             "failing_contrasts": [], "values_beyond_drift": None}]
+
+
+def test_table_goes_between_the_markers_and_is_replaced_on_rerun(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# CI regression baseline\n\nintro\n\n## Power\n\ntext after\n")
+    table = gate_power.markdown(_rows(), "Measured at abc.")
+    assert "| `top-k-smallest`: top-k keeps the smallest | policy | regression | top-1 − full: fid (sign flipped) | 120 |" \
+        in table
+    assert "| `ema-disabled`: no EMA | training | pipeline failed | none | — |" in table
+    gate_power.write_table(readme, table)
+    first = readme.read_text()
+    assert first.startswith("# CI regression baseline\n\nintro") and first.count(gate_power.START) == 1
+    gate_power.write_table(readme, gate_power.markdown(_rows()[:1], "Measured at def."))
+    second = readme.read_text()
+    assert second.count(gate_power.START) == 1 and "Measured at def." in second and "abc" not in second
+    assert second.split(gate_power.END)[0].split(gate_power.START)[0] == first.split(gate_power.START)[0]
+
+
+def test_row_for_a_run_uses_the_gate(tmp_path: Path) -> None:
+    from test_regression import _metrics
+
+    from ddmbench.tools import regression
+
+    base = regression.make_baseline(_metrics(tmp_path / "base"), why="t", git_commit="x", profile="p")
+    m = gate_power.MUTATIONS[0]
+    caught = gate_power.row_for(m, _metrics(tmp_path / "run", top1_fid=(0.5, -2.5, 3.5)), base)
+    assert caught["caught"] and caught["verdict"] == "regression"
+    assert caught["failing_contrasts"] == ["top-1 − full: fid (sign flipped)"] and caught["values_beyond_drift"] > 0
+    control = gate_power.row_for(None, _metrics(tmp_path / "same"), base)
+    assert control["verdict"] == "exact" and not control["caught"]
+    crashed = gate_power.row_for(m, None, base, "Traceback ...")
+    assert crashed["caught"] and crashed["verdict"] == "pipeline failed"
