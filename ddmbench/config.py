@@ -106,7 +106,8 @@ class TrainerConfig(Section):
     devices: int = Field(1, ge=1, description="Devices (processes) per node; >1 uses DDP (gloo on CPU, NCCL on GPU).")
     num_nodes: int = Field(1, ge=1, description="Nodes for DDP.")
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
-        "32-true", description="Lightning precision; the mixed ones are for GPU profiles (16-mixed needs a GPU).")
+        "32-true", description="Lightning precision. bf16-mixed: GPUs, or CPUs with native bf16 (AVX512-BF16 or "
+                               "AMX; refused elsewhere, where it runs emulated and slower); 16-mixed needs a GPU.")
     compile: bool = Field(False, description="torch.compile the network in place before training (GPU profiles; "
                                              "the saved weights are the same either way).")
     log_every_n_steps: int = Field(50, ge=1, description="Logging interval (steps).")
@@ -121,6 +122,12 @@ class TrainerConfig(Section):
     def _gpu_only_options(self) -> TrainerConfig:
         if self.accelerator == "cpu" and self.precision == "16-mixed":
             raise ValueError("precision 16-mixed needs a GPU; use 32-true (or bf16-mixed) with accelerator cpu")
+        if self.accelerator == "cpu" and self.precision == "bf16-mixed":
+            from ddmbench.hardware import cpu_bf16_refusal
+
+            refusal = cpu_bf16_refusal("precision bf16-mixed")
+            if refusal:
+                raise ValueError(refusal)
         if self.accelerator == "cpu" and self.compile:
             raise ValueError("compile: true is for GPU profiles (on the CPU compiling costs more than it saves "
                              "for these nets); set accelerator: gpu or compile: false")

@@ -62,3 +62,16 @@ def test_compiled_forward_keeps_weight_names_and_is_undone() -> None:
     with compiled(net, False):
         assert "forward" not in vars(net)
     assert net(torch.zeros(1, 1, 28, 28), torch.zeros(1)).shape == (1, 1, 28, 28)
+
+
+def test_bf16_on_a_cpu_follows_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ddmbench import hardware
+
+    assert hardware.cpu_has_bf16(frozenset({"avx2", "amx_bf16"}))
+    assert hardware.cpu_has_bf16(frozenset({"avx512_bf16"}))
+    assert not hardware.cpu_has_bf16(frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(ConfigError, match=r"trainer.*bf16.*avx512_bf16, amx_bf16.*32-true"):
+        parse_config({"trainer": {"accelerator": "cpu", "precision": "bf16-mixed"}})
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}))
+    assert parse_config({"trainer": {"accelerator": "cpu", "precision": "bf16-mixed"}}).trainer.precision == "bf16-mixed"

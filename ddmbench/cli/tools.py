@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -55,8 +55,10 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
               min=0)] = None,
           dataset: Annotated[str, typer.Option(help=DATASET_OPTION_HELP)] = "mnist",
           out: Annotated[Path, typer.Option(help="Where to save the JSON results.")] = Path("reports/bench.json"),
+          roofline: Annotated[bool, typer.Option(help="Also measure the matmul peaks (fp32, bf16) and every hot "
+                                                 "path's GFLOP/s against them.")] = True,
           ) -> None:
-    """Sampling wall-time ratios of routing policies (Top-k vs Full vs monolith) and peak memory."""
+    """Sampling wall-time ratios of routing policies (Top-k vs Full vs monolith), peak memory, and the roofline."""
 
     def body() -> None:
         import torch
@@ -75,11 +77,24 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
                                      chunk_rows=chunk, image_shape=shape)
         memory = (b.measure_memory(experts, net, memory_n, batch, chunk_rows=chunk, image_shape=shape)
                   if memory_n and device == "cpu" else None)
+        peaks = None
+        if roofline:
+            from ddmbench.evaluation.cost import flops_per_image
+            from ddmbench.models import nets
+            from ddmbench.tools import roofline as rl
+
+            with err_console.status("roofline") as status:
+                peaks = rl.roofline(repeats=repeats, device=device, image_shape=shape, chunk_rows=chunk or 64,
+                                    progress=status.update)
+            expert_gflop = flops_per_image(nets.build_velocity_net(net, shape), image_shape=shape) / 1e9
+            router_gflop = flops_per_image(b.BenchRouter(experts, 0, shape), image_shape=shape) / 1e9
+            peaks["rows"] += [{**r, "rows": batch, "ms": timing["median_s"][r["path"].removeprefix("sampling ")] * 1e3}
+                              for r in rl.sampling_rows(timing, expert_gflop, router_gflop, peaks["peak_gflops_per_s"])]
         result = {"setup": {"experts": experts, "net": net, "batch": batch, "nfe_steps": nfe_steps,
                             "repeats": repeats, "solver": "euler", "device": device, "chunk_rows": chunk,
                             "torch_threads": torch.get_num_threads(), "dataset": dataset,
                             "image_shape": list(shape)},
-                  **timing, "memory": memory}
+                  **timing, "memory": memory, "roofline": peaks}
         write_json(out, result)
         table = Table(title=f"sampling cost, K={experts} {net} experts, batch {batch}, Euler x{nfe_steps}")
         for col in ("ratio", "measured", "target", "pass"):
@@ -92,9 +107,26 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
                           "yes" if memory["pass"] else "[red]NO[/]")
         console.print(table)
         console.print("median wall per pass (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timing["median_s"].items()))
+        if peaks:
+            _print_roofline(peaks)
         console.print(f"wrote {out}")
 
     guard(body)
+
+
+def _print_roofline(peaks: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    peak = peaks["peak_gflops_per_s"]
+    native = "native" if peaks["bf16_native"] else "emulated: no AVX512-BF16/AMX, so ddmbench refuses bf16 here"
+    table = Table(title=f"roofline on {peaks['device']} ({peaks['threads']} threads): matmul {peaks['matmul_size']}² "
+                        f"peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s ({native})")
+    for col in ("hot path", "dtype", "rows", "ms/call", "GFLOP/call", "GFLOP/s", "of fp32 peak", "of bf16 peak"):
+        table.add_column(col, justify="left" if col == "hot path" else "right")
+    for r in peaks["rows"]:
+        table.add_row(r["path"], r["dtype"], str(r["rows"]), f"{r['ms']:.1f}", f"{r['gflop']:.3f}",
+                      f"{r['gflops_per_s']:.1f}", f"{r['fraction_of_fp32_peak']:.0%}", f"{r['fraction_of_bf16_peak']:.0%}")
+    console.print(table)
 
 
 @app.command("bench-train")

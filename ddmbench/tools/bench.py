@@ -80,9 +80,11 @@ def time_policies(num_experts: int = 8, preset: str = "unet-s", batch: int = 256
     seeds = list(range(batch))
     walls: dict[str, list[float]] = {label: [] for label in BENCH_POLICIES}
     loads: dict[str, list[int]] = {}
+    router_loads: dict[str, int] = {}
     for label in BENCH_POLICIES:  # warm-up pass (allocator, kernels), also records each policy's expert load
         field = make_field(label, experts, router, monolith, chunk_rows)
-        loads[label] = generate(field, seeds, nfe_steps=1, solver="euler", batch_size=batch, device=device).expert_evals
+        result = generate(field, seeds, nfe_steps=1, solver="euler", batch_size=batch, device=device)
+        loads[label], router_loads[label] = result.expert_evals, result.router_evals
     for r in range(repeats):
         for label in BENCH_POLICIES:
             if progress is not None:
@@ -97,7 +99,9 @@ def time_policies(num_experts: int = 8, preset: str = "unet-s", batch: int = 256
         value = median[num] / median[den]
         ratios.append({"ratio": f"wall({num}) / wall({den})", "value": value, "target": target,
                        "pass": value <= target})
-    return {"walls_s": walls, "median_s": median, "ratios": ratios,
+    # rows evaluated by experts and by the router in one timed pass (one Euler step's load x steps)
+    evals = {label: (sum(loads[label]) * nfe_steps, router_loads[label] * nfe_steps) for label in BENCH_POLICIES}
+    return {"walls_s": walls, "median_s": median, "ratios": ratios, "evals": evals,
             "top1_max_expert_share": max(loads["top-1"]) / max(1, sum(loads["top-1"]))}
 
 

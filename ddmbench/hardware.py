@@ -1,0 +1,39 @@
+"""What this machine's CPU can do: the instruction-set flags that make bf16 pay on a CPU.
+
+bf16 autocast on a CPU without AVX512-BF16 or AMX runs, but through slow emulation; a profile that asks for
+it there should stop with one line instead of running several times slower than fp32.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either one gives native bf16 matmuls (AMX tiles are the fast path)
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where that file does not exist."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return frozenset()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when the CPU has native bf16 matmuls (``avx512_bf16`` or ``amx_bf16``)."""
+    return bool(set(BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+
+
+def cpu_bf16_refusal(key: str, flags: frozenset[str] | None = None) -> str | None:
+    """None when bf16 on this CPU pays; else the one-line reason naming ``key`` and the fix."""
+    if cpu_has_bf16(flags):
+        return None
+    return (f"{key}: bf16 on this CPU ({platform.machine() or 'unknown'}) has none of the flags "
+            f"{', '.join(BF16_FLAGS)}, so it would run emulated and slower than fp32; use 32-true here "
+            "(bf16 pays on CPUs with AVX512-BF16/AMX and on GPUs)")
