@@ -233,6 +233,9 @@ def test_run_also_analyzes_and_prints_stability(trained: tuple[Project, str]) ->
     assert set(a["amplification"]) == {"eps_0.1", "eps_1"}
     assert a["convergence"]["steps"] == [1, 3] and a["convergence"]["reference_steps"] == 6
     assert 0 <= a["alignment"]["hit_rate"] <= 1 and a["disagreement"]["router_weighted"] > 0
+    d = a["disagreement"]                          # quantiles cut within the evaluator's predicted class
+    assert d["stratified_by"] == "predicted class" and sum(q["n"] for q in d["by_quantile"]) + d["n_unstratified"] == 32
+    assert "fid" not in d["by_quantile"][0] and {"confidence", "nn_distance"} <= set(d["by_quantile"][0])
     assert "amplification eps = 1" in output and "empirical order" in output
 
 
