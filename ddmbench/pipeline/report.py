@@ -19,7 +19,7 @@ from ddmbench.report.document import Document, fmt, save_grid
 from ddmbench.report.summary import dissociation, summary_text
 
 # (curve field, y label, log scale) for the per-t figures and DVC plots
-CURVES = (("lipschitz", "local Lipschitz estimate of the combined field", True),
+CURVES = (("lipschitz", "local Lipschitz constant of the combined field (median over seeds)", True),
           ("hit_rate", "hit rate: top-weighted expert = nearest centroid", False),
           ("selected_distance", "distance of x̂₀ to the selected centroids", False),
           ("disagreement_router", "router-weighted expert disagreement", True))
@@ -68,17 +68,22 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     doc.paragraph("FID and KID: torchmetrics in the evaluator classifier's feature space against the test split, "
                   "with 95% percentile-bootstrap intervals over the generated set (features computed once, rows "
                   "resampled). Amplification: ‖x₀(z+εu) − x₀(z)‖/ε over the traced seeds with the same routing "
-                  "draws replayed, mean with its bootstrap interval. Lipschitz: ‖v(x+δu) − v(x)‖/δ of the combined "
-                  "velocity along the trajectory (same routing draws), averaged over seeds and evaluations. "
+                  "draws replayed, mean with its bootstrap interval. Lipschitz: top singular value of the combined "
+                  "field's Jacobian ∂v/∂x at the solver grid's states, routing weights held at the state's "
+                  f"({cfg.analysis.power_iterations} power iterations with torch.func jvp/vjp, a lower bound), "
+                  "averaged over t, mean over seeds. "
                   "Convergence: RMS per pixel between the samples at the configured steps and at "
                   f"{cfg.analysis.reference_factor}× as many; order: slope of log error over the step ladder "
-                  "(1 for Euler on a smooth field). Cost: expert forward passes per image (sparse dispatch), "
+                  "(1 for Euler on a smooth field). Routing randomness (sample-k) is keyed by each sample's seed "
+                  f"and a routing clock of {cfg.sample.routing_clock} equal cells over t ∈ [0, 1], so every "
+                  "step count, the reference and every replay see the same draws over the same time interval. "
+                  "Cost: expert forward passes per image (sparse dispatch), "
                   "GFLOPs measured with torch.utils.flop_counter, sampling throughput.")
     doc.table(*tables.quality_stability_cost(results))
     doc.image(paths.figure("fid_vs_amplification"), "FID against amplification per policy (95% intervals)")
     drawn = {name: paths.figure(f"curve_{name}") for name, _, _ in CURVES}
     if drawn["lipschitz"].exists():
-        doc.image(drawn["lipschitz"], "local Lipschitz estimate over t")
+        doc.image(drawn["lipschitz"], "local Lipschitz constant over t (median over seeds)")
 
     doc.heading("Table 2 — cluster-distance alignment")
     doc.paragraph("At every evaluation the denoised estimate x̂₀ = x − t·v is projected into the clustering "
