@@ -353,6 +353,8 @@ def test_lipschitz_of_a_linear_field_is_its_spectral_norm() -> None:
     u = torch.randn(len(x), 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     rms = (u @ a.T).norm(dim=1) / u.norm(dim=1)
     assert float(rms.mean()) < 0.8 * sigma
+    with pytest.raises(ValueError, match="at least one iteration"):
+        local_lipschitz(field, x, t, w, torch.arange(len(x)), iterations=0)
 
 
 @pytest.mark.parametrize("label", ["full", "top-1", "sample-1", "uniform"])
