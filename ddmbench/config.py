@@ -178,7 +178,7 @@ class AnalysisConfig(Section):
                                          "amplification, Lipschitz, convergence, alignment, router-weighted disagreement.")
     eps: list[float] = Field([0.01, 0.1, 1.0], min_length=1,
                              description="Initial-noise perturbation sizes for the amplification (unit direction x eps).")
-    lipschitz_delta: float = Field(0.01, gt=0, description="Finite-difference step of the routing-jump probe "
+    jump_delta: float = Field(0.01, gt=0, description="Finite-difference step δ of the routing-jump probe "
                                                             "‖v(x + δu) − v(x)‖/δ (same routing draws).")
     power_iterations: int = Field(4, ge=1, le=100, description="Power iterations (one jvp + one vjp each) of the "
                                                                "local Lipschitz constant, the top singular value of "

@@ -12,7 +12,7 @@ from ddmbench.analysis import alignment as align
 from ddmbench.analysis.convergence import convergence, empirical_order, ladder
 from ddmbench.analysis.disagreement import quality_relation, weighted_spread, within_class_quantiles
 from ddmbench.analysis.posterior import EmpiricalPosterior
-from ddmbench.analysis.stability import RoutingJump, amplification, unit_directions
+from ddmbench.analysis.stability import RoutingJump, amplification, lipschitz_along, local_lipschitz, unit_directions
 from ddmbench.analysis.stats import bootstrap_ci, spearman, summary
 from ddmbench.config import AnalysisConfig, SampleConfig
 from ddmbench.data.shapes import MNIST_SHAPE as IMAGE_SHAPE
@@ -352,3 +352,73 @@ def test_quality_relation_of_a_constant_disagreement_ranks_nothing() -> None:
 def test_spearman_is_undefined_for_a_constant_side() -> None:
     assert spearman(np.zeros(10), np.arange(10))["rho"] is None
     assert spearman(np.arange(10), np.arange(10))["rho"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# local Lipschitz constant: top singular value of the Jacobian
+# ----------------------------------------------------------------------------------------------
+
+LIP_SHAPE = (1, 4, 4)
+
+
+def _matrix(seed: int, scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+class MatrixExpert:
+    """v = A x on (1, 4, 4) states: its Jacobian is A everywhere."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        self.a = a
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) @ self.a.T).view_as(x)
+
+
+def _states(b: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(b, *LIP_SHAPE, generator=torch.Generator().manual_seed(9), dtype=torch.float64), \
+        torch.full((b,), 0.4, dtype=torch.float64)
+
+
+def test_lipschitz_of_a_linear_field_is_its_spectral_norm() -> None:
+    a = _matrix(0)
+    sigma = float(torch.linalg.matrix_norm(a, 2))
+    field = ModelField(MatrixExpert(a), image_shape=LIP_SHAPE)
+    x, t = _states()
+    w = torch.ones(len(x), 1)
+    est = local_lipschitz(field, x, t, w, torch.arange(len(x)), iterations=60)
+    torch.testing.assert_close(est, torch.full_like(est, sigma), rtol=1e-4, atol=0)
+    # a few iterations give a lower bound that rises with the iterations; never above the norm
+    few = [local_lipschitz(field, x, t, w, torch.arange(len(x)), iterations=k) for k in (1, 3, 10)]
+    assert all(bool((f <= sigma * (1 + 1e-9)).all()) for f in few)
+    assert bool((few[0] <= few[1] + 1e-9).all()) and bool((few[1] <= few[2] + 1e-9).all())
+    # the old single-direction finite difference estimates the RMS singular value: well below the norm
+    u = torch.randn(len(x), 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rms = (u @ a.T).norm(dim=1) / u.norm(dim=1)
+    assert float(rms.mean()) < 0.8 * sigma
+    with pytest.raises(ValueError, match="at least one iteration"):
+        local_lipschitz(field, x, t, w, torch.arange(len(x)), iterations=0)
+
+
+@pytest.mark.parametrize("label", ["full", "top-1", "sample-1", "uniform"])
+def test_lipschitz_of_a_routed_field_holds_the_states_routing(label: str) -> None:
+    """Linear toy experts A_j through the routed field: the Jacobian with routing held is sum_j w_j A_j."""
+    mats = [_matrix(1), _matrix(2, 0.5), _matrix(3, 2.0)]
+    field = RoutedField([MatrixExpert(m) for m in mats], lambda x, t: x.flatten(1)[:, :3].float() * 5,
+                        parse_policy(label), image_shape=LIP_SHAPE)
+    x, t = _states()
+    r = field.route(x, t, SampleContext.of(range(len(x))))
+    est = local_lipschitz(field, x, t, r.w, torch.arange(len(x)), iterations=80)
+    exact = torch.stack([torch.linalg.matrix_norm(sum(float(r.w[i, j]) * mats[j] for j in range(3)), 2)
+                         for i in range(len(x))])
+    torch.testing.assert_close(est, exact, rtol=1e-3, atol=0)
+
+
+def test_lipschitz_along_trajectories_follows_the_grid_states() -> None:
+    a = _matrix(4)
+    field = ModelField(MatrixExpert(a), image_shape=LIP_SHAPE)
+    states = torch.randn(3, 5, *LIP_SHAPE, dtype=torch.float64)
+    out = lipschitz_along(field, states, torch.linspace(1, 0.2, 5), torch.ones(3, 5, 1), torch.arange(3),
+                          iterations=60, batch_size=4)
+    assert out.shape == (3, 5)
+    torch.testing.assert_close(out, torch.full_like(out, float(torch.linalg.matrix_norm(a, 2))), rtol=1e-4, atol=0)

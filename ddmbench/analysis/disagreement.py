@@ -3,7 +3,7 @@
 Two spreads of the experts' velocity predictions around a combined prediction, each a weighted variance
 sum_j a_j * mean_pixels (v_j - sum_i a_i v_i)^2:
   - policy-weighted (a = w): what the policy actually mixed; recorded for every sample while sampling
-    (ddmbench.sampling.field.RoutedField.spread), 0 for one-expert policies;
+    (ddmbench.sampling.observers.Spread), 0 for one-expert policies;
   - router-weighted (a = p): how much the experts the router trusts disagree at the state, whatever the
     policy selects; needs every expert's prediction, so only on the traced probe subset.
 """

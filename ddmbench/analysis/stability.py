@@ -70,6 +70,8 @@ def local_lipschitz(field: Field, x: torch.Tensor, t: torch.Tensor, w: torch.Ten
     sqrt(||J^T J u||) for the last unit u is a lower bound that rises to sigma_max. The networks act row by
     row, so the batch's Jacobian is block diagonal and every row iterates on its own block.
     """
+    if iterations < 1:
+        raise ValueError(f"the power iteration needs at least one iteration, got {iterations}")
     x = x.detach()
 
     def f(y: torch.Tensor) -> torch.Tensor:

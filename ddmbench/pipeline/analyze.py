@@ -70,7 +70,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     with progress(f"analyze {spec.label}", passes) as advance:
         # 1. the traced pass: routing, states, every expert's prediction, routing jumps
         recorder = TraceRecorder(field, a.n) if routed else None
-        states, jump = States(), RoutingJump(field, a.lipschitz_delta)
+        states, jump = States(), RoutingJump(field, a.jump_delta)
         observers = [states, jump, *([recorder] if recorder is not None else [])]
         base = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, observers=observers, **kw).images
         advance(1)
@@ -104,7 +104,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
                       "t": t_all[grid].tolist(), "median_by_t": lip_median.tolist(), "p90_by_t": lip_p90.tolist(),
                       "max_median_over_t": float(lip_median.max()), "iterations": a.power_iterations},
         "routing_jump": {**summary(jumps.mean(1).numpy(), resamples=a.bootstrap, seed=cfg.seed),
-                         "switch_rate": float(switched.double().mean()), "delta": a.lipschitz_delta},
+                         "switch_rate": float(switched.double().mean()), "delta": a.jump_delta},
         "convergence": {"steps": conv["steps"], "rms_error": conv["rms_error"],
                         "reference_steps": conv["reference_steps"], "order": conv["order"],
                         "error_at_nfe": summary(conv["error_at_nfe"].numpy(), resamples=a.bootstrap, seed=cfg.seed)},

@@ -115,17 +115,22 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   "SHA-256 of its weights) against the test split, with 95% grouped-jackknife intervals: FID's "
                   "covers the expected FID at this N and number of real images, KID's (unbiased) the population "
                   "KID; FID∞ with its interval is in metrics/evaluate. Amplification: ‖x₀(z+εu) − x₀(z)‖/ε over the traced seeds with the same routing "
-                  "draws replayed, mean with its bootstrap interval. Lipschitz: ‖v(x+δu) − v(x)‖/δ of the combined "
-                  "velocity along the trajectory (same routing draws), averaged over seeds and evaluations. "
+                  "draws replayed, mean with its interval. Lipschitz: top singular value of the combined "
+                  "field's Jacobian ∂v/∂x at the solver grid's states, routing weights held at the state's "
+                  f"({cfg.analysis.power_iterations} power iterations with torch.func jvp/vjp, a lower bound), "
+                  "averaged over t, mean over seeds. "
                   "Convergence: RMS per pixel between the samples at the configured steps and at "
                   f"{cfg.analysis.reference_factor}× as many; order: slope of log error over the step ladder "
-                  "(1 for Euler on a smooth field). Cost: expert forward passes per image (sparse dispatch), "
+                  "(1 for Euler on a smooth field). Routing randomness (sample-k) is keyed by each sample's seed "
+                  f"and a routing clock of {cfg.sample.routing_clock} equal cells over t ∈ [0, 1], so every "
+                  "step count, the reference and every replay see the same draws over the same time interval. "
+                  "Cost: expert forward passes per image (sparse dispatch), "
                   "GFLOPs measured with torch.utils.flop_counter, sampling throughput.")
     doc.table(*tables.quality_stability_cost(results), caption=src(each_eval, each_analyze))
     doc.image(paths.figure("fid_vs_amplification"), "FID against amplification per policy (95% intervals)")
     drawn = {name: paths.figure(f"curve_{name}") for name, _, _ in CURVES}
     if drawn["lipschitz"].exists():
-        doc.image(drawn["lipschitz"], "local Lipschitz estimate over t")
+        doc.image(drawn["lipschitz"], "local Lipschitz constant over t (median over seeds)")
 
     doc.heading("Table 2 — alignment against the exact cluster posterior p*")
     doc.paragraph("Ground truth: p*(k | x_t) ∝ Σ_{i∈k} N(x_t; (1−t)·x_i, t²·I) over the training images, at every "
