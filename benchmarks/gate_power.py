@@ -10,11 +10,13 @@ reports/baseline/gate-power.json and to the table between the markers in reports
 Runs by hand or on a schedule, never in CI (one CI-profile run per mutation):
 
     python benchmarks/gate_power.py [--data-root data] [--only top-k-smallest] [--timeout-min 90]
+    python benchmarks/gate_power.py --drift      # the float drift of 1 vs 2 threads on the profile
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -100,12 +102,15 @@ def export_head(repo: Path, dest: Path) -> None:
     subprocess.run(git + ["commit", "-qm", "gate-power copy"], cwd=dest, check=True)
 
 
-def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float) -> tuple[bool, str]:
-    """``dvc repro`` of ``profile`` in ``copy`` with its own code; (finished, last lines of output)."""
+def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float,
+                threads: int | None = None) -> tuple[bool, str]:
+    """``dvc repro`` of ``profile`` in ``copy`` with its own code (``threads``: OMP_NUM_THREADS, which sets
+    torch's intra-op threads); (finished, last lines of output)."""
     params = yaml.safe_load(profile.read_text())
     params["data"]["root"] = str(data_root.resolve())
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(copy), "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(copy), "DVC_NO_ANALYTICS": "1",
+           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     try:
         proc = subprocess.run(["dvc", "repro"], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -126,6 +131,21 @@ def row_for(m: Mutation | None, metrics: Path | None, baseline: dict[str, Any], 
     return {**row, "verdict": result.verdict, "caught": result.verdict == "regression",
             "failing_contrasts": failing, "values_beyond_drift": len(result.beyond),
             "detail": result.summary()}
+
+
+def drift_stats(first: Path, second: Path) -> dict[str, Any]:
+    """How far two same-seed runs' metrics folders differ, on the gate's terms: values bit-identical, the
+    largest |Δ| / sibling scale (what ``--drift-rel`` must cover), and ``compare``'s line for the second run
+    against a baseline made from the first."""
+    a, b = regression.flatten_metrics(first), regression.flatten_metrics(second)
+    common = sorted(k for k in a if k in b and regression.kind_of(k) == "value")
+    scales = regression.sibling_scales({k: a[k] for k in common})
+    ratios = {k: abs(a[k] - b[k]) / scales[k] if scales[k] else float(a[k] != b[k]) for k in common}
+    worst = max(ratios, key=ratios.__getitem__) if ratios else None
+    base = regression.make_baseline(first, why="drift", git_commit="", profile="")
+    return {"values": len(common), "bit_identical": sum(a[k] == b[k] for k in common),
+            "max_delta_over_scale": ratios[worst] if worst else 0.0, "worst": worst,
+            "compare": regression.compare(second, base).summary()}
 
 
 def markdown(rows: list[dict[str, Any]], header: str) -> str:
@@ -159,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", choices=[m.name for m in MUTATIONS], help="run only these")
     ap.add_argument("--timeout-min", type=float, default=90.0, help="per CI-profile run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copies")
+    ap.add_argument("--drift", action="store_true",
+                    help="instead: run HEAD twice, 1 and 2 threads, and measure the float drift (drift.json)")
     args = ap.parse_args(argv)
+    if args.drift:
+        return measure_drift(args)
     baseline = regression.check_baseline(read_json(args.baseline, "ddmbench baseline --why '...'"), args.baseline)
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
     rows = []
@@ -192,6 +216,26 @@ def main(argv: list[str] | None = None) -> int:
     missed = [r["mutation"] for r in rows[1:] if not r["caught"]]
     print("every mutation caught" if not missed else f"not caught: {', '.join(missed)}")
     return 1 if missed else 0
+
+
+def measure_drift(args: argparse.Namespace) -> int:
+    """Two same-seed runs of the profile at HEAD, 1 and 2 threads; writes reports/baseline/drift.json."""
+    scratch = Path(tempfile.mkdtemp(prefix="gate-drift-"))
+    try:
+        for threads in (1, 2):
+            copy = scratch / f"threads-{threads}"
+            export_head(args.repo, copy)
+            ok, tail = run_profile(copy, args.repo / args.profile, args.data_root, args.timeout_min * 60, threads)
+            if not ok:
+                print(f"the {threads}-thread run failed: {tail}")
+                return 1
+        stats = drift_stats(scratch / "threads-1" / "metrics", scratch / "threads-2" / "metrics")
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    write_json(args.repo / "reports/baseline/drift.json", {"profile": str(args.profile), "threads": [1, 2], **stats})
+    print(json.dumps(stats, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

@@ -97,3 +97,13 @@ def test_row_for_a_run_uses_the_gate(tmp_path: Path) -> None:
     assert control["verdict"] == "exact" and not control["caught"]
     crashed = gate_power.row_for(m, None, base, "Traceback ...")
     assert crashed["caught"] and crashed["verdict"] == "pipeline failed"
+
+
+def test_drift_stats_on_the_gates_terms(tmp_path: Path) -> None:
+    from test_regression import _metrics
+
+    same = gate_power.drift_stats(_metrics(tmp_path / "a"), _metrics(tmp_path / "b"))
+    assert same["bit_identical"] == same["values"] > 0 and same["max_delta_over_scale"] == 0.0
+    assert same["compare"].startswith("exact: ")
+    moved = gate_power.drift_stats(_metrics(tmp_path / "a"), _metrics(tmp_path / "c", scale=1 + 1e-4))
+    assert moved["max_delta_over_scale"] == pytest.approx(1e-4, rel=1e-6) and moved["compare"].startswith("drift: ")

@@ -85,6 +85,8 @@ def test_contrast_tolerance_never_exceeds_the_effect_it_guards() -> None:
     assert regression.contrast_tolerance(regression.Contrast(1.0, 0.1, 3.9)) == (1.0, 1)        # capped at |effect|
     assert regression.contrast_tolerance(regression.Contrast(0.01, -0.02, 0.04)) == (pytest.approx(0.03), 0)
     assert regression.contrast_tolerance(regression.Contrast(-8.0, -11.0, -5.0), spread_range=0.5) == (1.0, -1)
+    # a zero measured spread still leaves room for float drift
+    assert regression.contrast_tolerance(regression.Contrast(-8.0, -11.0, -5.0), 0.0, 1e-3) == (pytest.approx(0.011), -1)
     rng = np.random.default_rng(0)
     for _ in range(500):
         value, half, spread_range = rng.normal(0, 5), rng.exponential(3), rng.choice([None, rng.exponential(3)])

@@ -156,15 +156,18 @@ def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
-def contrast_tolerance(c: Contrast, spread_range: float | None = None) -> tuple[float, int]:
+def contrast_tolerance(c: Contrast, spread_range: float | None = None,
+                       drift_rel: float = DRIFT_REL) -> tuple[float, int]:
     """(tolerance, guarded sign) of a baseline contrast.
 
     The tolerance is SPREAD_MULTIPLE x its measured run-to-run range when one is given, else the half-width
-    of its baseline interval (the sampling noise given the trained models). When the interval excludes 0
-    the sign is guarded (+1 or -1) and the tolerance is capped at |effect|, so no tolerance exceeds the
-    effect it guards; otherwise the sign is 0 (not established, not guarded).
+    of its baseline interval (the sampling noise given the trained models), and never below the float drift
+    (``drift_rel`` x the largest of |estimate| and |bounds|). When the interval excludes 0 the sign is
+    guarded (+1 or -1) and the tolerance is capped at |effect|, so no tolerance exceeds the effect it
+    guards; otherwise the sign is 0 (not established, not guarded).
     """
     tol = SPREAD_MULTIPLE * spread_range if spread_range is not None else (c.high - c.low) / 2
+    tol = max(tol, drift_rel * max(abs(c.value), abs(c.low), abs(c.high)))
     sign = 1 if c.low > 0 else -1 if c.high < 0 else 0
     if sign:
         tol = min(tol, abs(c.value))
@@ -180,7 +183,7 @@ def make_baseline(metrics_dir: Path, *, why: str, git_commit: str, profile: str,
     ranges = {name: m["range"] for name, m in (spread or {}).get("metrics", {}).items()}
     contrasts = {}
     for name, c in headline_contrasts(metrics_dir).items():
-        tol, sign = contrast_tolerance(c, ranges.get(f"contrast {name}"))
+        tol, sign = contrast_tolerance(c, ranges.get(f"contrast {name}"), drift_rel)
         contrasts[name] = {"value": c.value, "ci95": [c.low, c.high], "tolerance": tol, "sign": sign,
                            "basis": "spread" if f"contrast {name}" in ranges else "ci95"}
     return {"format": FORMAT, "why": why, "git_commit": git_commit, "profile": profile,
