@@ -107,8 +107,9 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     doc.paragraph(summary_text(contrast, cfg.report))
     doc.heading("Setup")
     doc.table(["quantity", "value"], setup_rows(cfg, paths, results),
-              caption="the resolved params; " + src(paths.cluster_metrics, paths.model_metrics("router"), paths.model_metrics("evaluator"),
-                          paths.expert_metrics("<k>"), each_eval))
+              caption="the resolved params; " + src(paths.cluster_metrics, paths.model_metrics("router"),
+                                                    paths.model_metrics("evaluator"), paths.expert_metrics("<k>"),
+                                                    each_eval))
 
     doc.heading("Table 1 — routing policy vs quality, stability and cost")
     doc.paragraph("FID and KID in the evaluator classifier's feature space (one evaluator, identified by the "
@@ -271,7 +272,8 @@ def run(cfg: Config, paths: Paths) -> tables.Results:
     mirror(cfg, paths, "report", "report", {"policies": ",".join(cfg.policies)},
            {"dissociation_holds": float(bool(verdict["holds"])) if verdict["holds"] is not None else None,
             **{label: {"fid": r["evaluate"]["fid"], "kid": r["evaluate"]["kid"]} for label, r in results.items()},
-            "headline": {r["metric"].split()[0].lower(): {"estimate": r["estimate"], "ci95": r["ci95"]} for r in headline}},
+            "headline": {r["metric"].split()[0].lower(): {"estimate": r["estimate"], "ci95": r["ci95"]}
+                         for r in headline}},
            [paths.report_md, paths.report_html, *((f, "plots") for f in plot_files), *((f, "figures") for f in figs),
             *((paths.sample_grid(label), "samples") for label in results)],
            tags={"mlflow.note.content": note, "report_html": paths.report_html.resolve().as_uri()},

@@ -173,15 +173,15 @@ def _pipeline_runs(client: Any, exp_id: str, digest: str, commit: str) -> list[A
     return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
-def _batch(client: Any, run_id: str, params: Mapping[str, Any] = {}, metrics: Mapping[str, float] = {},
-           tags: Mapping[str, str] = {}) -> None:
+def _batch(client: Any, run_id: str, params: Mapping[str, Any] | None = None,
+           metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None) -> None:
     """Log params, metrics and tags in batches (MlflowClient.log_batch splits them under MLflow's limits)."""
     from mlflow.entities import Metric, Param, RunTag
 
     ts = now_ms()
-    client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in metrics.items()],
-                     params=[Param(k, str(v)[:PARAM_MAX]) for k, v in params.items()],
-                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in (metrics or {}).items()],
+                     params=[Param(k, str(v)[:PARAM_MAX]) for k, v in (params or {}).items()],
+                     tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
 def _parent_run(client: Any, exp_id: str, cfg: Config, commit: str) -> str:

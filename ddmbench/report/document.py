@@ -57,7 +57,8 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto
          ".scroll{overflow-x:auto}"
          "th:first-child,td:first-child{text-align:left}thead{background:#f3f3f3}"
          "table.headline td,table.headline th{font-size:1.05em}"
-         "table.headline td:last-child{white-space:normal;text-align:left;min-width:18em}"
+         "table.headline td:last-child,table.headline th:last-child{white-space:normal;text-align:left;"
+         "min-width:18em}"
          "figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:100%}"
          "figcaption{font-size:.85em;color:#555;text-align:center}"
          ".row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}"
@@ -102,7 +103,8 @@ class Document:
             if block[0] == "h":
                 section = anchor(block[2])
             elif block[0] == "table":
-                text = f"# {section}\n\n" + markdown_table(block[1], block[2]) + (f"\n\n*{block[3]}*" if block[3] else "")
+                caption = f"\n\n*{block[3]}*" if block[3] else ""
+                text = f"# {section}\n\n" + markdown_table(block[1], block[2]) + caption
                 name = f"{section}.md"
                 out[name] = out[name] + "\n\n" + text if name in out else text
         return {name: text + "\n" for name, text in out.items()}
