@@ -17,8 +17,8 @@ from ddmbench.data.datasets import load_prepared, to_model_space
 from ddmbench.io import load_tensors
 from ddmbench.models import nets
 from ddmbench.models.checkpoints import load_velocity_net
-from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.flow_training import heldout_loss
+from ddmbench.pipeline.paths import Paths
 from ddmbench.train.trainer import seed_everything, seed_for
 
 pytestmark = pytest.mark.slow
