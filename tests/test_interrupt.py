@@ -117,3 +117,15 @@ def test_ddmbench_run_during_dvc_repro_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert ("a DVC stage is running here" in lines[0] and f"pid {proc.pid}" in lines[0]) or "DVC is busy" in lines[0]
     assert not (project.root / "outputs").exists()
+
+
+def test_dvc_repro_during_ddmbench_run_is_refused_by_dvc(tmp_path: Path) -> None:
+    """`ddmbench run` holds DVC's repo lock from start to end, so DVC itself refuses a `dvc repro` meanwhile."""
+    from ddmbench.pipeline import run as pipeline
+
+    project = make_dvc_project(tmp_path / "repo")
+    out = _sleeper(project, 0)
+    with pipeline.run_lock(project.root), pipeline.dvc_repo(project.root):
+        rc, log = _finish(_dvc(project.root, "repro", "sub/dvc.yaml"))
+    assert rc != 0 and "Unable to acquire lock" in log, log
+    assert not out.exists()

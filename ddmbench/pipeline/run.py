@@ -166,9 +166,9 @@ def _refuse_running_stages(tmp_dir: Path) -> None:
 # reproduction
 # ----------------------------------------------------------------------------------------------
 
-def stage_call(cmd: Any) -> tuple[str, list[str]] | None:
-    """``ddmbench <stage> [--expert N | --policy LABEL]`` -> (pipeline module, [option value]); None for any
-    other command (DVC runs those itself)."""
+def stage_call(cmd: Any) -> tuple[str, str | None, str | None] | None:
+    """``ddmbench <stage> [--expert N | --policy LABEL]`` -> (pipeline module, option, value); None for any other
+    command (DVC runs those itself)."""
     if not isinstance(cmd, str) or "\n" in cmd:
         return None
     argv = shlex.split(cmd)
@@ -177,7 +177,7 @@ def stage_call(cmd: Any) -> tuple[str, list[str]] | None:
     module = argv[1].replace("-", "_")
     if importlib.util.find_spec(f"ddmbench.pipeline.{module}") is None:
         return None
-    return module, argv[3:]
+    return (module, argv[2], argv[3]) if len(argv) == 4 else (module, None, None)
 
 
 def _why(stage: Stage, most: int = 3) -> str:
@@ -199,25 +199,29 @@ def _why(stage: Stage, most: int = 3) -> str:
     return "; ".join(reasons[:most]) + more if reasons else "changed"
 
 
-def _in_process(stage: Stage, cfg: Config, paths: Paths, module: str, args: list[str]) -> None:
-    """What ``Stage.run`` does, with the command's body called here instead of in a new interpreter."""
+def _in_process(stage: Stage, cfg: Config, paths: Paths, module: str, option: str | None, value: str | None) -> bool:
+    """What ``Stage.run`` does, with the command's body called here instead of in a new interpreter.
+    Returns False when DVC's run cache restored the outputs instead (then nothing ran, nothing is logged)."""
     from dvc.rwlock import rwlock
     from dvc.stage.cache import RunCacheNotFoundError
 
     stage.remove_outs(ignore_remove=False, force=False)
-    try:
-        stage.repo.stage_cache.restore(stage)
-    except RunCacheNotFoundError:
-        stage.save_deps()
-        fs_paths = lambda items: [item.fs_path for item in items]  # noqa: E731
-        with rwlock(stage.repo.tmp_dir, stage.repo.fs, " ".join(sys.argv), fs_paths(stage.deps), fs_paths(stage.outs),
-                    stage.repo.config["core"].get("hardlink_lock", False)):
-            stage_args: list[Any] = [] if not args else [int(args[0]) if args[0].isdigit() else cfg.policy(args[0])]
+    fs_paths = lambda items: [item.fs_path for item in items]  # noqa: E731
+    with rwlock(stage.repo.tmp_dir, stage.repo.fs, " ".join(sys.argv), fs_paths(stage.deps), fs_paths(stage.outs),
+                stage.repo.config["core"].get("hardlink_lock", False)):
+        try:
+            stage.repo.stage_cache.restore(stage)
+            ran = False
+        except RunCacheNotFoundError:
+            stage.save_deps()
+            args: list[Any] = [] if option is None else [int(value) if option == "--expert" else cfg.policy(str(value))]
             with stage_clock():  # the stage's MLflow run starts when its work does
-                importlib.import_module(f"ddmbench.pipeline.{module}").run(cfg, paths, *stage_args)
+                importlib.import_module(f"ddmbench.pipeline.{module}").run(cfg, paths, *args)
+            ran = True
     no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
     stage.save(run_cache=not no_cache_outs)
     stage.commit()
+    return ran
 
 
 def reproduce(repo: Repo, cfg: Config, paths: Paths, targets: list[str]) -> list[str]:
@@ -236,8 +240,9 @@ def reproduce(repo: Repo, cfg: Config, paths: Paths, targets: list[str]) -> list
                       highlight=False, soft_wrap=True)
         if call is None:
             stage.run()
-        else:
-            _in_process(stage, cfg, paths, *call)
+        elif not _in_process(stage, cfg, paths, *call):
+            console.print(f"[bold]{escape(stage.addressing)}[/]: restored from DVC's run cache (a run with these "
+                          "deps and params); `dvc repro --force` to run it again", highlight=False, soft_wrap=True)
         stage.dump(update_pipeline=False)
         ran.append(stage.addressing)
         return stage
