@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import Project, run_cli
 
-from ddmbench.analysis.expert_accuracy import ROW_KEYS, expert_accuracy, summarise
+from ddmbench.analysis.expert_accuracy import POSTERIOR_KEYS, ROW_KEYS, expert_accuracy, summarise
+from ddmbench.analysis.posterior import EmpiricalPosterior
 from ddmbench.config import parse_config
 from ddmbench.errors import ConfigError
 from ddmbench.report.tables import expert_accuracy as accuracy_table
@@ -66,6 +67,23 @@ def test_oracle_expert_is_exact_and_router_selection_beats_the_rest() -> None:
     assert low["router_top1_is_oracle"] == 1.0 and low["selected_top1"] < 1e-10
     high = data["rows"][-1]                                       # t = 0.9: the posterior spreads over experts
     assert high["full_ensemble"] > 1e-3 > high["oracle_expert"] and high["router_top1_is_oracle"] < 1.0
+
+
+def test_p_star_grouping_finds_the_covering_expert() -> None:
+    # p* over the three training points (one per cluster, equal priors) is exactly the Bayes router here
+    experts, router, x0, cluster = _toy()
+    centres = torch.stack([e.c for e in experts])
+    post = EmpiricalPosterior(centres, torch.arange(3), 3)
+    data = expert_accuracy(experts, router, x0, cluster, [0.1, 0.9], seed=0,
+                           posterior=lambda x, t: post(x, t).log_p.exp())
+    low, high = data["rows"]
+    assert set(low) == {"t", *ROW_KEYS, *POSTERIOR_KEYS}
+    assert low["posterior_top1"] < 1e-10 < low["not_posterior_top1"]             # the covering expert is exact
+    assert low["router_top1_is_posterior_top1"] == 1.0 and high["router_top1_is_posterior_top1"] == 1.0
+    assert low["posterior_top1"] <= low["posterior_weighted"] <= low["not_posterior_top1"]
+    assert "posterior_top1" not in expert_accuracy(experts, router, x0, cluster, [0.5], seed=0)["rows"][0]
+    headers, _ = accuracy_table(data)
+    assert "argmax-p* expert" in headers and "router top-1 = argmax p*" in headers
 
 
 def test_expert_accuracy_is_seeded() -> None:

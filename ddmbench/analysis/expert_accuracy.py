@@ -3,7 +3,9 @@
 Held-out images x_0 are noised to a grid of t (x_t = (1 - t) x_0 + t eps, ``ddmbench.sampling.flow``); every expert's
 velocity is scored against the true target v = eps - x_0 by its MSE per pixel, then grouped by the
 router's selection at that (x_t, t): the top-k experts vs the rest, against the full ensemble's combined
-prediction sum_j p_j v_j, the oracle expert (the image's own cluster) and the best single expert.
+prediction sum_j p_j v_j, the oracle expert (the image's own cluster) and the best single expert. Given the exact
+cluster posterior p*(k | x_t) (``ddmbench.analysis.posterior``), also grouped by p*: the expert of the state's most
+probable cluster vs the rest, and the p*-weighted error sum_k p*_k e_k.
 Pure functions: models and tensors in, numbers out.
 """
 
@@ -20,18 +22,22 @@ Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = (1, 2)
 ROW_KEYS = ("selected_top1", "not_selected_top1", "selected_top2", "not_selected_top2", "full_ensemble",
             "oracle_expert", "best_single_expert", "router_top1_is_oracle")
+POSTERIOR_KEYS = ("posterior_top1", "not_posterior_top1", "posterior_weighted", "router_top1_is_posterior_top1")
+Posterior = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> p*(k | x_t) (B, K)
 
 
 @torch.no_grad()
 def errors_at(experts: Sequence[Model], router: Model, x0: torch.Tensor, t: float, generator: torch.Generator,
-              batch: int = 250) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              batch: int = 250, posterior: Posterior | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Noise x0 (N, C, H, W) to time t and score every expert there.
 
-    Returns per-expert MSE e (N, K), router probabilities p (N, K) and the full ensemble's MSE (N,), each
-    MSE a mean over pixels of (v_pred - (eps - x_0))^2. eps is drawn from ``generator`` for all N at once.
+    Returns per-expert MSE e (N, K), router probabilities p (N, K), the full ensemble's MSE (N,), each
+    MSE a mean over pixels of (v_pred - (eps - x_0))^2, and p* (N, K) at the same states (None without
+    ``posterior``). eps is drawn from ``generator`` for all N at once.
     """
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    errs, probs, full = [], [], []
+    errs, probs, full, stars = [], [], [], []
     for xb, eb in zip(x0.split(batch), eps.split(batch)):
         tb = torch.full((len(xb),), float(t), dtype=xb.dtype)
         x_t, target = interpolate(xb, eb, tb), velocity_target(xb, eb)                 # (B, C, H, W)
@@ -41,16 +47,20 @@ def errors_at(experts: Sequence[Model], router: Model, x0: torch.Tensor, t: floa
         errs.append((v - target.unsqueeze(1)).square().flatten(2).mean(2))              # (B, K)
         full.append((v_full - target).square().flatten(1).mean(1))                      # (B,)
         probs.append(p)
-    return torch.cat(errs), torch.cat(probs), torch.cat(full)
+        if posterior is not None:
+            stars.append(posterior(x_t, tb).double())                                    # (B, K)
+    return torch.cat(errs), torch.cat(probs), torch.cat(full), torch.cat(stars) if stars else None
 
 
-def summarise(t: float, e: torch.Tensor, p: torch.Tensor, full: torch.Tensor, cluster: torch.Tensor) -> dict[str, Any]:
+def summarise(t: float, e: torch.Tensor, p: torch.Tensor, full: torch.Tensor, cluster: torch.Tensor,
+              p_star: torch.Tensor | None = None) -> dict[str, Any]:
     """One table row from per-expert MSE e (N, K), router probabilities p (N, K), ensemble MSE (N,), cluster (N,).
 
     selected_topk / not_selected_topk: mean MSE over (image, expert) pairs inside / outside the router's k
     most probable experts (None when k >= K leaves nothing outside); best_single_expert: the lowest mean
     MSE of one expert used for every image; router_top1_is_oracle: how often the router's top expert is
-    the image's own cluster.
+    the image's own cluster. With p* (N, K): posterior_top1 / not_posterior_top1, the mean MSE of the expert of
+    argmax p* / of the others; posterior_weighted, the mean of sum_k p*_k e_k; router_top1_is_posterior_top1.
     """
     k_total = e.shape[1]
     order = p.argsort(dim=1, descending=True)
@@ -63,11 +73,18 @@ def summarise(t: float, e: torch.Tensor, p: torch.Tensor, full: torch.Tensor, cl
     row["oracle_expert"] = float(e.gather(1, cluster.view(-1, 1)).mean())
     row["best_single_expert"] = float(e.mean(0).min())
     row["router_top1_is_oracle"] = float((order[:, 0] == cluster).float().mean())
+    if p_star is not None:
+        star = p_star.argmax(1, keepdim=True)                                           # (N, 1)
+        on = torch.zeros_like(e, dtype=torch.bool).scatter_(1, star, True)
+        row["posterior_top1"] = float(e[on].mean())
+        row["not_posterior_top1"] = float(e[~on].mean()) if k_total > 1 else None
+        row["posterior_weighted"] = float((p_star.to(e.dtype) * e).sum(1).mean())
+        row["router_top1_is_posterior_top1"] = float((order[:, :1] == star).float().mean())
     return row
 
 
 def expert_accuracy(experts: Sequence[Model], router: Model, x0: torch.Tensor, cluster: torch.Tensor,
-                    ts: Sequence[float], seed: int, batch: int = 250,
+                    ts: Sequence[float], seed: int, batch: int = 250, posterior: Posterior | None = None,
                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """The per-expert accuracy table over the t grid for held-out images x0 (N, C, H, W) of clusters (N,);
     ``progress(1)`` after each t.
@@ -80,7 +97,8 @@ def expert_accuracy(experts: Sequence[Model], router: Model, x0: torch.Tensor, c
     g = torch.Generator().manual_seed(seed)
     rows = []
     for t in ts:
-        rows.append(summarise(t, *errors_at(experts, router, x0, t, g, batch), cluster.long()))
+        e, p, full, p_star = errors_at(experts, router, x0, t, g, batch, posterior)
+        rows.append(summarise(t, e, p, full, cluster.long(), p_star))
         if progress is not None:
             progress(1)
     return {"t": [float(t) for t in ts], "n": len(x0), "k": len(experts), "rows": rows}

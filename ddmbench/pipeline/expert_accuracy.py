@@ -1,4 +1,5 @@
-"""Stage `expert-accuracy`: every expert's velocity error on noised held-out images, grouped by the router."""
+"""Stage `expert-accuracy`: every expert's velocity error on noised held-out images, grouped by the router and by
+the exact cluster posterior p* of the training set."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ddmbench.data.datasets import load_prepared, shape_of_images, to_model_spac
 from ddmbench.io import ensure_writable, write_json
 from ddmbench.pipeline.artifacts import build_field, load_clusters
 from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.posterior_field import empirical_posterior
 from ddmbench.pipeline.tracking import mirror
 
 
@@ -26,10 +28,11 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     pick = torch.randperm(len(ds["test_x"]), generator=streams.expert_accuracy_subset(cfg.seed))[:n]
     field = build_field(cfg, paths, cfg.policy("full"), torch.device("cpu"),  # checked experts + router
                         image_shape=shape_of_images(ds["test_x"]))
+    post = empirical_posterior(cfg, paths)
     with progress("expert-accuracy t", len(cfg.analysis.accuracy_t)) as advance:
         data = expert_accuracy(field.experts, field.router, to_model_space(ds["test_x"][pick]),
                                clusters["test_assignments"][pick], cfg.analysis.accuracy_t, seed=cfg.seed,
-                               progress=advance)
+                               posterior=lambda x, t: post(x, t).log_p.exp(), progress=advance)
     data["seed"] = cfg.seed
     write_json(paths.expert_accuracy, data)
     flat = {f"t{row['t']:g}/{key}": value for row in data["rows"] for key, value in row.items() if key != "t"}
