@@ -10,7 +10,8 @@ import yaml
 from conftest import REPO_ROOT, TINY, Project, deep_merge
 from pydantic import ValidationError
 
-from ddmbench.config import Config, ConfigError, config_to_dict, load_config, parse_config
+from ddmbench.config import Config, config_to_dict, load_config, parse_config
+from ddmbench.errors import ConfigError
 
 
 def _error(raw: dict[str, Any]) -> str:
