@@ -69,7 +69,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "loss = nn.functional.cross_entropy(logits, cluster)",
              "loss = nn.functional.cross_entropy(logits, cluster.roll(1, 0))",
              "the router is trained against the cluster of the neighbouring image in the batch"),
-    Mutation("evaluator-mirrored-features", "evaluator", "ddmbench/evaluation/metrics.py",
+    Mutation("evaluator-mirrored-features", "evaluator", "ddmbench/evaluation/features.py",
              "return torch.cat([classifier.features(chunk.float()) for chunk in images.split(batch)])",
              "return torch.cat([classifier.features(chunk.float().flip(-1)) for chunk in images.split(batch)])",
              "the evaluator embeds left-right mirrored images"),

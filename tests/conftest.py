@@ -138,6 +138,7 @@ TINY: dict[str, Any] = {
     "analysis": {"n": 8, "eps": [0.1, 1.0], "reference_factor": 2, "ladder_rungs": 2, "bootstrap": 100, "quantiles": 2},
     "tracking": {"enabled": False, "uri": None, "experiment": "ddmbench-tests"},
     "report": {"primary": [], "alpha": 0.05},  # tests that judge a policy declare it with its policies
+    "posterior": {"n_train": 0, "chunk": 4096},
 }
 
 

@@ -162,11 +162,10 @@ def test_posterior_router_routes_a_field_by_p_star() -> None:
     router = PosteriorRouter(post, (1, 2, 2))
     field = RoutedField([_Const(0.0), _Const(1.0)], router, parse_policy("posterior"))
     x, t = torch.randn(6, 1, 2, 2, generator=g), torch.full((6,), 0.6)
-    records = []
-    field.on_step = records.append
-    v = field(x, t)
+    routing = field.route(x, t)
+    v = routing.v
     p_star = post(x, t).log_p.exp()
-    torch.testing.assert_close(records[0]["w"].double(), p_star, rtol=0, atol=1e-6)
+    torch.testing.assert_close(routing.w.double(), p_star, rtol=0, atol=1e-6)
     torch.testing.assert_close(v.flatten(1).mean(1).double(), p_star[:, 1], rtol=0, atol=1e-6)  # sum_k p*_k c_k
     assert router.evals == 6 and router.distance_evals == 6 * 30
     top1 = RoutedField([_Const(0.0), _Const(1.0)], router, parse_policy("posterior-top-1"))

@@ -64,20 +64,25 @@ def write_results(paths: Paths, policies: list[str], contrast: dict[str, Any] | 
         write_json(paths.contrast_metrics, contrast)
 
 
-def old_contrast() -> dict[str, Any]:
-    """Today's metrics/contrast.json layout."""
-    entry = {"delta": -0.2, "delta_ci95": [-0.5, 0.1], "verdict": "not separable"}
-    amp = {"delta": -0.03, "delta_ci95": [-0.05, -0.01], "verdict": "lower", "frac_lower": 0.8, "wilcoxon_p": 0.004}
+PRIMARY = {"primary": [{"policy": "top-2", "versus": "full", "metrics": ["kid", "amplification@0.1"]}], "alpha": 0.05}
+
+
+def contrast_file() -> dict[str, Any]:
+    """metrics/contrast.json as `contrast` writes it: every difference with estimate, ci95, estimand, p_value."""
+    entry = {"estimate": -0.2, "ci95": [-0.5, 0.1], "estimand": "paired difference", "p_value": 0.2,
+             "verdict": "not separable"}
+    amp = {"estimate": -0.03, "ci95": [-0.05, -0.01], "estimand": "mean per-seed difference", "p_value": 0.004,
+           "verdict": "lower", "frac_lower": 0.8}
     return {"reference": "full", "delta": "policy − full", "contrasts": {label: {
-        "fid": entry, "amplification": {f"eps_{e}": amp for e in ("0.01", "0.1", "1")},
+        "fid": entry, "kid": entry, "amplification": {f"eps_{e}": amp for e in ("0.01", "0.1", "1")},
         "convergence_error": entry, "lipschitz": entry} for label in POLICIES if label != "full"}}
 
 
 @pytest.fixture
 def synthetic(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
     monkeypatch.chdir(project.root)
-    project.update(policies=POLICIES, tracking={"enabled": False})
-    write_results(project.paths, POLICIES, old_contrast())
+    project.update(policies=POLICIES, tracking={"enabled": False}, report=PRIMARY)
+    write_results(project.paths, POLICIES, contrast_file())
     return project
 
 
@@ -136,22 +141,22 @@ def test_report_opens_on_the_headline_with_contents_and_sourced_tables(synthetic
     assert "1. [Headline result](#headline-result)" in md and "*Source: metrics/contrast.json*" in md
 
 
-def test_headline_reads_both_contrast_layouts_and_says_when_there_is_none(synthetic: Project) -> None:
-    results, _ = report.collect(synthetic.config(), synthetic.paths)
-    rows = report.headline_contrasts(results, old_contrast())
-    assert [r["metric"] for r in rows] == ["FID", "amplification ε=0.1"]
-    assert set(rows[0]) == set(report.HEADLINE_KEYS)
-    assert rows[0]["policy"] == "top-2" and rows[0]["versus"] == "full"
-    assert rows[0]["estimate"] == -0.2 and rows[0]["ci95"] == [-0.5, 0.1] and rows[0]["p_value"] is None
-    assert rows[1]["p_value"] == 0.004 and rows[1]["verdict"] == "lower"
-    new = old_contrast()
-    new["contrasts"]["top-2"]["fid"] = {"estimate": 1.5, "ci95": [1.0, 2.0], "estimand": "ΔFID∞", "p_value": 0.01,
-                                        "verdict": "higher"}
-    fid = report.headline_contrasts(results, new)[0]
-    assert (fid["estimate"], fid["ci95"], fid["estimand"], fid["p_value"]) == (1.5, [1.0, 2.0], "ΔFID∞", 0.01)
-    assert report.headline_contrasts(results, None) == []
+def test_headline_is_the_declared_primaries_and_nothing_else(synthetic: Project) -> None:
+    cfg = synthetic.config()
+    rows = report.headline_contrasts(cfg, contrast_file())
+    assert [(r["policy"], r["metric"]) for r in rows] == [("top-2", "kid"), ("top-2", "amplification@0.1")]
+    assert all(set(r) == set(report.HEADLINE_KEYS) for r in rows)
+    assert (rows[1]["estimate"], rows[1]["ci95"], rows[1]["p_value"], rows[1]["verdict"]) == (
+        -0.03, [-0.05, -0.01], 0.004, "lower")
+    assert rows[0]["verdict"] == "not separable"            # p = 0.2 at alpha 0.05
+    assert report.headline_contrasts(cfg, None) == []
+    no_p = contrast_file()
+    del no_p["contrasts"]["top-2"]["kid"]["p_value"]      # never a verdict without a p-value
+    assert report.headline_contrasts(cfg, no_p) == []
+    synthetic.update(report={"primary": [], "alpha": 0.05})
+    assert report.headline_contrasts(synthetic.config(), contrast_file()) == []  # nothing declared, nothing judged
     headers, cells = report.headline_table(rows)
-    assert cells[0][:5] == ["top-2 − full", "FID", "-0.200 [-0.500, 0.100]", "–", "not separable"]
+    assert cells[1][:5] == ["top-2 − full", "amplification@0.1", "-0.030 [-0.050, -0.010]", "0.004", "lower"]
 
 
 def test_report_without_contrast_says_so_at_the_top(synthetic: Project) -> None:
@@ -159,7 +164,7 @@ def test_report_without_contrast_says_so_at_the_top(synthetic: Project) -> None:
     report.run(synthetic.config(), synthetic.paths)
     md = synthetic.paths.report_md.read_text()
     top = md[md.index("## Headline result"):md.index("## Summary")]
-    assert "No primary contrast" in top and "ddmbench contrast" in top
+    assert "No primary hypothesis judged" in top and "ddmbench contrast" in top
 
 
 def _overlaps(fig: Any) -> list[tuple[str, str]]:
@@ -222,4 +227,5 @@ def test_report_run_links_its_tables_and_figures(synthetic: Project, tracking_ur
     note = run.data.tags["mlflow.note.content"]
     assert "report.html" in note and "top-2 − full" in note and "tables/" in note
     assert run.data.tags["report_html"].startswith("file://")
-    assert run.data.metrics["headline/fid/estimate"] == pytest.approx(-0.2)
+    assert run.data.metrics["headline/kid/estimate"] == pytest.approx(-0.2)
+    assert run.data.metrics["headline/amplification_eps_0.1/estimate"] == pytest.approx(-0.03)

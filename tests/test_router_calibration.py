@@ -103,6 +103,7 @@ def test_posterior_policy_routes_by_p_star_and_aligns_with_it(copy_of: Project) 
     copy_of.update(policies=["full", "posterior", "posterior-top-1"])
     for expert in ("0", "1"):
         invoke(copy_of.root, "train-expert", "--expert", expert)
+    invoke(copy_of.root, "features")
     for stage in ("sample", "evaluate", "analyze"):
         invoke(copy_of.root, stage, "--policy", "posterior")
     cost = _json(copy_of.paths.sample_metrics("posterior"))

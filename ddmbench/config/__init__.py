@@ -3,8 +3,7 @@
 out-of-range value stops with one line naming the key, the value and what is allowed."""
 
 from ddmbench.config.loading import Config, config_to_dict, flatten, load_config, parse_config, with_trainer
-from ddmbench.config.sections import (CONTRAST_METRICS, NET_PRESETS, AnalysisConfig, FlowTrainConfig, ReportConfig,
-                                      SampleConfig)
+from ddmbench.config.sections import CONTRAST_METRICS, NET_PRESETS, AnalysisConfig, FlowTrainConfig, ReportConfig, SampleConfig
 
 __all__ = ["Config", "config_to_dict", "flatten", "load_config", "parse_config", "with_trainer", "CONTRAST_METRICS",
            "NET_PRESETS", "AnalysisConfig", "FlowTrainConfig", "ReportConfig", "SampleConfig"]

@@ -272,7 +272,7 @@ def run(cfg: Config, paths: Paths) -> tables.Results:
     mirror(cfg, paths, "report", "report", {"policies": ",".join(cfg.policies)},
            {"dissociation_holds": float(bool(verdict["holds"])) if verdict["holds"] is not None else None,
             **{label: {"fid": r["evaluate"]["fid"], "kid": r["evaluate"]["kid"]} for label, r in results.items()},
-            "headline": {r["metric"].split()[0].lower(): {"estimate": r["estimate"], "ci95": r["ci95"]}
+            "headline": {r["metric"].replace("@", "_eps_"): {"estimate": r["estimate"], "ci95": r["ci95"]}
                          for r in headline}},
            [paths.report_md, paths.report_html, *((f, "plots") for f in plot_files), *((f, "figures") for f in figs),
             *((paths.sample_grid(label), "samples") for label in results)],
