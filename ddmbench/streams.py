@@ -167,3 +167,24 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def expert_accuracy_subset(seed: int) -> torch.Generator:
     """Generator of the held-out subset the per-expert accuracy is measured on."""
     return torch.Generator().manual_seed(seed + EXPERT_ACCURACY_SUBSET)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# seeded generators of the measurements: offsets from the experiment seed (the values they always had)
+# ---------------------------------------------------------------------------------------------------------
+
+PR_REAL_SUBSET = 0x9E11       # precision/recall: a real subset as large as the generated set
+POSTERIOR_SUBSET = 0xB05      # the fixed random subset of posterior.n_train training images
+TEMPERATURE_SPLIT = 0xCA1     # router temperature scaling: which test images fit T and which are scored
+TEMPERATURE_FIT = 0xCA2       # ... the fit images' t and noise
+CALIBRATION_SCORE = 0xCA3     # router calibration: the scored images' t and noise
+POSTERIOR_HALVES = 0xCA4      # the split of the training set into two disjoint halves (identifiability of p*)
+
+
+def offset_generator(seed: int, offset: int = 0) -> torch.Generator:
+    """Generator seeded with seed + offset. Offset 0 is a stage's own held-out draw from its seed: the real
+    training subset of the FID floor (evaluate), held-out losses and accuracies of a trained model (its model
+    seed), the evaluator's feature-scale calibration images. The KID subsets are drawn by torchmetrics from
+    torch's global generator, forked and seeded with the experiment seed (evaluation/kid.py); bootstrap and
+    permutation draws inside the library take their seed as an argument from the stage that calls them."""
+    return torch.Generator().manual_seed(seed + offset)

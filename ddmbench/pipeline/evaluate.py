@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ddmbench import streams
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data.datasets import check_sample_images, load_prepared, shape_of_images, to_model_space
 from ddmbench.errors import ConfigError
@@ -26,8 +27,6 @@ from ddmbench.models.checkpoints import load_classifier
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.sampling.policies import PolicySpec
-
-PR_STREAM = 0x9E11  # offsets the real-subset draw of precision/recall from the other uses of cfg.seed
 
 
 @torch.no_grad()
@@ -49,10 +48,10 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     kid_mean, kid_std = kid_subsets(real_feats, fake_feats, subset_size=cfg.evaluate.kid_subset_size,
                                     subsets=cfg.evaluate.kid_subsets, seed=cfg.seed)
     # The floor of FID at this N: as many real training images, scored exactly like the samples.
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = streams.offset_generator(cfg.seed)
     reference = to_model_space(ds["train_x"][torch.randperm(len(ds["train_x"]), generator=g)[:len(fake)]])
     # Precision/recall compare manifolds of equal size: a seeded subset of the real set, as many as the samples.
-    g_pr = torch.Generator().manual_seed(cfg.seed + PR_STREAM)
+    g_pr = streams.offset_generator(cfg.seed, streams.PR_REAL_SUBSET)
     real_subset = real_feats[torch.randperm(len(real_feats), generator=g_pr)[:len(fake)]]
     precision, recall = precision_recall(real_subset, fake_feats, k=cfg.evaluate.pr_k)
     probs = class_probabilities(classifier, fake)

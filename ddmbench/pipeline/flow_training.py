@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ddmbench import streams
 from ddmbench.config import Config, FlowTrainConfig, config_to_dict
 from ddmbench.data.datasets import shape_of_images, to_model_space
 from ddmbench.io import ensure_writable, write_json
@@ -27,7 +28,7 @@ def heldout_loss(net: torch.nn.Module, images: torch.Tensor, seed: int) -> float
     """Flow-matching MSE of ``net`` on held-out images (N, C, H, W) with fixed t and noise draws."""
     if len(images) == 0:
         return float("nan")
-    g = torch.Generator().manual_seed(seed)
+    g = streams.offset_generator(seed)
     losses = []
     for x0 in images[:HELDOUT_MAX].split(500):
         x_t, t, target = flow.sample_training_pair(x0, generator=g)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ddmbench import streams
 from ddmbench.analysis.posterior import EmpiricalPosterior, PosteriorRouter
 from ddmbench.config import Config
 from ddmbench.data.datasets import load_prepared, to_model_space
@@ -14,8 +15,6 @@ from ddmbench.pipeline.artifacts import build_field, load_clusters
 from ddmbench.pipeline.paths import Paths
 from ddmbench.sampling.field import ModelField, RoutedField
 from ddmbench.sampling.policies import PolicySpec
-
-SUBSET_STREAM = 0xB05  # the fixed random subset of posterior.n_train images
 
 
 def empirical_posterior(cfg: Config, paths: Paths, device: torch.device | str = "cpu",
@@ -26,7 +25,7 @@ def empirical_posterior(cfg: Config, paths: Paths, device: torch.device | str = 
     clusters = load_clusters(paths, ds)
     full = EmpiricalPosterior(to_model_space(ds["train_x"]).to(device), clusters["assignments"].to(device),
                               cfg.cluster.k, cfg.posterior.chunk)
-    return full.subset(cfg.posterior.n_train, cfg.seed + SUBSET_STREAM) if subset else full
+    return full.subset(cfg.posterior.n_train, cfg.seed + streams.POSTERIOR_SUBSET) if subset else full
 
 
 def build_policy_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.device

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ddmbench import streams
 from ddmbench.analysis.calibration import calibration
 from ddmbench.analysis.posterior import EmpiricalPosterior, PosteriorResult, compare_by_t, kl_divergence
 from ddmbench.config import Config, config_to_dict
@@ -25,13 +26,11 @@ from ddmbench.io import ensure_writable, write_json
 from ddmbench.models.checkpoints import TemperatureScaled, load_router
 from ddmbench.pipeline.artifacts import load_clusters
 from ddmbench.pipeline.paths import Paths
-from ddmbench.pipeline.posterior_field import SUBSET_STREAM, empirical_posterior
+from ddmbench.pipeline.posterior_field import empirical_posterior
 from ddmbench.pipeline.router_temperature import calibration_split, fit_router_temperature, router_logits
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.sampling.flow import interpolate
 
-SCORE_STREAM = 0xCA3    # the scored images' noise
-HALVES_STREAM = 0xCA4   # the split of the training set into halves
 SUBSET_CHECK_N = 64     # states per t on which a subset's p* is compared with the full training set's
 STATE_BATCH = 256       # states per p* call (memory: STATE_BATCH x posterior.chunk float64)
 P_FLOOR = 1e-12         # p* floor for its NLL only: p* is exactly 0 for far clusters at small t
@@ -86,9 +85,9 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     _, score = calibration_split(cfg, len(test_x))
     x0, y = test_x[score], labels[score]
     full = empirical_posterior(cfg, paths, subset=False)
-    post = full.subset(cfg.posterior.n_train, cfg.seed + SUBSET_STREAM)
-    half_a, half_b = full.halves(cfg.seed + HALVES_STREAM)
-    g = torch.Generator().manual_seed(cfg.seed + SCORE_STREAM)
+    post = full.subset(cfg.posterior.n_train, cfg.seed + streams.POSTERIOR_SUBSET)
+    half_a, half_b = full.halves(cfg.seed + streams.POSTERIOR_HALVES)
+    g = streams.offset_generator(cfg.seed, streams.CALIBRATION_SCORE)
     rows, seconds = [], 0.0
     for t_val in cfg.analysis.accuracy_t:
         t = torch.full((len(x0),), float(t_val))

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import torch
 
+from ddmbench import streams
 from ddmbench.analysis.calibration import fit_temperature
 from ddmbench.config import Config
 from ddmbench.errors import DataError
 from ddmbench.sampling.flow import interpolate
 
-SPLIT_STREAM = 0xCA1   # offsets the split's permutation from the other uses of cfg.seed
-FIT_STREAM = 0xCA2     # the fit images' t and noise
 BATCH = 500
 
 
 def calibration_split(cfg: Config, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(fit, score) index tensors into the test split: a seeded permutation, the first min(analysis.accuracy_n,
     n_test / 2) images scored, the next min(router.calibration_n, rest) used to fit the temperature."""
-    perm = torch.randperm(n_test, generator=torch.Generator().manual_seed(cfg.seed + SPLIT_STREAM))
+    perm = torch.randperm(n_test, generator=streams.offset_generator(cfg.seed, streams.TEMPERATURE_SPLIT))
     n_score = min(cfg.analysis.accuracy_n, n_test // 2)
     n_fit = min(cfg.router.calibration_n, n_test - n_score)
     if n_score < 2 or n_fit < 2:
@@ -41,7 +40,7 @@ def fit_router_temperature(cfg: Config, router: torch.nn.Module, test_x: torch.T
     """Fit T on the split's fit images (model space, (N, C, H, W)) noised at t ~ U(0, 1), the distribution the
     router is trained and used on; returns (T, number of fit images)."""
     fit, _ = calibration_split(cfg, len(test_x))
-    g = torch.Generator().manual_seed(cfg.seed + FIT_STREAM)
+    g = streams.offset_generator(cfg.seed, streams.TEMPERATURE_FIT)
     x0 = test_x[fit]
     t = torch.rand(len(x0), generator=g)
     eps = torch.randn(x0.shape, generator=g)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ddmbench import streams
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data.datasets import dataset_spec, load_prepared, shape_of_images, to_model_space
 from ddmbench.evaluation.identity import weights_sha256
@@ -45,7 +46,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     if not result.is_global_zero:
         return None
     net.eval()
-    g = torch.Generator().manual_seed(seed)
+    g = streams.offset_generator(seed)
     calibration = to_model_space(ds["train_x"][torch.randperm(len(ds["train_x"]), generator=g)[:5000]])
     feature_scale = net.calibrate_feature_scale(calibration)
     metrics = summarise(result, {"steps": cfg.evaluator.steps, "feature_scale": feature_scale,

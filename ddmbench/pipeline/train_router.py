@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ddmbench import streams
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data.datasets import load_prepared, shape_of_images, to_model_space
 from ddmbench.io import ensure_writable, write_json
@@ -27,7 +28,7 @@ T_GRID = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 def accuracy_by_t(router: torch.nn.Module, images: torch.Tensor, clusters: torch.Tensor, seed: int
                   ) -> dict[str, float]:
     """Held-out routing accuracy at fixed t: images (N, C, H, W) in model space, clusters (N,)."""
-    g = torch.Generator().manual_seed(seed)
+    g = streams.offset_generator(seed)
     out = {}
     for t_val in T_GRID:
         correct = 0
