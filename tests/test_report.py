@@ -229,3 +229,18 @@ def test_report_run_links_its_tables_and_figures(synthetic: Project, tracking_ur
     assert run.data.tags["report_html"].startswith("file://")
     assert run.data.metrics["headline/kid/estimate"] == pytest.approx(-0.2)
     assert run.data.metrics["headline/amplification_eps_0.1/estimate"] == pytest.approx(-0.03)
+
+
+def test_decomposition_splits_the_gap_to_the_oracle_at_the_posterior_twin() -> None:
+    from ddmbench.report import tables
+
+    fids = {"oracle": 10.0, "full": 20.0, "posterior": 14.0, "top-2": 15.0, "posterior-top-2": 12.0,
+            "sample-1": 18.0, "top-1": 16.0}
+    results = {label: {"evaluate": {"fid": f}} for label, f in fids.items()}
+    headers, rows = tables.decomposition(results)
+    by_policy = {r[0]: r for r in rows}
+    assert set(by_policy) == {"full", "top-2"}            # top-1 has no twin here, sample-1 never has one
+    assert by_policy["full"][5:] == ["+10.00", "+6.00", "+4.00"]   # gap = router part + expert part
+    assert by_policy["top-2"][1] == "posterior-top-2" and by_policy["top-2"][5:] == ["+5.00", "+3.00", "+2.00"]
+    del results["oracle"]
+    assert tables.decomposition(results)[1] == []

@@ -184,6 +184,19 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     doc.heading("Table 5 — inference strategies (layout of McAllister et al. Table 1)")
     doc.table(*tables.inference_strategies(results), caption=src(each_eval))
 
+    doc.heading("Decomposition — the gap to the oracle: router part and expert part")
+    split = tables.decomposition(results)
+    if split[1]:
+        doc.paragraph("FID at this N (Table 1's). Each policy's gap to the oracle (the expert of the cluster the "
+                      "sample was drawn from) splits at its twin routed by the exact posterior p* with the same "
+                      "experts: router part = FID(policy) − FID(twin), what a perfect router would recover; expert "
+                      "part = FID(twin) − FID(oracle), what remains with ideal routing. Point estimates; their "
+                      "paired intervals are not computed (contrast pairs every policy with full only).")
+        doc.table(*split, caption=src(each_eval))
+    else:
+        doc.paragraph("Not computed on this run: it needs `oracle` and a p*-routed twin (`posterior` for full, "
+                      "`posterior-top-<k>` for top-<k>) in `policies`.")
+
     doc.heading("Table 6 — paired contrasts against the full ensemble")
     if contrast is None:
         doc.paragraph("Not computed: run `ddmbench contrast` (the DVC pipeline does).")

@@ -118,6 +118,36 @@ def inference_strategies(results: Results) -> Table:
     return ["inference strategy", "GFLOPs/img", "FID ↓"], rows
 
 
+def posterior_counterpart(label: str) -> str | None:
+    """The policy that routes like ``label`` but by the exact posterior p* instead of the router:
+    full -> posterior, top-k -> posterior-top-k; None for the others."""
+    if label == "full":
+        return "posterior"
+    if label.startswith("top-"):
+        return f"posterior-{label}"
+    return None
+
+
+def decomposition(results: Results) -> Table:
+    """Each routed policy's FID gap to the oracle split at its p*-routed counterpart (same experts, ideal
+    router): router part = FID(policy) − FID(p*-routed), expert part = FID(p*-routed) − FID(oracle). Rows only
+    for policies whose counterpart and the oracle were run."""
+    headers = ["policy", "p*-routed twin", "FID", "FID twin", "FID oracle", "gap to oracle", "router part",
+               "expert part"]
+    rows = []
+    if "oracle" not in results:
+        return headers, rows
+    oracle = results["oracle"]["evaluate"]["fid"]
+    for label, r in results.items():
+        twin = posterior_counterpart(label)
+        if twin is None or twin not in results:
+            continue
+        fid, fid_twin = r["evaluate"]["fid"], results[twin]["evaluate"]["fid"]
+        rows.append([label, twin, fmt(fid), fmt(fid_twin), fmt(oracle), f"{fid - oracle:+.2f}",
+                     f"{fid - fid_twin:+.2f}", f"{fid_twin - oracle:+.2f}"])
+    return headers, rows
+
+
 def contrasts(data: dict[str, Any], eps_key: str) -> Table:
     """Every policy minus full, paired by seed (metrics/contrast.json), as the contrast stage wrote it; reads
     ``estimate``/``ci95`` (or the older ``delta``/``delta_ci95``). The report's Table 6 is :func:`verdicts`."""
