@@ -224,3 +224,28 @@ def test_cli_spread_writes_json_and_table(tmp_path: Path, monkeypatch: pytest.Mo
     assert data["runs"] == ["run0/metrics", "run1/metrics"]
     assert data["metrics"]["evaluate/full.json:fid"]["range"] == pytest.approx(1.0)
     assert "contrast top-1 − full: fid" in result.output and "wrote s.json" in result.output
+
+
+def _stamp(metrics: Path, digest: str, files: tuple[str, ...] = ("evaluate/full.json", "evaluate/top-1.json")) -> None:
+    for name in files:
+        path = metrics / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), "evaluator_sha256": digest}))
+
+
+def test_compare_refuses_another_evaluator(tmp_path: Path) -> None:
+    base_dir = _metrics(tmp_path / "base")
+    _stamp(base_dir, "a" * 64)
+    base = regression.make_baseline(base_dir, why="t", git_commit="x", profile="p")
+    assert base["evaluator_sha256"] == "a" * 64
+    same = _metrics(tmp_path / "same")
+    _stamp(same, "a" * 64)
+    assert regression.compare(same, base).verdict == "exact"
+    other = _metrics(tmp_path / "other")
+    _stamp(other, "b" * 64)
+    with pytest.raises(ArtifactError, match=r"evaluator bbbbbbbbbbbb.*baseline with aaaaaaaaaaaa"):
+        regression.compare(other, base)
+    mixed = _metrics(tmp_path / "mixed")
+    _stamp(mixed, "a" * 64, ("evaluate/full.json",))
+    _stamp(mixed, "b" * 64, ("evaluate/top-1.json",))
+    with pytest.raises(ArtifactError, match="a" * 64 + "|" + "b" * 64):
+        regression.evaluator_digest(mixed)

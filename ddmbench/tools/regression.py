@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ddmbench.errors import ArtifactError
+from ddmbench.evaluation.identity import check_same_evaluator
 
 FORMAT = 2
 REFERENCE = "full"
@@ -174,6 +175,17 @@ def contrast_tolerance(c: Contrast, spread_range: float | None = None,
     return max(tol, 0.0), sign
 
 
+def evaluator_digest(metrics_dir: Path) -> str | None:
+    """The one evaluator (SHA-256 of its weights) every metrics file that names one was measured with; None
+    when no file names one. Two different digests in one run: one-line ArtifactError naming both."""
+    named = {}
+    for path in sorted(metrics_dir.rglob("*.json")):
+        doc = _read(path)
+        if isinstance(doc, dict) and doc.get("evaluator_sha256"):
+            named[str(path)] = doc["evaluator_sha256"]
+    return check_same_evaluator(named) if named else None
+
+
 def make_baseline(metrics_dir: Path, *, why: str, git_commit: str, profile: str,
                   spread: dict[str, Any] | None = None, drift_rel: float = DRIFT_REL) -> dict[str, Any]:
     """The baseline document (format 2): values and constants of the run, and its headline contrasts with
@@ -187,7 +199,7 @@ def make_baseline(metrics_dir: Path, *, why: str, git_commit: str, profile: str,
         contrasts[name] = {"value": c.value, "ci95": [c.low, c.high], "tolerance": tol, "sign": sign,
                            "basis": "spread" if f"contrast {name}" in ranges else "ci95"}
     return {"format": FORMAT, "why": why, "git_commit": git_commit, "profile": profile,
-            "drift": {"abs": DRIFT_ABS, "rel": drift_rel},
+            "evaluator_sha256": evaluator_digest(metrics_dir), "drift": {"abs": DRIFT_ABS, "rel": drift_rel},
             "values": {k: v for k, v in sorted(flat.items()) if kind_of(k) == "value"},
             "constants": {k: v for k, v in sorted(flat.items()) if kind_of(k) == "constant"},
             "contrasts": contrasts}
@@ -284,7 +296,13 @@ class GateResult:
 
 
 def compare(metrics_dir: Path, baseline: dict[str, Any]) -> GateResult:
-    """Check a run's metrics folder against a format-2 baseline (:func:`check_baseline` first)."""
+    """Check a run's metrics folder against a format-2 baseline (:func:`check_baseline` first). Quality numbers
+    from another evaluator than the baseline's are not comparable: one-line ArtifactError naming both digests."""
+    digest, base_digest = evaluator_digest(metrics_dir), baseline.get("evaluator_sha256")
+    if digest and base_digest and digest != base_digest:
+        raise ArtifactError(f"{metrics_dir} was measured with evaluator {digest[:12]}… but the baseline with "
+                            f"{base_digest[:12]}…; FID/KID of two evaluators live in different feature spaces: "
+                            "fix evaluator.seed/net/steps to the baseline's, or regenerate the baseline")
     flat = flatten_metrics(metrics_dir)
     drift = baseline.get("drift") or {"abs": DRIFT_ABS, "rel": DRIFT_REL}
     result = GateResult(n_values=len(baseline["values"]), exact=0, n_constants=len(baseline["constants"]),
