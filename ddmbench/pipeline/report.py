@@ -194,7 +194,7 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                       "paired intervals are not computed (contrast pairs every policy with full only).")
         doc.table(*split, caption=src(each_eval))
     else:
-        doc.paragraph("Not computed on this run: it needs `oracle` and a p*-routed twin (`posterior` for full, "
+        doc.paragraph("No decomposition on this run: it needs `oracle` and a p*-routed twin (`posterior` for full, "
                       "`posterior-top-<k>` for top-<k>) in `policies`.")
 
     doc.heading("Table 6 — paired contrasts against the full ensemble")
