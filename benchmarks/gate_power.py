@@ -2,7 +2,7 @@
 
 For each mutation (a literal source edit that must match exactly once, so the suite breaks loudly when the
 code moves): export HEAD into a temporary folder (``git archive``), apply the edit, run the CI profile there
-(``git init``, ``dvc repro`` with that copy's code on PYTHONPATH) and check its metrics against the baseline
+(``git init``, ``ddmbench repro`` with that copy's code on PYTHONPATH) and check its metrics against the baseline
 with this checkout's (unmutated) gate. A first run without any mutation is the control: it must come back
 ``exact`` or ``drift``, else the baseline is stale and no row means anything. Results go to
 reports/baseline/gate-power.json and to the table between the markers in reports/baseline/README.md.
@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from ddmbench.errors import ConfigError
+from ddmbench.hardware import machine_fingerprint
 from ddmbench.io import read_json, write_json, write_text
 from ddmbench.tools import regression
 
@@ -104,15 +105,15 @@ def export_head(repo: Path, dest: Path) -> None:
 
 def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float,
                 threads: int | None = None) -> tuple[bool, str]:
-    """``dvc repro`` of ``profile`` in ``copy`` with its own code (``threads``: OMP_NUM_THREADS, which sets
-    torch's intra-op threads); (finished, last lines of output)."""
+    """``ddmbench repro`` (``dvc repro`` in one process) of ``profile`` in ``copy`` with its own code
+    (``threads``: OMP_NUM_THREADS, which sets torch's intra-op threads); (finished, last lines of output)."""
     params = yaml.safe_load(profile.read_text())
     params["data"]["root"] = str(data_root.resolve())
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(copy), "DVC_NO_ANALYTICS": "1",
            **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     try:
-        proc = subprocess.run(["dvc", "repro"], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run([sys.executable, "-m", "ddmbench", "repro"], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return False, f"timed out after {timeout_s:.0f} s"
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=Path.cwd())
     ap.add_argument("--profile", type=Path, default=Path("params/ci.yaml"))
-    ap.add_argument("--baseline", type=Path, default=Path("reports/baseline/ci.json"))
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="default reports/baseline/ci-<this CPU's vector ISA>.json (the control must reproduce it)")
     ap.add_argument("--data-root", type=Path, default=Path("data"), help="raw datasets (data.root of the copies)")
     ap.add_argument("--only", action="append", choices=[m.name for m in MUTATIONS], help="run only these")
     ap.add_argument("--timeout-min", type=float, default=90.0, help="per CI-profile run")
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.drift:
         return measure_drift(args)
+    args.baseline = args.baseline or Path(f"reports/baseline/ci-{machine_fingerprint()['isa']}.json")
     baseline = regression.check_baseline(read_json(args.baseline, "ddmbench baseline --why '...'"), args.baseline)
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
     rows = []

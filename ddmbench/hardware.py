@@ -37,3 +37,30 @@ def cpu_bf16_refusal(key: str, flags: frozenset[str] | None = None) -> str | Non
     return (f"{key}: bf16 on this CPU ({platform.machine() or 'unknown'}) has none of the flags "
             f"{', '.join(BF16_FLAGS)}, so it would run emulated and slower than fp32; use 32-true here "
             "(bf16 pays on CPUs with AVX512-BF16/AMX and on GPUs)")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else ``platform.processor()``, else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def vector_isa(flags: frozenset[str] | None = None) -> str:
+    """The widest x86 vector extension oneDNN/ATen kernels pick on this CPU (``amx``, ``avx512``, ``avx2``), else
+    the architecture: CPUs with the same one take the same float paths, so same-seed runs reproduce bit for bit."""
+    flags = cpu_flags() if flags is None else flags
+    for isa, flag in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return isa
+    return platform.machine() or "unknown"
+
+
+def machine_fingerprint() -> dict[str, str]:
+    """What decides a same-seed run's floating-point results: the CPU's vector ISA, its model, torch's version."""
+    import torch
+
+    return {"isa": vector_isa(), "cpu": cpu_model(), "torch": torch.__version__}

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from ddmbench.cli import app
 from ddmbench.errors import ArtifactError
 from ddmbench.tools import regression
+from ddmbench.tools import spread as spread_tool
 
 TOP1_FID = (-8.0, -11.0, -5.0)     # top-1 − full: delta and its paired 95% interval (excludes 0: sign guarded)
 
@@ -175,7 +176,7 @@ def test_old_or_malformed_baseline_is_a_one_line_error(tmp_path: Path) -> None:
 def test_spread_of_values_and_contrasts(tmp_path: Path) -> None:
     runs = {f"seed{i}": _metrics(tmp_path / f"s{i}", fid=fid, top1_fid=(d, d - 3, d + 3), wall=w)
             for i, (fid, d, w) in enumerate([(40.0, -8.0, 3.0), (44.0, -6.0, 5.0), (42.0, -7.0, 4.0)])}
-    out = regression.spread(runs)
+    out = spread_tool.spread(runs)
     fid = out["metrics"]["evaluate/full.json:fid"]
     assert (fid["n"], fid["mean"], fid["min"], fid["max"], fid["range"]) == (3, 42.0, 40.0, 44.0, 4.0)
     assert fid["std"] == pytest.approx(2.0) and fid["kind"] == "value" and fid["tolerance"] is None
@@ -186,7 +187,7 @@ def test_spread_of_values_and_contrasts(tmp_path: Path) -> None:
     entry = base["contrasts"]["top-1 − full: fid"]
     assert entry["basis"] == "spread" and entry["tolerance"] == min(regression.SPREAD_MULTIPLE * 2.0, 8.0)
     with pytest.raises(ArtifactError, match="at least 2 runs"):
-        regression.spread({"only": runs["seed0"]})
+        spread_tool.spread({"only": runs["seed0"]})
 
 
 def test_cli_baseline_and_compare_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,3 +250,48 @@ def test_compare_refuses_another_evaluator(tmp_path: Path) -> None:
     _stamp(mixed, "b" * 64, ("evaluate/top-1.json",))
     with pytest.raises(ArtifactError, match="a" * 64 + "|" + "b" * 64):
         regression.evaluator_digest(mixed)
+
+
+def test_baseline_of_another_float_path_gates_the_contrasts_alone(tmp_path: Path) -> None:
+    """Another vector ISA trains another evaluator from the same seed (measured: AVX2 vs AVX-512, README of
+    reports/baseline): (a) is not gated, the contrasts are; the same ISA with another digest is still refused."""
+    base_dir = _metrics(tmp_path / "base")
+    _stamp(base_dir, "a" * 64)
+    base = {**regression.make_baseline(base_dir, why="t", git_commit="x", profile="p"),
+            "machine": {"isa": "avx2", "cpu": "c", "torch": "t"}}
+    moved = _metrics(tmp_path / "moved", scale=1.1)       # every value beyond drift, the contrasts hold
+    _stamp(moved, "b" * 64)
+    result = regression.compare(moved, base, isa="avx512")
+    assert result.verdict == "other-machine" and result.beyond and not result.failed_contrasts
+    assert result.summary().startswith("other-machine: ") and "avx2, this machine avx512" in result.summary()
+    flipped = _metrics(tmp_path / "flipped", top1_fid=(0.5, -2.5, 3.5))
+    _stamp(flipped, "b" * 64)
+    assert regression.compare(flipped, base, isa="avx512").verdict == "regression"
+    (moved / "analyze" / "full.json").unlink()               # a missing value is a regression on any machine
+    assert regression.compare(moved, base, isa="avx512").verdict == "regression"
+    with pytest.raises(ArtifactError, match="evaluator bbbbbbbbbbbb"):
+        regression.compare(flipped, base, isa="avx2")
+
+
+def test_compare_picks_the_baseline_of_this_float_path(tmp_path: Path) -> None:
+    docs = {name: {"machine": {"isa": isa}} for name, isa in (("ci-avx2.json", "avx2"), ("ci-avx512.json", "avx512"))}
+    assert regression.choose_baseline(docs, isa="avx512")[0] == "ci-avx512.json"
+    assert regression.choose_baseline(docs, isa="avx2")[0] == "ci-avx2.json"
+    assert regression.choose_baseline(docs, isa="aarch64")[0] == "ci-avx2.json"   # none: the first, (b) alone
+    assert regression.choose_baseline({"old.json": {}}, isa="avx512")[0] == "old.json"   # no machine recorded
+    with pytest.raises(ArtifactError, match="no baseline"):
+        regression.choose_baseline({})
+
+
+def test_cli_compare_reads_a_folder_of_baselines_and_skips_spread_files(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _metrics(tmp_path)
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    doc = regression.make_baseline(tmp_path / "metrics", why="t", git_commit="x", profile="p")
+    (folder / f"ci-{doc['machine']['isa']}.json").write_text(json.dumps(doc))
+    (folder / "spread-ci.json").write_text(json.dumps({"runs": [], "metrics": {}}))
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["compare", "metrics", "baselines"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("exact: ")

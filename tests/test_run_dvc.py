@@ -64,6 +64,28 @@ def test_first_run_reproduces_the_dag_and_leaves_it_clean(ran: tuple[Project, st
 
 
 @pytest.mark.slow
+def test_repro_is_dvc_repro_in_one_process(copy_of: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ddmbench repro TARGET`: DVC decides (dvc.lock), the stale stages run here, and DVC then finds the
+    targets up to date; with nothing stale it runs nothing."""
+    output = invoke(copy_of.root, "repro", "analyze@full")
+    assert "analyze@full: up to date" in output and "0 stage(s) ran; everything was up to date" in output
+    copy_of.paths.samples("full").unlink()
+    output = invoke(copy_of.root, "repro", "evaluate@full")
+    assert "sample@full: outputs/samples/full.pt deleted; running `ddmbench sample --policy full`" in output
+    # the same seeds give the same bytes, so DVC finds evaluate@full's deps unchanged
+    assert "train-expert@0: up to date" in output and "evaluate@full: up to date" in output
+    assert "1 stage(s) ran: sample@full" in output
+    assert _status(copy_of.root, "evaluate@full") == {}
+    shutil.copy(copy_of.params, copy_of.root / "elsewhere.yaml")
+    monkeypatch.chdir(copy_of.root)
+    from typer.testing import CliRunner
+
+    from ddmbench.cli import app
+    result = CliRunner(env={"NO_COLOR": "1"}).invoke(app, ["repro", "--params", "elsewhere.yaml"])
+    assert result.exit_code == 2 and "`ddmbench repro` goes through DVC" in _error_line(result)
+
+
+@pytest.mark.slow
 def test_changed_expert_steps_retrains_the_experts(copy_of: Project) -> None:
     """The stale-params test: the old `run` kept the old experts because their files existed."""
     paths = copy_of.paths

@@ -23,6 +23,7 @@ from ddmbench.cli.app import (
     policy_option,
     train_context,
 )
+from ddmbench.console import console
 from ddmbench.errors import ConfigError
 
 
@@ -168,6 +169,34 @@ def report(params: ParamsOption = Path("params.yaml")) -> None:
     guard(lambda: stage.run(*context(params)))
 
 
+def _root_params(params: Path, command: str) -> None:
+    if params.resolve() != (Path.cwd() / "params.yaml").resolve():
+        raise ConfigError(f"--params {params}: `ddmbench {command}` goes through DVC, which reads params.yaml in the "
+                          f"repo root; copy it there (cp {params} params.yaml) or run the stage commands with "
+                          "--params instead")
+
+
+@app.command()
+def repro(targets: Annotated[Optional[list[str]], typer.Argument(
+              help="Stages to bring up to date with what they need (e.g. report, sample@full); default: all.")] = None,
+          params: ParamsOption = Path("params.yaml")) -> None:
+    """`dvc repro` in one process: DVC's DAG, dvc.lock and run cache, the stale ddmbench stages run here.
+
+    Saves each stage's interpreter and import start-up; a `dvc repro` or `dvc status` afterwards finds
+    nothing to do. Stages with other commands, and multi-process training, DVC still runs itself.
+    """
+    from ddmbench.pipeline import run as pipeline
+
+    def body() -> None:
+        _root_params(params, "repro")
+        cfg, paths = context(params)
+        ran = pipeline.reproduce_pipeline(cfg, paths, targets)
+        console.print(f"{len(ran)} stage(s) ran" + (f": {', '.join(ran)}" if ran else "; everything was up to date"),
+                      highlight=False, soft_wrap=True)
+
+    guard(body)
+
+
 @app.command()
 def run(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOption = None,
         tau: TauOption = None, p: PMassOption = None, temperature: TempOption = None) -> None:
@@ -179,11 +208,7 @@ def run(policy: PolicyOption, params: ParamsOption = Path("params.yaml"), k: KOp
     from ddmbench.pipeline import run as pipeline
 
     def body() -> None:
-        root = Path.cwd()
-        if params.resolve() != (root / "params.yaml").resolve():
-            raise ConfigError(f"--params {params}: `ddmbench run` goes through DVC, which reads params.yaml in the "
-                              f"repo root; copy it there (cp {params} params.yaml) or run the stage commands with "
-                              "--params instead")
+        _root_params(params, "run")
         cfg, paths = context(params)
         spec = policy_option(cfg, policy, k, tau, p, temperature)
         pipeline.print_result(spec, pipeline.run_policy(cfg, paths, spec))

@@ -177,10 +177,13 @@ def bench_train(net: Annotated[str, typer.Option(help="Velocity-net preset (unet
 
 @app.command()
 def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the run to check.")] = Path("metrics"),
-            baseline: Annotated[Path, typer.Argument(help="Baseline JSON.")] = Path("reports/baseline/ci.json"),
+            baselines: Annotated[Optional[list[Path]], typer.Argument(
+                help="Baseline JSON files, or folders of them (one per float path: the one made on this CPU's "
+                     "vector ISA is used); default: reports/baseline/.")] = None,
             failures_only: Annotated[bool, typer.Option(help="List only the failing contrasts.")] = False) -> None:
     """Gate a run against the baseline: (a) same-seed determinism, exact or within float drift; (b) the headline
-    paired contrasts keep their sign and tolerance. Ends in one line: exact / drift (exit 0) or regression (1)."""
+    paired contrasts keep their sign and tolerance. Ends in one line: exact / drift / other-machine (no baseline
+    from this CPU's float path: (b) alone; exit 0) or regression (exit 1)."""
     from rich.table import Table
 
     from ddmbench.io import read_json
@@ -188,7 +191,15 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
 
     def body() -> int:
         regression.flatten_metrics(current)   # the run's folder first: its error is the likelier one
-        base = regression.check_baseline(read_json(baseline, "ddmbench baseline --why '...'"), baseline)
+        found: dict[str, dict] = {}
+        for given in baselines or [Path("reports/baseline")]:
+            files = sorted(given.glob("*.json")) if given.is_dir() else [given]
+            for path in files:
+                doc = read_json(path, "ddmbench baseline --why '...'")
+                if given.is_dir() and not (isinstance(doc, dict) and "values" in doc):
+                    continue  # spread files and the like live beside the baselines
+                found[str(path)] = regression.check_baseline(doc, path)
+        baseline, base = regression.choose_baseline(found)
         result = regression.compare(current, base)
         table = Table(title=f"headline contrasts: {current} vs {baseline}")
         for col in ("contrast", "baseline", "current", "tolerance", "sign guarded", "pass"):
@@ -201,7 +212,8 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
                           "yes" if r.passed else f"[red]NO: {r.why}[/]")
         console.print(table)
         if result.beyond:
-            values = Table(title=f"values beyond float drift ({len(result.beyond)}; first 20)")
+            values = Table(title=f"values beyond float drift ({len(result.beyond)}; first 20)" +
+                           (": not gated, the baseline is from another float path" if result.other_machine else ""))
             for col in ("value", "baseline", "current"):
                 values.add_column(col, justify="left" if col == "value" else "right")
             for name, b, c in result.beyond[:20]:
@@ -230,7 +242,8 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
              drift_rel: Annotated[Optional[float], typer.Option(
                  min=0.0, max=0.01, help="Float drift the determinism check allows, as a fraction of each value's "
                                          "scale (default regression.DRIFT_REL; measured: reports/baseline/README.md).")] = None,
-             out: Annotated[Path, typer.Option(help="Baseline file to write.")] = Path("reports/baseline/ci.json")) -> None:
+             out: Annotated[Optional[Path], typer.Option(
+                 help="Baseline file to write (default reports/baseline/ci-<this CPU's vector ISA>.json).")] = None) -> None:
     """Freeze a run as the regression baseline: its values, its config constants, and its headline contrasts
     with their tolerances and guarded signs."""
     from ddmbench.io import read_json, write_json
@@ -245,9 +258,10 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
         result = regression.make_baseline(current, why=why, git_commit=git_commit(Path.cwd()), profile=str(params),
                                           spread=spread_doc,
                                           drift_rel=regression.DRIFT_REL if drift_rel is None else drift_rel)
-        write_json(out, result)
+        target = out or Path(f"reports/baseline/ci-{result['machine']['isa']}.json")
+        write_json(target, result)
         guarded = sum(1 for c in result["contrasts"].values() if c["sign"])
-        console.print(f"wrote {out}: {len(result['values'])} values, {len(result['constants'])} constants, "
+        console.print(f"wrote {target}: {len(result['values'])} values, {len(result['constants'])} constants, "
                       f"{len(result['contrasts'])} headline contrasts ({guarded} with a guarded sign)")
 
     guard(body)
@@ -302,10 +316,10 @@ def spread(runs: Annotated[list[Path], typer.Argument(help="Metrics folders of r
     from rich.table import Table
 
     from ddmbench.io import write_json
-    from ddmbench.tools import regression
+    from ddmbench.tools import spread as spread_tool
 
     def body() -> None:
-        result = regression.spread({str(d): d for d in runs})
+        result = spread_tool.spread({str(d): d for d in runs})
         write_json(out, result)
         table = Table(title=f"spread over {len(runs)} runs")
         for col in ("number", "kind", "mean", "std", "min", "max", "max-min", "tolerance"):

@@ -16,6 +16,13 @@ Config constants (n, steps, counts: functions of the params alone) are compared 
 "constants": a changed constant means a changed profile, not a changed result, and is not a gated metric.
 Timings measure the machine and are never compared. ``compare`` ends in one verdict: ``exact`` (exit 0),
 ``drift`` (exit 0) or ``regression`` (exit 1: a value beyond drift or missing, or a contrast failing).
+
+**Float paths.** A baseline records the machine it was made on (:func:`ddmbench.hardware.machine_fingerprint`).
+CPUs with another vector ISA (AVX2 vs AVX-512) run other oneDNN/ATen kernels, so the same seed trains a
+slightly different evaluator and every model drifts beyond (a) (measured: reports/baseline/README.md).
+``compare`` therefore takes one baseline per float path and judges (a) against the one made on this ISA.
+When none was, it says so and judges (b) alone (verdict ``other-machine``, exit 0 when every contrast holds).
+A run on the same ISA with another evaluator digest is another evaluator: refused in one line.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 
 from ddmbench.errors import ArtifactError
 from ddmbench.evaluation.identity import check_same_evaluator
+from ddmbench.hardware import machine_fingerprint
 
 FORMAT = 2
 REFERENCE = "full"
@@ -48,7 +56,7 @@ CONSTANTS = (
     "sample/*:nfe_per_sample", "sample/*:nfe_steps", "sample/*:n", "*:cost.nfe_per_sample",
     "evaluate/*:n_*", "evaluate/*:bootstrap", "evaluate/*:pr_k", "evaluate/*:pr_n_real", "*:class_entropy_max",
     "analyze/*:n", "analyze/*:convergence.steps.*", "analyze/*:convergence.reference_steps", "analyze/*:lipschitz.delta",
-    "analyze/*:disagreement.by_quantile.*.n", "analyze/*:disagreement.by_quantile.*.quantile",
+    "analyze/*:disagreement.by_quantile.*.quantile",
     "expert_accuracy.json:n", "expert_accuracy.json:seed", "expert_accuracy.json:t.*", "expert_accuracy.json:rows.*.t",
     "contrast.json:*.n", "contrast.json:*.bootstrap", "contrast.json:*.level",
     "*:expert_gflops_per_eval", "*:router_gflops_per_eval",
@@ -199,7 +207,7 @@ def make_baseline(metrics_dir: Path, *, why: str, git_commit: str, profile: str,
         contrasts[name] = {"value": c.value, "ci95": [c.low, c.high], "tolerance": tol, "sign": sign,
                            "basis": "spread" if f"contrast {name}" in ranges else "ci95"}
     return {"format": FORMAT, "why": why, "git_commit": git_commit, "profile": profile,
-            "evaluator_sha256": evaluator_digest(metrics_dir), "drift": {"abs": DRIFT_ABS, "rel": drift_rel},
+            "machine": machine_fingerprint(), "evaluator_sha256": evaluator_digest(metrics_dir), "drift": {"abs": DRIFT_ABS, "rel": drift_rel},
             "values": {k: v for k, v in sorted(flat.items()) if kind_of(k) == "value"},
             "constants": {k: v for k, v in sorted(flat.items()) if kind_of(k) == "constant"},
             "contrasts": contrasts}
@@ -264,15 +272,22 @@ class GateResult:
     contrasts: list[ContrastRow] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     drift_rel: float = DRIFT_REL
+    other_machine: str | None = None   # set when the baseline was made on another float path: (a) not gated
 
     @property
     def failed_contrasts(self) -> list[ContrastRow]:
         return [r for r in self.contrasts if not r.passed]
 
     @property
+    def missing(self) -> list[str]:
+        return [name for name, _, cur in self.beyond if cur is None]
+
+    @property
     def verdict(self) -> str:
-        if self.beyond or self.failed_contrasts:
+        if self.failed_contrasts or self.missing or (self.beyond and not self.other_machine):
             return "regression"
+        if self.other_machine:
+            return "other-machine"
         return "drift" if self.drifted else "exact"
 
     def summary(self) -> str:
@@ -284,6 +299,11 @@ class GateResult:
                        (", …" if len(self.failed_contrasts) > 3 else "") + ")"
         constants = (f"; {len(self.constants_changed)} of {self.n_constants} config constants differ "
                      "(another profile?)" if self.constants_changed else "")
+        if self.verdict == "other-machine" or (self.other_machine and self.verdict == "regression"):
+            values = (f"{self.exact + len(self.drifted)} of {self.n_values} values within float drift, not gated "
+                      f"(baseline from another float path: {self.other_machine})" +
+                      (f", {len(self.missing)} missing" if self.missing else ""))
+            return f"{self.verdict}: {values}; {science}{constants}"
         if self.verdict == "exact":
             return f"exact: all {self.n_values} values reproduce bit for bit; {science}{constants}"
         if self.verdict == "drift":
@@ -295,20 +315,46 @@ class GateResult:
         return f"regression: {values}; {science}{constants}"
 
 
-def compare(metrics_dir: Path, baseline: dict[str, Any]) -> GateResult:
-    """Check a run's metrics folder against a format-2 baseline (:func:`check_baseline` first). Quality numbers
-    from another evaluator than the baseline's are not comparable: one-line ArtifactError naming both digests."""
+def float_path(doc: dict[str, Any]) -> str | None:
+    """The vector ISA a baseline was made on; None for a baseline that did not record its machine."""
+    machine = doc.get("machine")
+    return str(machine["isa"]) if isinstance(machine, dict) and machine.get("isa") else None
+
+
+def choose_baseline(baselines: dict[str, dict[str, Any]], isa: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(name, baseline) to judge a run made on this machine's ISA with: the first made on the same ISA (or that
+    did not record one), else the first given (then :func:`compare` gates the contrasts alone)."""
+    if not baselines:
+        raise ArtifactError("no baseline given; make one with `ddmbench baseline --why '...'`")
+    isa = isa or machine_fingerprint()["isa"]
+    same = [name for name, doc in baselines.items() if float_path(doc) in (None, isa)]
+    name = same[0] if same else next(iter(baselines))
+    return name, baselines[name]
+
+
+def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None) -> GateResult:
+    """Check a run's metrics folder, made on this machine (vector ISA ``isa``, default this CPU's), against a
+    format-2 baseline (:func:`check_baseline` first). Made on the same ISA, its values must reproduce (a) and its
+    contrasts hold (b); another evaluator digest there is another evaluator, whose FID/KID live in another
+    feature space: one-line ArtifactError naming both digests. Made on another ISA, only (b) is gated."""
+    isa = isa or machine_fingerprint()["isa"]
+    base_isa = float_path(baseline)
+    other = base_isa is not None and base_isa != isa
     digest, base_digest = evaluator_digest(metrics_dir), baseline.get("evaluator_sha256")
-    if digest and base_digest and digest != base_digest:
+    if digest and base_digest and digest != base_digest and not other:
         raise ArtifactError(f"{metrics_dir} was measured with evaluator {digest[:12]}… but the baseline with "
                             f"{base_digest[:12]}…; FID/KID of two evaluators live in different feature spaces: "
                             "fix evaluator.seed/net/steps to the baseline's, or regenerate the baseline")
     flat = flatten_metrics(metrics_dir)
     drift = baseline.get("drift") or {"abs": DRIFT_ABS, "rel": DRIFT_REL}
-    result = GateResult(n_values=len(baseline["values"]), exact=0, n_constants=len(baseline["constants"]),
-                        drift_rel=float(drift["rel"]))
-    scales = sibling_scales({k: float(v) for k, v in baseline["values"].items()})
-    for name, base in sorted(baseline["values"].items()):
+    # classify by today's rules, so a number reclassified since the baseline was made is judged as what it is
+    both = {**baseline["values"], **baseline["constants"]}
+    values = {k: float(v) for k, v in both.items() if kind_of(k) == "value"}
+    constants = {k: float(v) for k, v in both.items() if kind_of(k) == "constant"}
+    result = GateResult(n_values=len(values), exact=0, n_constants=len(constants), drift_rel=float(drift["rel"]),
+                        other_machine=f"{base_isa}, this machine {isa}" if other else None)
+    scales = sibling_scales(values)
+    for name, base in sorted(values.items()):
         cur = flat.get(name)
         if cur is not None and cur == float(base):
             result.exact += 1
@@ -316,7 +362,7 @@ def compare(metrics_dir: Path, baseline: dict[str, Any]) -> GateResult:
             result.drifted.append((name, float(base), cur))
         else:
             result.beyond.append((name, float(base), cur))
-    for name, base in sorted(baseline["constants"].items()):
+    for name, base in sorted(constants.items()):
         if flat.get(name) != float(base):
             result.constants_changed.append((name, float(base), flat.get(name)))
     current = headline_contrasts(metrics_dir)
@@ -324,36 +370,6 @@ def compare(metrics_dir: Path, baseline: dict[str, Any]) -> GateResult:
         c = current.get(name)
         result.contrasts.append(ContrastRow(name, float(e["value"]), None if c is None else c.value,
                                             float(e["tolerance"]), int(e["sign"])))
-    known = set(baseline["values"]) | set(baseline["constants"])
+    known = set(both)
     result.new = sorted(n for n in flat if kind_of(n) != "timing" and n not in known)
     return result
-
-
-def spread(runs: dict[str, Path]) -> dict[str, Any]:
-    """Run-to-run spread over several runs of one profile (e.g. training seeds with the evaluator fixed).
-
-    ``runs``: label -> metrics folder. Per number held by every run (values, and the headline contrasts as
-    ``contrast <name>``): n, mean, std (ddof=1), min, max, range (max - min), its kind, and for contrasts the
-    tolerance ``ddmbench baseline --spread`` sets from it (SPREAD_MULTIPLE x range, before the baseline caps
-    it at |effect| where its interval guards a sign). Numbers missing from some runs are listed.
-    """
-    if len(runs) < 2:
-        raise ArtifactError("spread needs the metrics folders of at least 2 runs")
-    flats: dict[str, dict[str, float]] = {}
-    for label, d in runs.items():
-        contrasts = headline_contrasts(d)
-        flats[label] = {**{n: v for n, v in flatten_metrics(d).items() if kind_of(n) != "timing"},
-                        **{f"contrast {n}": c.value for n, c in contrasts.items()}}
-    names = sorted(set.intersection(*(set(m) for m in flats.values())))
-    metrics: dict[str, Any] = {}
-    for name in names:
-        values = [m[name] for m in flats.values()]
-        n, mean = len(values), math.fsum(values) / len(values)
-        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-        rng = max(values) - min(values)
-        kind = "contrast" if name.startswith("contrast ") else kind_of(name)
-        metrics[name] = {"n": n, "mean": mean, "std": std, "min": min(values), "max": max(values), "range": rng,
-                         "values": values, "kind": kind,
-                         "tolerance": SPREAD_MULTIPLE * rng if kind == "contrast" else None}
-    partial = sorted(set.union(*(set(m) for m in flats.values())) - set(names))
-    return {"runs": list(runs), "multiple": SPREAD_MULTIPLE, "metrics": metrics, "missing_in_some_runs": partial}
