@@ -139,12 +139,26 @@ class SampleConfig(Section):
                                            "sample (stored with the samples; routed policies only).")
     probe_n: int = Field(0, ge=0, description="With trace: also record the states and every expert's prediction "
                                               "for the first probe_n samples (extra evaluations, not in the cost).")
+    precision: Literal["32-true", "bf16-mixed"] = Field(
+        "32-true", description="Precision of the experts and router while sampling and in the analyses: bf16-mixed "
+                               "runs them under autocast (the ODE state stays float32) on GPUs and on CPUs with "
+                               "native bf16 (AVX512-BF16 or AMX); refused on other CPUs, where it runs emulated.")
     routing_clock: int = Field(100, ge=1, le=1_000_000, description=(
         "Cells of the routing clock over t in [0, 1]: every random routing draw (sample-k) is a pure function of "
         "(sample seed, cell of t) and constant over a cell of width 1/routing_clock. 100 is finer than every "
         "shipped solver grid (at most 50 steps), so at the configured NFE each step draws afresh (sample-k as in "
         "McAllister et al.), while the convergence ladder, its reference and Heun's second evaluation see the "
         "same draws over the same time interval (common random numbers). Must be >= sample.nfe_steps."))
+
+    @model_validator(mode="after")
+    def _bf16_where_native(self) -> SampleConfig:
+        if self.device == "cpu" and self.precision == "bf16-mixed":
+            from ddmbench.hardware import cpu_bf16_refusal
+
+            refusal = cpu_bf16_refusal("precision bf16-mixed")
+            if refusal:
+                raise ValueError(refusal)
+        return self
 
 
 class EvaluateConfig(Section):

@@ -12,6 +12,7 @@ from ddmbench.data.shapes import ImageShape, image_shape_of
 from ddmbench.errors import ArtifactError, ConfigError
 from ddmbench.io import load_tensors
 from ddmbench.models.checkpoints import load_router, load_velocity_net
+from ddmbench.models.precision import at_precision
 from ddmbench.pipeline.paths import Paths
 from ddmbench.sampling.field import ModelField, RoutedField
 from ddmbench.sampling.policies import PolicySpec
@@ -40,19 +41,22 @@ def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.devic
     """The policy's field from the trained checkpoints. Every network must have been trained on one image
     shape (C, H, W): ``image_shape`` if given (the prepared dataset's), else that of the first expert; the
     field's noise has that shape."""
+    precision = cfg.sample.precision
     if not spec.uses_experts:
-        return ModelField(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith",
-                                            image_shape=image_shape).to(device), cfg.sample.chunk_rows)
+        return ModelField(at_precision(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith",
+                                                         image_shape=image_shape).to(device), precision),
+                          cfg.sample.chunk_rows)
     experts: list[torch.nn.Module] = []
     for k in range(cfg.cluster.k):
         net = load_velocity_net(paths.expert(k), "expert", f"ddmbench train-expert --expert {k}",
                                 expect={"k": k, "num_experts": cfg.cluster.k}, image_shape=image_shape)
         image_shape = image_shape_of(net)
-        experts.append(net.to(device))
+        experts.append(at_precision(net.to(device), precision))
     router = load_router(paths.model("router"), image_shape=image_shape).to(device) if spec.uses_router else None
     if router is not None and router.head[-1].out_features != cfg.cluster.k:
         raise ArtifactError(f"{paths.model('router')} routes to {router.head[-1].out_features} experts but "
                             f"cluster.k={cfg.cluster.k}; re-run `ddmbench train-router`")
+    router = at_precision(router, precision) if router is not None else None
     return RoutedField(experts, router, spec, cfg.sample.chunk_rows, clock=cfg.sample.routing_clock)
 
 

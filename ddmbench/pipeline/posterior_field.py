@@ -35,4 +35,5 @@ def build_policy_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torc
     if not (spec.uses_posterior and isinstance(field, RoutedField)):
         return field
     router = PosteriorRouter(empirical_posterior(cfg, paths, device), field.image_shape)
-    return RoutedField(field.experts, router, spec, cfg.sample.chunk_rows, image_shape=field.image_shape)
+    return RoutedField(field.experts, router, spec, cfg.sample.chunk_rows, image_shape=field.image_shape,
+                       clock=field.clock)
