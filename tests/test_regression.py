@@ -63,6 +63,7 @@ def test_kinds_timings_constants_values() -> None:
     assert regression.kind_of("sample/full.json:wall_time_s") == "timing"
     assert regression.kind_of("evaluate/top-1.json:cost.wall_time_s") == "timing"
     assert regression.kind_of("sample/full.json:images_per_s") == "timing"
+    assert regression.kind_of("router_calibration.json:cost.posterior_seconds") == "timing"
     for constant in ("sample/full.json:n", "sample/full.json:nfe_per_sample", "evaluate/full.json:n_fake",
                      "contrast.json:contrasts.top-1.fid.n", "analyze/full.json:convergence.steps.0",
                      "experts/expert-0.json:steps"):

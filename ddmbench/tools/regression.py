@@ -49,7 +49,7 @@ DRIFT_REL = 2e-3
 DRIFT_ABS = 1e-9
 
 # Timings, and counters of how a run was executed rather than what it computed: never compared.
-TIMINGS = ("*wall_time_s", "*images_per_s", "*:train_*", "*:resumed_from_step", "*:world_size")
+TIMINGS = ("*wall_time_s", "*images_per_s", "*_seconds", "*:train_*", "*:resumed_from_step", "*:world_size")
 
 # Functions of the params alone: compared exactly, reported as constants, not counted as gated metrics.
 CONSTANTS = (
