@@ -97,7 +97,7 @@ def test_precision_check_pairs_bf16_with_fp32_and_writes_its_verdict(project, mo
         assert lo <= row["delta"][metric]["estimate"] <= hi and row["sampling_half_width"][metric] > 0
         inside.append(max(abs(lo), abs(hi)) <= row["sampling_half_width"][metric])
     assert row["inside_sampling_interval"] == all(inside)
-    assert doc["adopt"] == row["inside_sampling_interval"] and 0 < row["pixels_differing"] < 1
+    assert doc["adopt"] == (row["inside_sampling_interval"] and doc["speedup"] > 1) and 0 < row["pixels_differing"] < 1
     assert "bf16-mixed − fp32 sampling" in output and "bf16-mixed for sampling" in output
     assert not project.paths.samples("top-1").exists() and not (project.root / "metrics" / "evaluate").exists()
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))

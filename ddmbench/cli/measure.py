@@ -52,7 +52,9 @@ def precision_check(policies: Annotated[Optional[list[str]], typer.Option(
                           f"{h['kid']:.4f}", f"{r['pixels_differing']:.1%}", f"{r['speedup']:.2f}x",
                           "yes" if r["inside_sampling_interval"] else "[red]no[/]")
         console.print(table)
-        console.print(f"{'adopt' if result['adopt'] else 'do not adopt'} bf16-mixed for sampling: {result['rule']}; "
-                      f"wrote {out}", highlight=False, soft_wrap=True)
+        console.print(f"{'adopt' if result['adopt'] else 'do not adopt'} bf16-mixed for sampling (quality "
+                      f"{'inside' if result['quality_inside'] else 'outside'} the sampling intervals, "
+                      f"{result['speedup']:.2f}x the fp32 speed); rule: {result['rule']}; wrote {out}",
+                      highlight=False, soft_wrap=True)
 
     guard(body)

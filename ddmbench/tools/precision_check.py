@@ -5,7 +5,7 @@ and under ``sample.precision: bf16-mixed``, timed side by side. Quality is compa
 run's evaluator space: ΔFID_inf and ΔKID (bf16 − fp32) with their jackknife 95% intervals, next to the
 half-width of the fp32 set's own FID_inf / KID interval (its sampling noise at this N). The adoption rule
 (issue 16, fixed before measuring): bf16 may replace fp32 in a profile only where every paired interval lies
-inside ± that sampling half-width. Writes reports/precision.json; nothing under outputs/ or metrics/ changes.
+inside ± that sampling half-width, and only if it pays: all policies together sample faster. Writes reports/precision.json; nothing under outputs/ or metrics/ changes.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ def run(cfg: Config, paths: Paths, specs: list[PolicySpec]) -> dict[str, Any]:
                                             dataset=cfg.data.dataset)
     real = RealSet(real_feats, cfg.evaluate.groups)
     rows = [check_policy(cfg, paths, spec, real, classifier) for spec in specs]
+    speedup = sum(r["seconds"]["32-true"] for r in rows) / sum(r["seconds"]["bf16-mixed"] for r in rows)
+    inside = all(r["inside_sampling_interval"] for r in rows)
     return {"evaluator_sha256": digest, "rule": "adopt bf16-mixed only if every paired 95% interval of "
-            "ΔFID_inf and ΔKID (bf16 − fp32) lies inside ± the fp32 set's own sampling half-width",
-            "adopt": all(r["inside_sampling_interval"] for r in rows), "rows": rows}
+            "ΔFID_inf and ΔKID (bf16 − fp32) lies inside ± the fp32 set's own sampling half-width and all "
+            "policies together sample faster", "quality_inside": inside, "speedup": speedup,
+            "adopt": inside and speedup > 1, "rows": rows}
