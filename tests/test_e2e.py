@@ -210,7 +210,7 @@ def test_evaluate_reports_intervals_precision_recall_and_per_sample_quality(trai
 
 
 def test_expert_accuracy_stage_writes_the_table(copy_of: Project) -> None:
-    from ddmbench.analysis.expert_accuracy import POSTERIOR_KEYS, ROW_KEYS
+    from ddmbench.analysis.expert_accuracy import BY_EXPERT_KEYS, POSTERIOR_KEYS, ROW_KEYS
     from ddmbench.report.tables import expert_accuracy as accuracy_table
 
     copy_of.update(analysis={"accuracy_n": 50, "accuracy_t": [0.2, 0.8]})
@@ -218,7 +218,7 @@ def test_expert_accuracy_stage_writes_the_table(copy_of: Project) -> None:
     data = _json(copy_of.paths.expert_accuracy)
     assert data["n"] == 50 and data["k"] == 2 and data["t"] == [0.2, 0.8] and len(data["rows"]) == 2
     for row in data["rows"]:
-        assert set(row) == {"t", *ROW_KEYS, *POSTERIOR_KEYS}
+        assert set(row) == {"t", *ROW_KEYS, *BY_EXPERT_KEYS, *POSTERIOR_KEYS}
         assert row["not_selected_top2"] is None  # K = 2
         assert all(math.isfinite(row[k]) and row[k] >= 0 for k in POSTERIOR_KEYS)
         assert all(math.isfinite(row[k]) and row[k] >= 0 for k in ROW_KEYS if row[k] is not None)

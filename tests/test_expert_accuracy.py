@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import Project, run_cli
 
-from ddmbench.analysis.expert_accuracy import POSTERIOR_KEYS, ROW_KEYS, expert_accuracy, summarise
+from ddmbench.analysis.expert_accuracy import BY_EXPERT_KEYS, POSTERIOR_KEYS, ROW_KEYS, expert_accuracy, summarise
 from ddmbench.analysis.posterior import EmpiricalPosterior
 from ddmbench.config import parse_config
 from ddmbench.errors import ConfigError
@@ -57,7 +57,7 @@ def test_oracle_expert_is_exact_and_router_selection_beats_the_rest() -> None:
     data = expert_accuracy(experts, router, x0, cluster, [0.1, 0.5, 0.9], seed=0)
     assert data["t"] == [0.1, 0.5, 0.9] and data["n"] == 180 and data["k"] == 3
     for row in data["rows"]:
-        assert set(row) == {"t", *ROW_KEYS}
+        assert set(row) == {"t", *ROW_KEYS, *BY_EXPERT_KEYS}
         assert row["oracle_expert"] < 1e-10                       # expert j is exact on cluster j
         assert row["full_ensemble"] >= row["oracle_expert"]
         assert row["selected_top1"] < row["not_selected_top1"]
@@ -77,7 +77,7 @@ def test_p_star_grouping_finds_the_covering_expert() -> None:
     data = expert_accuracy(experts, router, x0, cluster, [0.1, 0.9], seed=0,
                            posterior=lambda x, t: post(x, t).log_p.exp())
     low, high = data["rows"]
-    assert set(low) == {"t", *ROW_KEYS, *POSTERIOR_KEYS}
+    assert set(low) == {"t", *ROW_KEYS, *BY_EXPERT_KEYS, *POSTERIOR_KEYS}
     assert low["posterior_top1"] < 1e-10 < low["not_posterior_top1"]             # the covering expert is exact
     assert low["router_top1_is_posterior_top1"] == 1.0 and high["router_top1_is_posterior_top1"] == 1.0
     assert low["posterior_top1"] <= low["posterior_weighted"] <= low["not_posterior_top1"]
@@ -105,11 +105,29 @@ def test_summarise_groups_by_router_rank() -> None:
     assert two["not_selected_top2"] is None                     # K = 2: top-2 selects every expert
 
 
+def test_specialisation_known_answer_and_a_regime_without_it() -> None:
+    e = torch.tensor([[1.0, 2.0, 3.0], [6.0, 5.0, 4.0]])
+    row = summarise(0.5, e, torch.full((2, 3), 1 / 3), torch.zeros(2), torch.tensor([0, 1]))
+    # expert 0: own 1, other 6; expert 1: own 5, other 2; expert 2 has no image of its own cluster
+    assert row["own_cluster_by_expert"] == [1.0, 5.0, None] and row["other_clusters_by_expert"] == [6.0, 2.0, 3.5]
+    assert row["own_cluster"] == pytest.approx(3.0) and row["other_clusters"] == pytest.approx(4.0)
+    assert row["specialisation"] == pytest.approx(4 / 3)
+    experts, router, x0, cluster = _toy(20)
+    low, high = expert_accuracy(experts, router, x0, cluster, [0.1, 0.9], seed=0)["rows"]
+    assert low["own_cluster"] < 1e-10 < low["other_clusters"] and high["specialisation"] > 1   # specialised
+    same = [experts[0]] * 3                                       # three copies of one expert: no specialisation
+    flat = expert_accuracy(same, router, x0, cluster, [0.1, 0.9], seed=0)["rows"]
+    assert all(r["specialisation"] == pytest.approx(1.0, rel=1e-6) for r in flat)   # equal cluster sizes: exactly 1
+    assert all(r["own_cluster_by_expert"][0] < r["other_clusters_by_expert"][0] for r in flat)  # expert 0 fits cluster 0
+    headers, _ = accuracy_table({"rows": [low]})
+    assert "specialisation (other / own)" in headers
+
+
 def test_table_has_one_row_per_t_and_marks_missing_cells() -> None:
     experts, router, x0, cluster = _toy(5, k=2)
     data = expert_accuracy(experts, router, x0, cluster, [0.2, 0.8], seed=0)
     headers, rows = accuracy_table(json.loads(json.dumps(data)))  # exactly what the report reads back
-    assert len(headers) == 9 and [r[0] for r in rows] == ["0.20", "0.80"]
+    assert len(headers) == 12 and [r[0] for r in rows] == ["0.20", "0.80"]
     assert all(len(r) == len(headers) for r in rows)
     assert "–" in rows[0]  # K = 2: nothing is left outside the top-2
 
@@ -141,4 +159,5 @@ def test_stage_needs_the_trained_models_first(project: Project) -> None:
 def test_nan_free_rows_are_json_numbers() -> None:
     experts, router, x0, cluster = _toy(4)
     data = expert_accuracy(experts, router, x0, cluster, [1.0], seed=0)
-    assert all(math.isfinite(v) for v in data["rows"][0].values() if v is not None)
+    values = [v for value in data["rows"][0].values() for v in (value if isinstance(value, list) else [value])]
+    assert all(math.isfinite(v) for v in values if v is not None)

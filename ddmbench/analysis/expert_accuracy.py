@@ -6,6 +6,11 @@ router's selection at that (x_t, t): the top-k experts vs the rest, against the 
 prediction sum_j p_j v_j, the oracle expert (the image's own cluster) and the best single expert. Given the exact
 cluster posterior p*(k | x_t) (``ddmbench.analysis.posterior``), also grouped by p*: the expert of the state's most
 probable cluster vs the rest, and the p*-weighted error sum_k p*_k e_k.
+
+Specialisation (issue 15): each expert's error on its own cluster's images vs on the other clusters' images,
+by t. Their ratio (others / own) is about 1 when the experts barely specialise, so switching experts costs
+nothing, and grows with specialisation; it does not depend on the router, so it can come out against the
+alignment explanation.
 Pure functions: models and tensors in, numbers out.
 """
 
@@ -21,7 +26,9 @@ from ddmbench.sampling.flow import interpolate, velocity_target
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = (1, 2)
 ROW_KEYS = ("selected_top1", "not_selected_top1", "selected_top2", "not_selected_top2", "full_ensemble",
-            "oracle_expert", "best_single_expert", "router_top1_is_oracle")
+            "oracle_expert", "best_single_expert", "router_top1_is_oracle", "own_cluster", "other_clusters",
+            "specialisation")
+BY_EXPERT_KEYS = ("own_cluster_by_expert", "other_clusters_by_expert")   # (K,) lists, None where undefined
 POSTERIOR_KEYS = ("posterior_top1", "not_posterior_top1", "posterior_weighted", "router_top1_is_posterior_top1")
 Posterior = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> p*(k | x_t) (B, K)
 
@@ -73,6 +80,7 @@ def summarise(t: float, e: torch.Tensor, p: torch.Tensor, full: torch.Tensor, cl
     row["oracle_expert"] = float(e.gather(1, cluster.view(-1, 1)).mean())
     row["best_single_expert"] = float(e.mean(0).min())
     row["router_top1_is_oracle"] = float((order[:, 0] == cluster).float().mean())
+    row.update(specialisation(e, cluster))
     if p_star is not None:
         star = p_star.argmax(1, keepdim=True)                                           # (N, 1)
         on = torch.zeros_like(e, dtype=torch.bool).scatter_(1, star, True)
@@ -81,6 +89,24 @@ def summarise(t: float, e: torch.Tensor, p: torch.Tensor, full: torch.Tensor, cl
         row["posterior_weighted"] = float((p_star.to(e.dtype) * e).sum(1).mean())
         row["router_top1_is_posterior_top1"] = float((order[:, :1] == star).float().mean())
     return row
+
+
+def specialisation(e: torch.Tensor, cluster: torch.Tensor) -> dict[str, Any]:
+    """Each expert's mean MSE on its own cluster's images and on the other clusters' images, from per-expert
+    MSE e (N, K) and clusters (N,): ``own_cluster`` and ``other_clusters`` (means over the experts that have
+    images of both kinds), ``specialisation`` = other / own, and the per-expert values (None where an expert
+    has no image of that kind)."""
+    own, other = [], []
+    for k in range(e.shape[1]):
+        mine = cluster == k
+        own.append(float(e[mine, k].mean()) if mine.any() else None)
+        other.append(float(e[~mine, k].mean()) if (~mine).any() else None)
+    both = [(o, x) for o, x in zip(own, other) if o is not None and x is not None]
+    own_mean = sum(o for o, _ in both) / len(both) if both else None
+    other_mean = sum(x for _, x in both) / len(both) if both else None
+    return {"own_cluster": own_mean, "other_clusters": other_mean,
+            "specialisation": other_mean / own_mean if both and own_mean else None,
+            "own_cluster_by_expert": own, "other_clusters_by_expert": other}
 
 
 def expert_accuracy(experts: Sequence[Model], router: Model, x0: torch.Tensor, cluster: torch.Tensor,

@@ -75,14 +75,17 @@ ACCURACY_COLUMNS = (("selected_top1", "top-1 selected"), ("not_selected_top1", "
                     ("full_ensemble", "full ensemble"), ("oracle_expert", "oracle expert"),
                     ("best_single_expert", "best single expert"), ("router_top1_is_oracle", "router top-1 = oracle"),
                     ("posterior_top1", "argmax-p* expert"), ("not_posterior_top1", "not argmax p*"),
-                    ("posterior_weighted", "p*-weighted"), ("router_top1_is_posterior_top1", "router top-1 = argmax p*"))
+                    ("posterior_weighted", "p*-weighted"), ("router_top1_is_posterior_top1", "router top-1 = argmax p*"),
+                    ("own_cluster", "expert on own cluster"), ("other_clusters", "expert on other clusters"),
+                    ("specialisation", "specialisation (other / own)"))
 
 
 def expert_accuracy(data: dict[str, Any]) -> Table:
     """Table 3: velocity MSE against the true target by t, per group of experts (metrics/expert_accuracy.json)."""
     present = [(k, name) for k, name in ACCURACY_COLUMNS if any(k in row for row in data["rows"])]
     headers = ["t"] + [name for _, name in present]
-    rows = [[fmt(row["t"])] + [fmt(row.get(k), 3 if k.startswith("router_top1") else 4) for k, _ in present]
+    rows = [[fmt(row["t"])] + [fmt(row.get(k), 3 if k.startswith("router_top1") or k == "specialisation" else 4)
+                               for k, _ in present]
             for row in data["rows"]]
     return headers, rows
 
