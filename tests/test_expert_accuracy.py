@@ -108,19 +108,20 @@ def test_summarise_groups_by_router_rank() -> None:
 def test_specialisation_known_answer_and_a_regime_without_it() -> None:
     e = torch.tensor([[1.0, 2.0, 3.0], [6.0, 5.0, 4.0]])
     row = summarise(0.5, e, torch.full((2, 3), 1 / 3), torch.zeros(2), torch.tensor([0, 1]))
-    # expert 0: own 1, other 6; expert 1: own 5, other 2; expert 2 has no image of its own cluster
-    assert row["own_cluster_by_expert"] == [1.0, 5.0, None] and row["other_clusters_by_expert"] == [6.0, 2.0, 3.5]
-    assert row["own_cluster"] == pytest.approx(3.0) and row["other_clusters"] == pytest.approx(4.0)
-    assert row["specialisation"] == pytest.approx(4 / 3)
+    # cluster 0 (image 0): own expert 1, others (2 + 3) / 2; cluster 1 (image 1): own 5, others (6 + 4) / 2;
+    # cluster 2 has no image
+    assert row["own_cluster_by_expert"] == [1.0, 5.0, None] and row["other_experts_by_expert"] == [2.5, 5.0, None]
+    assert row["own_cluster"] == pytest.approx(3.0) and row["other_experts"] == pytest.approx(3.75)
+    assert row["specialisation"] == pytest.approx(1.25)
     experts, router, x0, cluster = _toy(20)
     low, high = expert_accuracy(experts, router, x0, cluster, [0.1, 0.9], seed=0)["rows"]
-    assert low["own_cluster"] < 1e-10 < low["other_clusters"] and high["specialisation"] > 1   # specialised
-    same = [experts[0]] * 3                                       # three copies of one expert: no specialisation
+    assert low["own_cluster"] < 1e-10 < low["other_experts"] and high["specialisation"] > 1   # specialised
+    same = [experts[0]] * 3                                       # three copies of one expert: interchangeable
     flat = expert_accuracy(same, router, x0, cluster, [0.1, 0.9], seed=0)["rows"]
-    assert all(r["specialisation"] == pytest.approx(1.0, rel=1e-6) for r in flat)   # equal cluster sizes: exactly 1
-    assert all(r["own_cluster_by_expert"][0] < r["other_clusters_by_expert"][0] for r in flat)  # expert 0 fits cluster 0
+    assert all(r["specialisation"] == pytest.approx(1.0, rel=1e-6) for r in flat)
+    assert all(r["own_cluster_by_expert"] == pytest.approx(r["other_experts_by_expert"], rel=1e-6) for r in flat)
     headers, _ = accuracy_table({"rows": [low]})
-    assert "specialisation (other / own)" in headers
+    assert "specialisation (others / own)" in headers
 
 
 def test_table_has_one_row_per_t_and_marks_missing_cells() -> None:

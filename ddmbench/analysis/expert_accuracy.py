@@ -7,10 +7,12 @@ prediction sum_j p_j v_j, the oracle expert (the image's own cluster) and the be
 cluster posterior p*(k | x_t) (``ddmbench.analysis.posterior``), also grouped by p*: the expert of the state's most
 probable cluster vs the rest, and the p*-weighted error sum_k p*_k e_k.
 
-Specialisation (issue 15): each expert's error on its own cluster's images vs on the other clusters' images,
-by t. Their ratio (others / own) is about 1 when the experts barely specialise, so switching experts costs
-nothing, and grows with specialisation; it does not depend on the router, so it can come out against the
-alignment explanation.
+Specialisation (issue 15): on each cluster's images, the error of the other experts vs that of the cluster's
+own expert, by t. Their ratio (others / own) is 1 when the experts are interchangeable, so switching experts
+costs nothing, and grows with specialisation; it does not depend on the router, so it can come out against
+the alignment explanation. Comparing experts on the same images keeps cluster difficulty out of it (an
+expert's error on its own cluster vs on the other clusters' images mixes in how hard each cluster is: on the
+CI profile one expert scored worse on its own cluster than on the others').
 Pure functions: models and tensors in, numbers out.
 """
 
@@ -26,9 +28,9 @@ from ddmbench.sampling.flow import interpolate, velocity_target
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = (1, 2)
 ROW_KEYS = ("selected_top1", "not_selected_top1", "selected_top2", "not_selected_top2", "full_ensemble",
-            "oracle_expert", "best_single_expert", "router_top1_is_oracle", "own_cluster", "other_clusters",
+            "oracle_expert", "best_single_expert", "router_top1_is_oracle", "own_cluster", "other_experts",
             "specialisation")
-BY_EXPERT_KEYS = ("own_cluster_by_expert", "other_clusters_by_expert")   # (K,) lists, None where undefined
+BY_EXPERT_KEYS = ("own_cluster_by_expert", "other_experts_by_expert")   # (K,) lists, None where undefined
 POSTERIOR_KEYS = ("posterior_top1", "not_posterior_top1", "posterior_weighted", "router_top1_is_posterior_top1")
 Posterior = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> p*(k | x_t) (B, K)
 
@@ -92,21 +94,23 @@ def summarise(t: float, e: torch.Tensor, p: torch.Tensor, full: torch.Tensor, cl
 
 
 def specialisation(e: torch.Tensor, cluster: torch.Tensor) -> dict[str, Any]:
-    """Each expert's mean MSE on its own cluster's images and on the other clusters' images, from per-expert
-    MSE e (N, K) and clusters (N,): ``own_cluster`` and ``other_clusters`` (means over the experts that have
-    images of both kinds), ``specialisation`` = other / own, and the per-expert values (None where an expert
-    has no image of that kind)."""
-    own, other = [], []
+    """From per-expert MSE e (N, K) and clusters (N,), for each cluster k with images: ``own_cluster_by_expert[k]``,
+    expert k's mean MSE on cluster k's images, and ``other_experts_by_expert[k]``, the other experts' mean MSE on
+    the same images (None where cluster k has no image, or K = 1); ``own_cluster`` and ``other_experts`` average
+    them over the clusters that have both, and ``specialisation`` = other_experts / own_cluster."""
+    own: list[float | None] = []
+    other: list[float | None] = []
     for k in range(e.shape[1]):
         mine = cluster == k
+        rest = [j for j in range(e.shape[1]) if j != k]
         own.append(float(e[mine, k].mean()) if mine.any() else None)
-        other.append(float(e[~mine, k].mean()) if (~mine).any() else None)
+        other.append(float(e[mine][:, rest].mean()) if mine.any() and rest else None)
     both = [(o, x) for o, x in zip(own, other) if o is not None and x is not None]
     own_mean = sum(o for o, _ in both) / len(both) if both else None
     other_mean = sum(x for _, x in both) / len(both) if both else None
-    return {"own_cluster": own_mean, "other_clusters": other_mean,
-            "specialisation": other_mean / own_mean if both and own_mean else None,
-            "own_cluster_by_expert": own, "other_clusters_by_expert": other}
+    return {"own_cluster": own_mean, "other_experts": other_mean,
+            "specialisation": other_mean / own_mean if own_mean else None,
+            "own_cluster_by_expert": own, "other_experts_by_expert": other}
 
 
 def expert_accuracy(experts: Sequence[Model], router: Model, x0: torch.Tensor, cluster: torch.Tensor,

@@ -152,8 +152,8 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
         doc.paragraph(f"Velocity MSE against the true target ε − x₀ on {accuracy.get('n', '?')} held-out test images "
                       "noised to each t: experts the router selects vs those it does not, the full ensemble's "
                       "router-weighted prediction, and the image's own cluster's expert (oracle). Specialisation: "
-                      "each expert's error on the other clusters' images over its error on its own cluster's "
-                      "(mean over experts); near 1 the experts barely specialise and switching between them costs "
+                      "on each cluster's images, the other experts' error over the cluster's own expert's error "
+                      "(mean over clusters); near 1 the experts barely specialise and switching between them costs "
                       "little, which is the regime in which sparse routing has nothing to gain.")
         doc.table(*tables.expert_accuracy(accuracy), caption=src(paths.expert_accuracy))
         spec = [r.get("specialisation") for r in accuracy["rows"]]

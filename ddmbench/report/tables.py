@@ -76,8 +76,8 @@ ACCURACY_COLUMNS = (("selected_top1", "top-1 selected"), ("not_selected_top1", "
                     ("best_single_expert", "best single expert"), ("router_top1_is_oracle", "router top-1 = oracle"),
                     ("posterior_top1", "argmax-p* expert"), ("not_posterior_top1", "not argmax p*"),
                     ("posterior_weighted", "p*-weighted"), ("router_top1_is_posterior_top1", "router top-1 = argmax p*"),
-                    ("own_cluster", "expert on own cluster"), ("other_clusters", "expert on other clusters"),
-                    ("specialisation", "specialisation (other / own)"))
+                    ("own_cluster", "own expert on its cluster"), ("other_experts", "other experts there"),
+                    ("specialisation", "specialisation (others / own)"))
 
 
 def expert_accuracy(data: dict[str, Any]) -> Table:
