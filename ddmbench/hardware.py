@@ -13,16 +13,21 @@ from pathlib import Path
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either one gives native bf16 matmuls (AMX tiles are the fast path)
 
 
+def _cpuinfo(key: str) -> str | None:
+    """The first value of ``key`` in /proc/cpuinfo (Linux); None where the file or the key does not exist."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return None
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith(key):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (Linux); empty where that file does not exist."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return frozenset()
-    for line in cpuinfo.read_text(errors="replace").splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:
@@ -41,12 +46,7 @@ def cpu_bf16_refusal(key: str, flags: frozenset[str] | None = None) -> str | Non
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else ``platform.processor()``, else the architecture."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def vector_isa(flags: frozenset[str] | None = None) -> str:

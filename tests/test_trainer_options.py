@@ -75,3 +75,13 @@ def test_bf16_on_a_cpu_follows_its_flags(monkeypatch: pytest.MonkeyPatch) -> Non
         parse_config({"trainer": {"accelerator": "cpu", "precision": "bf16-mixed"}})
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}))
     assert parse_config({"trainer": {"accelerator": "cpu", "precision": "bf16-mixed"}}).trainer.precision == "bf16-mixed"
+
+
+def test_vector_isa_names_the_widest_extension() -> None:
+    from ddmbench import hardware
+
+    assert hardware.vector_isa(frozenset({"sse2", "avx2"})) == "avx2"
+    assert hardware.vector_isa(frozenset({"avx2", "avx512f", "avx512_bf16"})) == "avx512"
+    assert hardware.vector_isa(frozenset({"avx2", "avx512f", "amx_tile", "amx_bf16"})) == "amx"
+    assert hardware.vector_isa(frozenset()) not in ("avx2", "avx512", "amx")   # the architecture instead
+    assert set(hardware.machine_fingerprint()) == {"isa", "cpu", "torch"}
