@@ -180,7 +180,9 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
             baselines: Annotated[Optional[list[Path]], typer.Argument(
                 help="Baseline JSON files, or folders of them (one per float path: the one made on this CPU's "
                      "vector ISA is used); default: reports/baseline/.")] = None,
-            failures_only: Annotated[bool, typer.Option(help="List only the failing contrasts.")] = False) -> None:
+            failures_only: Annotated[bool, typer.Option(
+                help="List only what fails: failing contrasts, and values beyond drift only where gated.")] = False
+            ) -> None:
     """Gate a run against the baseline: (a) same-seed determinism, exact or within float drift; (b) the headline
     paired contrasts keep their sign and tolerance. Ends in one line: exact / drift / other-machine (no baseline
     from this CPU's float path: (b) alone; exit 0) or regression (exit 1)."""
@@ -211,7 +213,7 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
                           f"± {r.tolerance:.3g}", {1: "> 0", -1: "< 0"}.get(r.sign, "no"),
                           "yes" if r.passed else f"[red]NO: {r.why}[/]")
         console.print(table)
-        if result.beyond:
+        if result.beyond and not (failures_only and result.other_machine and not result.missing):
             values = Table(title=f"values beyond float drift ({len(result.beyond)}; first 20)" +
                            (": not gated, the baseline is from another float path" if result.other_machine else ""))
             for col in ("value", "baseline", "current"):
