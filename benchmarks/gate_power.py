@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from ddmbench.errors import ConfigError
+from ddmbench.errors import ArtifactError, ConfigError
 from ddmbench.hardware import machine_fingerprint
 from ddmbench.io import read_json, write_json, write_text
 from ddmbench.tools import regression
@@ -127,7 +127,11 @@ def row_for(m: Mutation | None, metrics: Path | None, baseline: dict[str, Any], 
     if metrics is None:
         return {**row, "verdict": "pipeline failed", "caught": m is not None, "failing_contrasts": [],
                 "values_beyond_drift": None, "detail": failure}
-    result = regression.compare(metrics, baseline)
+    try:
+        result = regression.compare(metrics, baseline)
+    except ArtifactError as exc:  # e.g. a fault that changes the evaluator's weights: compare refuses the run
+        return {**row, "verdict": "refused", "caught": m is not None, "failing_contrasts": [],
+                "values_beyond_drift": None, "detail": str(exc)}
     failing = [f"{r.name} ({r.why})" for r in result.failed_contrasts]
     return {**row, "verdict": result.verdict, "caught": result.verdict == "regression",
             "failing_contrasts": failing, "values_beyond_drift": len(result.beyond),
