@@ -92,10 +92,15 @@ def apply(root: Path, m: Mutation) -> None:
     path.write_text(text.replace(m.old, m.new))
 
 
-def export_head(repo: Path, dest: Path) -> None:
-    """The committed tree of ``repo`` (HEAD) into ``dest``, as its own git repository (DVC needs one)."""
+def head_archive(repo: Path) -> bytes:
+    """``git archive HEAD`` of ``repo``: taken once, so the control and every mutation run the same commit
+    even if HEAD moves while the suite runs."""
+    return subprocess.run(["git", "-C", str(repo), "archive", "HEAD"], check=True, capture_output=True).stdout
+
+
+def export_head(archive: bytes, dest: Path) -> None:
+    """A ``head_archive`` into ``dest``, as its own git repository (DVC needs one)."""
     dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(repo), "archive", "HEAD"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     git = ["git", "-c", "user.email=gate-power@localhost", "-c", "user.name=gate-power"]
     subprocess.run(git + ["init", "-q"], cwd=dest, check=True)
@@ -193,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     args.baseline = args.baseline or Path(f"reports/baseline/ci-{machine_fingerprint()['isa']}.json")
     baseline = regression.check_baseline(read_json(args.baseline, "ddmbench baseline --why '...'"), args.baseline)
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    archive, commit = head_archive(args.repo), head_commit(args.repo)
     rows = []
     scratch = Path(tempfile.mkdtemp(prefix="gate-power-"))
     try:
         for m in [None, *chosen]:
             copy = scratch / (m.name if m else "control")
-            export_head(args.repo, copy)
+            export_head(archive, copy)
             if m is not None:
                 apply(copy, m)
             t0 = time.time()
@@ -214,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
-    commit = subprocess.run(["git", "-C", str(args.repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     write_json(args.repo / "reports/baseline/gate-power.json", {"commit": commit, "rows": rows})
     header = (f"Measured at {commit} with `python benchmarks/gate_power.py` ({args.profile}, baseline "
               f"{args.baseline}); caught = `compare` says regression.")
@@ -225,13 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if missed else 0
 
 
+def head_commit(repo: Path) -> str:
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def measure_drift(args: argparse.Namespace) -> int:
     """Two same-seed runs of the profile at HEAD, 1 and 2 threads; writes reports/baseline/drift.json."""
     scratch = Path(tempfile.mkdtemp(prefix="gate-drift-"))
+    archive = head_archive(args.repo)
     try:
         for threads in (1, 2):
             copy = scratch / f"threads-{threads}"
-            export_head(args.repo, copy)
+            export_head(archive, copy)
             ok, tail = run_profile(copy, args.repo / args.profile, args.data_root, args.timeout_min * 60, threads)
             if not ok:
                 print(f"the {threads}-thread run failed: {tail}")

@@ -201,6 +201,22 @@ def test_dvc_stage_is_the_command_of_the_same_name(name: str) -> None:
     assert declared == _code_deps(name), f"{name}: dvc.yaml deps {sorted(declared)} != imports {sorted(_code_deps(name))}"
 
 
+PROFILES = sorted([REPO_ROOT / "params.yaml", *(REPO_ROOT / "params").glob("*.yaml")])
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_every_key_dvc_reads_is_in_every_shipped_profile(profile: Path) -> None:
+    """DVC refuses a stage whose params key is missing from params.yaml ("Parameters ... are missing"), so each
+    profile a user copies to params.yaml must spell out every key a stage declares."""
+    raw = yaml.safe_load(profile.read_text())
+    for name, stage in STAGES.items():
+        for key in _body(stage).get("params", []):
+            node = raw
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{profile.name} lacks '{key}' (stage {name})"
+                node = node[part]
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_dvc_params_exist_in_config(name: str) -> None:
     for key in _body(STAGES[name]).get("params", []):
