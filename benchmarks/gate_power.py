@@ -9,7 +9,7 @@ reports/baseline/gate-power.json and to the table between the markers in reports
 
 Runs by hand or on a schedule, never in CI (one CI-profile run per mutation):
 
-    python benchmarks/gate_power.py [--data-root data] [--only top-k-smallest] [--timeout-min 90]
+    python benchmarks/gate_power.py [--data-root data] [--only top-k-smallest] [--timeout-min 90] [--append]
     python benchmarks/gate_power.py --drift      # the float drift of 1 vs 2 threads on the profile
 """
 
@@ -160,12 +160,13 @@ def drift_stats(first: Path, second: Path) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]], header: str) -> str:
     """The table written between the markers: mutation -> verdict and the metrics that caught it."""
-    lines = [header, "", "| mutation | layer | verdict | caught by headline contrasts | values beyond drift |",
-             "|---|---|---|---|---|"]
+    lines = [header, "", "| mutation | layer | commit | verdict | caught by headline contrasts | values beyond drift |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         contrasts = "; ".join(r["failing_contrasts"]) or "none"
         beyond = "—" if r["values_beyond_drift"] is None else str(r["values_beyond_drift"])
-        lines.append(f"| `{r['mutation']}`: {r['what']} | {r['layer']} | {r['verdict']} | {contrasts} | {beyond} |")
+        lines.append(f"| `{r['mutation']}`: {r['what']} | {r['layer']} | {r.get('commit', '?')} | {r['verdict']} | "
+                     f"{contrasts} | {beyond} |")
     return "\n".join(lines)
 
 
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", choices=[m.name for m in MUTATIONS], help="run only these")
     ap.add_argument("--timeout-min", type=float, default=90.0, help="per CI-profile run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copies")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of gate-power.json for mutations not run now (each row names its commit)")
     ap.add_argument("--drift", action="store_true",
                     help="instead: run HEAD twice, 1 and 2 threads, and measure the float drift (drift.json)")
     args = ap.parse_args(argv)
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             ok, tail = run_profile(copy, args.repo / args.profile, args.data_root, args.timeout_min * 60)
             rows.append(row_for(m, copy / "metrics" if ok else None, baseline, tail))
-            rows[-1]["minutes"] = round((time.time() - t0) / 60, 1)
+            rows[-1].update(minutes=round((time.time() - t0) / 60, 1), commit=commit)
             print(f"{rows[-1]['mutation']}: {rows[-1]['verdict']} ({rows[-1]['minutes']} min)", flush=True)
             if m is None and rows[0]["verdict"] not in ("exact", "drift"):
                 print(f"control run is '{rows[0]['verdict']}': refresh the baseline first ({rows[0]['detail']})")
@@ -220,11 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
-    write_json(args.repo / "reports/baseline/gate-power.json", {"commit": commit, "rows": rows})
-    header = (f"Measured at {commit} with `python benchmarks/gate_power.py` ({args.profile}, baseline "
-              f"{args.baseline}); caught = `compare` says regression.")
+    out = args.repo / "reports/baseline/gate-power.json"
+    if args.append and out.exists():
+        previous = read_json(out, "python benchmarks/gate_power.py")
+        rerun = {m.name for m in chosen}
+        rows = [{"commit": previous.get("commit", "?"), **r} for r in previous["rows"]
+                if r["mutation"] not in rerun] + rows
+    write_json(out, {"commit": commit, "rows": rows})
+    header = (f"Measured with `python benchmarks/gate_power.py` ({args.profile}, baseline {args.baseline}); "
+              "each row names the commit it ran, after a control run of that commit; caught = `compare` says "
+              "regression.")
     write_table(args.repo / "reports/baseline/README.md", markdown(rows, header))
-    missed = [r["mutation"] for r in rows[1:] if not r["caught"]]
+    missed = [r["mutation"] for r in rows if r["mutation"] != "none (control)" and not r["caught"]]
     print("every mutation caught" if not missed else f"not caught: {', '.join(missed)}")
     return 1 if missed else 0
 

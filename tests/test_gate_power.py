@@ -62,7 +62,7 @@ def _rows() -> list[dict]:
     return [{"mutation": "none (control)", "layer": "", "what": "HEAD as committed", "verdict": "exact",
              "failing_contrasts": [], "values_beyond_drift": 0},
             {"mutation": "top-k-smallest", "layer": "policy", "what": "top-k keeps the smallest", "verdict": "regression",
-             "failing_contrasts": ["top-1 − full: fid (sign flipped)"], "values_beyond_drift": 120},
+             "failing_contrasts": ["top-1 − full: fid (sign flipped)"], "values_beyond_drift": 120, "commit": "c0ffee1"},
             {"mutation": "ema-disabled", "layer": "training", "what": "no EMA", "verdict": "pipeline failed",
              "failing_contrasts": [], "values_beyond_drift": None}]
 
@@ -71,9 +71,9 @@ def test_table_goes_between_the_markers_and_is_replaced_on_rerun(tmp_path: Path)
     readme = tmp_path / "README.md"
     readme.write_text("# CI regression baseline\n\nintro\n\n## Power\n\ntext after\n")
     table = gate_power.markdown(_rows(), "Measured at abc.")
-    assert "| `top-k-smallest`: top-k keeps the smallest | policy | regression | top-1 − full: fid (sign flipped) | 120 |" \
-        in table
-    assert "| `ema-disabled`: no EMA | training | pipeline failed | none | — |" in table
+    assert ("| `top-k-smallest`: top-k keeps the smallest | policy | c0ffee1 | regression | "
+            "top-1 − full: fid (sign flipped) | 120 |") in table
+    assert "| `ema-disabled`: no EMA | training | ? | pipeline failed | none | — |" in table
     gate_power.write_table(readme, table)
     first = readme.read_text()
     assert first.startswith("# CI regression baseline\n\nintro") and first.count(gate_power.START) == 1
