@@ -118,7 +118,8 @@ def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float,
     env = {**os.environ, "PYTHONPATH": str(copy), "DVC_NO_ANALYTICS": "1",
            **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     try:
-        proc = subprocess.run([sys.executable, "-m", "ddmbench", "repro"], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run([sys.executable, "-m", "ddmbench", "repro"], cwd=copy, env=env, capture_output=True,
+                              text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return False, f"timed out after {timeout_s:.0f} s"
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])

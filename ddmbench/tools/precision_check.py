@@ -5,7 +5,8 @@ and under ``sample.precision: bf16-mixed``, timed side by side. Quality is compa
 run's evaluator space: ΔFID_inf and ΔKID (bf16 − fp32) with their jackknife 95% intervals, next to the
 half-width of the fp32 set's own FID_inf / KID interval (its sampling noise at this N). The adoption rule
 (issue 16, fixed before measuring): bf16 may replace fp32 in a profile only where every paired interval lies
-inside ± that sampling half-width, and only if it pays: all policies together sample faster. Writes reports/precision.json; nothing under outputs/ or metrics/ changes.
+inside ± that sampling half-width, and only if it pays: all policies together sample faster. Writes
+reports/precision.json; nothing under outputs/ or metrics/ changes.
 """
 
 from __future__ import annotations

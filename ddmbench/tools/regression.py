@@ -207,7 +207,8 @@ def make_baseline(metrics_dir: Path, *, why: str, git_commit: str, profile: str,
         contrasts[name] = {"value": c.value, "ci95": [c.low, c.high], "tolerance": tol, "sign": sign,
                            "basis": "spread" if f"contrast {name}" in ranges else "ci95"}
     return {"format": FORMAT, "why": why, "git_commit": git_commit, "profile": profile,
-            "machine": machine_fingerprint(), "evaluator_sha256": evaluator_digest(metrics_dir), "drift": {"abs": DRIFT_ABS, "rel": drift_rel},
+            "machine": machine_fingerprint(), "evaluator_sha256": evaluator_digest(metrics_dir),
+            "drift": {"abs": DRIFT_ABS, "rel": drift_rel},
             "values": {k: v for k, v in sorted(flat.items()) if kind_of(k) == "value"},
             "constants": {k: v for k, v in sorted(flat.items()) if kind_of(k) == "constant"},
             "contrasts": contrasts}
@@ -299,7 +300,7 @@ class GateResult:
                        (", …" if len(self.failed_contrasts) > 3 else "") + ")"
         constants = (f"; {len(self.constants_changed)} of {self.n_constants} config constants differ "
                      "(another profile?)" if self.constants_changed else "")
-        if self.verdict == "other-machine" or (self.other_machine and self.verdict == "regression"):
+        if self.other_machine:
             values = (f"{self.exact + len(self.drifted)} of {self.n_values} values within float drift, not gated "
                       f"(baseline from another float path: {self.other_machine})" +
                       (f", {len(self.missing)} missing" if self.missing else ""))
