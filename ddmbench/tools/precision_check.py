@@ -4,8 +4,9 @@ For each policy, the run's trained models sample ``sample.n`` images from the sa
 and under ``sample.precision: bf16-mixed``, timed side by side. Quality is compared paired by seed in the
 run's evaluator space: ΔFID_inf and ΔKID (bf16 − fp32) with their jackknife 95% intervals, next to the
 half-width of the fp32 set's own FID_inf / KID interval (its sampling noise at this N). The adoption rule
-(issue 16, fixed before measuring): bf16 may replace fp32 in a profile only where every paired interval lies
-inside ± that sampling half-width, and only if it pays: all policies together sample faster. Writes
+(issue 16): bf16 may replace fp32 in a profile only where every paired interval lies inside ± that sampling
+half-width (coded before the first measurement), and only if it pays, all policies together sampling faster
+(the issue's "where it pays", coded after the first measurement showed 0.83x). Writes
 reports/precision.json; nothing under outputs/ or metrics/ changes.
 """
 
@@ -21,14 +22,12 @@ from ddmbench.evaluation.features import extract_features, load_real_features
 from ddmbench.evaluation.identity import weights_sha256
 from ddmbench.evaluation.intervals import RealSet, paired_quality, quality_intervals
 from ddmbench.models.checkpoints import load_classifier
+from ddmbench.models.precision import PRECISIONS
 from ddmbench.pipeline.artifacts import load_clusters, sample_seeds, sampling_device
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.posterior_field import build_policy_field
 from ddmbench.sampling.policies import PolicySpec
 from ddmbench.sampling.sampler import draw_clusters, generate
-
-PRECISIONS = ("32-true", "bf16-mixed")
-
 
 def _half_width(interval: list[float]) -> float:
     return (interval[1] - interval[0]) / 2
