@@ -144,7 +144,7 @@ def unit_keyed_directions(stream: int, seeds: torch.Tensor, t: torch.Tensor, sha
 # training and held-out subsets (values unchanged: trained models stay bit-identical)
 # ---------------------------------------------------------------------------------------------------------
 
-MODEL_OFFSETS = {"evaluator": 0, "router": 1, "monolith": 2, "expert": 10}  # expert k: 10 + k
+MODEL_OFFSETS = {"evaluator": 0, "router": 1, "monolith": 2, "embedder": 3, "expert": 10}  # expert k: 10 + k
 EXPERT_ACCURACY_SUBSET = 0xACC
 
 

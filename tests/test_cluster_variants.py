@@ -135,3 +135,27 @@ def test_evaluator_embedding_two_stage_end_to_end(project: Project) -> None:
     for label in range(4):
         members = blob["assignments"][ds["train_y"] == label]
         assert members.bincount(minlength=2).max() / len(members) >= 0.9
+
+
+def test_embedder_features_cluster_without_the_evaluator(project: Project) -> None:
+    """features=embedder trains its own classifier (classifier-xs, the experiment seed) inside `cluster`: no
+    evaluator is needed, the embedding is 64-d, its identity is recorded, families stay together, and a re-run
+    reproduces the partition bit for bit."""
+    project.update(cluster={"features": "embedder", "method": "two-stage", "fine_k": 12, "pca_dim": 8,
+                            "embedder": {"steps": 30}})
+    cfg = project.config()
+    prepare.run(cfg, project.paths)
+    assert not project.paths.model("evaluator").exists()
+    metrics = cluster_stage.run(cfg, project.paths)
+    assert (metrics["features"], metrics["embedder_net"], metrics["embedder_steps"]) == ("embedder", "classifier-xs", 30)
+    assert len(metrics["embedder_sha256"]) == 64 and 0.0 <= metrics["embedder_test_acc"] <= 1.0
+    blob = load_tensors(project.paths.clusters, "cluster")
+    assert blob["pca_mean"].shape == (64,)           # classifier-xs features, not the evaluator's 128
+    ds = load_tensors(project.paths.dataset, "prepare")
+    for label in range(4):
+        members = blob["assignments"][ds["train_y"] == label]
+        assert members.bincount(minlength=2).max() / len(members) >= 0.9
+    again = cluster_stage.run(cfg, project.paths)
+    assert again["embedder_sha256"] == metrics["embedder_sha256"]
+    assert load_tensors(project.paths.clusters, "cluster")["assignments"].equal(blob["assignments"])
+    assert not project.paths.resume("cluster-embedder").exists()

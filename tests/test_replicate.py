@@ -178,3 +178,35 @@ def test_replication_table_separates_sampling_from_training_uncertainty() -> Non
     assert "sampling" in headers[2] and "training" in headers[3]
     assert rows[0][:2] == ["top-2", "kid"] and rows[0][2].startswith("seed 0: -1 [-1.5, -0.5]")
     assert rows[0][4] == "3 of 3" and rows[0][3].startswith("-1.17 [")
+
+
+def test_collect_from_run_folders(tmp_path: Path) -> None:
+    """--from-runs reads finished run folders (params.yaml + metrics/) instead of DVC experiments: same
+    aggregation, same checks (one evaluator, params equal apart from seed), one-line errors."""
+    import yaml
+
+    from ddmbench.tools.replicate import records_from_runs
+
+    def run_folder(seed: int, kid: float, digest: str = "abc123", **params: Any) -> Path:
+        root = tmp_path / f"run{seed}-{digest}"
+        (root / "metrics" / "evaluate").mkdir(parents=True)
+        (root / "params.yaml").write_text(yaml.safe_dump({**PARAMS, **params, "seed": seed}))
+        (root / "metrics" / "contrast.json").write_text(json.dumps(_contrast(kid, 1.0)))
+        (root / "metrics" / "evaluate" / "full.json").write_text(json.dumps({"fid": 3.0, "evaluator_sha256": digest}))
+        return root
+
+    runs = [run_folder(s, k) for s, k in ((0, -1.0), (1, -2.0), (2, 0.5))]
+    records = records_from_runs(runs)
+    assert [r.seed for r in records] == [0, 1, 2] and all(r.digests == {"abc123"} for r in records)
+    out = aggregate(check_records(records, [0, 1, 2]), [("top-2", "kid")])
+    b = out["contrasts"][0]["between_seeds"]
+    assert b["mean"] == pytest.approx(-2.5 / 3) and (b["n_negative"], b["n_positive"]) == (2, 1)
+    with pytest.raises(ArtifactError, match="evaluator digests differ"):
+        check_records(records_from_runs([runs[0], run_folder(1, -2.0, digest="ffff")]), [0, 1])
+    with pytest.raises(ArtifactError, match="differ in params key 'sample'"):
+        check_records(records_from_runs([runs[0], run_folder(3, 0.0, sample={"n": 10})]), [0, 3])
+    with pytest.raises(ArtifactError, match="nowhere/params.yaml is missing: --from-runs takes folders"):
+        records_from_runs([tmp_path / "nowhere"])
+    (runs[2] / "metrics" / "contrast.json").unlink()
+    with pytest.raises(ArtifactError, match="contrast.json is missing"):
+        records_from_runs(runs)

@@ -361,6 +361,10 @@ def replicate(seeds: Annotated[list[str], typer.Option(
               jobs: Annotated[int, typer.Option(help="Experiments run at once by `dvc queue start --jobs`.")] = 1,
               from_json: Annotated[Optional[Path], typer.Option(
                   "--from-json", help="With --collect: a saved `dvc exp show --json` document.")] = None,
+              from_runs: Annotated[Optional[list[Path]], typer.Option(
+                  "--from-runs", help="With --collect: folders of finished runs (one per seed, e.g. clones that "
+                                      "each ran `ddmbench repro` with its own seed) instead of DVC experiments; "
+                                      "repeat the option.")] = None,
               params: ParamsOption = Path("params.yaml")) -> None:
     """Headline paired contrasts across training seeds: queue R pipelines as DVC experiments, then collect
     every seed's value, a between-seed t-interval and the seeds that agree in sign (reports/replicate.json)."""
@@ -385,7 +389,9 @@ def replicate(seeds: Annotated[list[str], typer.Option(
             console.print(f"queued seeds {chosen}; follow with `dvc queue status`, then "
                           f"`ddmbench replicate --collect --seeds {','.join(map(str, chosen))}`")
             return
+        if from_json and from_runs:
+            raise ConfigError("--from-json and --from-runs: give one source of finished runs, not both")
         doc = read_json(from_json, "dvc exp show --json > FILE") if from_json else None
-        rep.collect(cfg, paths, chosen, doc)
+        rep.collect(cfg, paths, chosen, doc, from_runs)
 
     guard(body)

@@ -35,15 +35,33 @@ class DataConfig(Section):
     test_limit: int = Field(0, ge=0, description="Use only the first N test images (0 = all).")
 
 
+class EmbedderConfig(Section):
+    """The clustering embedding (``cluster.features: embedder``): a classifier trained for the clustering alone,
+    from the experiment seed (model offset ``embedder``), of another preset than the evaluator, so that the
+    partition the experts train on and the feature space FID/KID score in come from different networks."""
+
+    net: Literal["classifier-xs", "classifier-s"] = Field(
+        "classifier-xs", description="Classifier preset whose penultimate layer is the clustering embedding "
+                                     "(classifier-xs: 16 channels, 64 features; the evaluator is classifier-s).")
+    steps: int = Field(300, ge=1, description="Optimizer steps of the embedding classifier.")
+    batch_size: int = Field(128, ge=1, description="Batch size.")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+
+
 class ClusterConfig(Section):
     k: int = Field(4, ge=1, le=64, description="Number of clusters = number of experts K.")
     pca_dim: int = Field(32, ge=1, le=3072, description="PCA dimension of the clustering features (capped at "
                                                         "their dimension: C*H*W pixels or the embedding).")
     n_init: int = Field(4, ge=1, le=100, description="k-means restarts (scikit-learn n_init).")
     max_iter: int = Field(300, ge=1, description="k-means iterations per restart.")
-    features: Literal["pixel-pca", "evaluator"] = Field(
-        "pixel-pca", description="Clustering features before PCA: the pixels, or the trained evaluator's "
-                                 "penultimate embedding (then `cluster` needs outputs/evaluator.pt).")
+    features: Literal["pixel-pca", "evaluator", "embedder"] = Field(
+        "pixel-pca", description="Clustering features before PCA: the pixels; the trained evaluator's "
+                                 "penultimate embedding (then `cluster` needs outputs/evaluator.pt; selection "
+                                 "and metric then share a network); or `embedder`, a classifier of its own "
+                                 "that `cluster` trains (see cluster.embedder).")
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig,
+                                     description="The clustering embedding's network and training "
+                                                 "(used only by features: embedder).")
     method: Literal["kmeans", "two-stage", "random"] = Field(
         "kmeans", description="kmeans; two-stage (fine_k fine k-means centroids consolidated into K by "
                               "count-weighted k-means, McAllister et al.); random (a seeded random partition, "

@@ -27,6 +27,15 @@ def extract_features(classifier: Classifier, images: torch.Tensor, batch: int = 
     return torch.cat([classifier.features(chunk.float()) for chunk in images.split(batch)])
 
 
+@torch.no_grad()
+def classification_accuracy(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000
+                            ) -> float:
+    """Fraction of images (N, C, H, W) in [-1, 1] whose argmax logit is their label (N,)."""
+    classifier.eval()
+    correct = sum(int((classifier(x).argmax(1) == y).sum()) for x, y in zip(images.split(batch), labels.split(batch)))
+    return correct / max(1, len(images))
+
+
 class Precomputed(nn.Module):
     """The feature extractor torchmetrics sees: features are extracted once with :func:`extract_features`
     and passed through unchanged, so real and generated sets are never pushed through the net twice."""

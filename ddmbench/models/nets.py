@@ -294,7 +294,8 @@ UNET_PRESETS: dict[str, dict[str, int]] = {
 
 
 ROUTER_PRESETS: dict[str, dict[str, int]] = {"router-s": {"channels": 16, "t_dim": 32}}
-CLASSIFIER_PRESETS: dict[str, dict[str, int]] = {"classifier-s": {"channels": 32, "num_features": 128}}
+CLASSIFIER_PRESETS: dict[str, dict[str, int]] = {"classifier-xs": {"channels": 16, "num_features": 64},
+                                                  "classifier-s": {"channels": 32, "num_features": 128}}
 
 
 def _preset(presets: dict[str, dict[str, int]], name: str) -> dict[str, int]:

@@ -3,10 +3,10 @@
 A traced pass over the first ``analysis.n`` sample seeds records routing, states, every expert's
 prediction and the routing jumps; the local Lipschitz constant (top singular value of the combined field's
 Jacobian) is computed at the solver grid's states; perturbed and re-discretised passes (the sampler called
-again with the same seeds, hence the same routing draws) give amplification and convergence. Per-sample disagreement of all N samples (recorded while sampling) is
-related to per-sample quality from the evaluate stage. Scalars go to metrics/analyze/<label>.json, the
-per-t curves to plots/curves/<label>.json, the per-seed values (for the paired contrasts) to
-outputs/analysis/<label>.pt.
+again with the same seeds, hence the same routing draws) give amplification and convergence. Per-sample
+disagreement of all N samples (recorded while sampling) is related to per-sample quality from the evaluate
+stage. Scalars go to metrics/analyze/<label>.json, the per-t curves to plots/curves/<label>.json, the per-seed
+values (for the paired contrasts) to outputs/analysis/<label>.pt.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from ddmbench.evaluation.features import class_probabilities
 from ddmbench.evaluation.identity import check_same_evaluator, weights_sha256
 from ddmbench.io import ensure_writable, load_tensors, save_tensors, write_json
 from ddmbench.models.checkpoints import load_classifier
-from ddmbench.pipeline.artifacts import load_clusters, sample_seeds, sampling_device
+from ddmbench.pipeline.artifacts import load_clusters, oracle_clusters, sample_seeds, sampling_device
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.posterior_field import build_policy_field, empirical_posterior
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.sampling.field import RoutedField
 from ddmbench.sampling.observers import States
 from ddmbench.sampling.policies import PolicySpec
-from ddmbench.sampling.sampler import draw_clusters, generate
+from ddmbench.sampling.sampler import generate
 from ddmbench.sampling.solvers import EVALS_PER_STEP
 from ddmbench.sampling.traces import TraceRecorder
 
@@ -62,7 +62,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     device = sampling_device(cfg)
     field = build_policy_field(cfg, paths, spec, device)
     clusters = load_clusters(paths)
-    cluster = draw_clusters(seeds, clusters["sizes"].double()) if spec.name == "oracle" else None
+    cluster = oracle_clusters(cfg, paths, spec, seeds)
     routed = isinstance(field, RoutedField)
     kw: dict[str, Any] = {"solver": cfg.sample.solver, "batch_size": cfg.sample.batch_size, "cluster": cluster,
                           "device": device}

@@ -16,6 +16,7 @@ from ddmbench.models.precision import at_precision
 from ddmbench.pipeline.paths import Paths
 from ddmbench.sampling.field import ModelField, RoutedField
 from ddmbench.sampling.policies import PolicySpec
+from ddmbench.sampling.sampler import draw_clusters
 
 
 def load_clusters(paths: Paths, ds: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -34,6 +35,19 @@ def load_clusters(paths: Paths, ds: dict[str, torch.Tensor] | None = None) -> di
 def sample_seeds(cfg: Config) -> list[int]:
     """The same seeds for every policy, so policies are compared image for image."""
     return streams.sample_seeds(cfg.seed, cfg.sample.n)
+
+
+def oracle_clusters(cfg: Config, paths: Paths, spec: PolicySpec, seeds: list[int]) -> torch.Tensor | None:
+    """(len(seeds),) the cluster each seed's sample is drawn from, in proportion to the cluster sizes, for the
+    ``oracle`` policy; None for every other policy. The draw is keyed by the seeds, so every stage that
+    re-samples the oracle (sample, analyze, precision-check) gets the same clusters."""
+    if spec.name != "oracle":
+        return None
+    sizes = load_clusters(paths)["sizes"]
+    if len(sizes) != cfg.cluster.k:
+        raise ArtifactError(f"{paths.clusters} has {len(sizes)} clusters but cluster.k={cfg.cluster.k}; "
+                            "re-run `ddmbench cluster`")
+    return draw_clusters(seeds, sizes.double())
 
 
 def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.device,

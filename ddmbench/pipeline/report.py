@@ -61,6 +61,15 @@ def collect(cfg: Config, paths: Paths) -> tuple[tables.Results, dict[str, list[d
     return results, curves
 
 
+def clustering_row(cl: dict[str, Any]) -> str:
+    """How the partition was made: method on which features; for a clustering embedding, which network."""
+    row = f"{cl['method']} on {cl['features']}" + (f" (fine k {cl['fine_k']})" if "fine_k" in cl else "")
+    if "embedder_sha256" in cl:
+        row += (f"; embedding: {cl['embedder_net']} trained {cl['embedder_steps']} steps from seed "
+                f"{cl['embedder_seed']}, test accuracy {cl['embedder_test_acc']:.4f}, not the evaluator")
+    return row
+
+
 def setup_rows(cfg: Config, paths: Paths, results: tables.Results) -> list[list[str]]:
     cl = read_json(paths.cluster_metrics, "ddmbench cluster")
     router = read_json(paths.model_metrics("router"), "ddmbench train-router")
@@ -68,6 +77,7 @@ def setup_rows(cfg: Config, paths: Paths, results: tables.Results) -> list[list[
     experts = [read_json(paths.expert_metrics(k), f"ddmbench train-expert --expert {k}") for k in cfg.experts]
     any_eval = next(iter(results.values()))["evaluate"]
     return [["experts K", str(cfg.cluster.k)], ["cluster sizes", ", ".join(map(str, cl["sizes"]))],
+            ["clustering", clustering_row(cl)],
             ["cluster purity / NMI vs digit labels", f"{cl['purity']:.3f} / {cl['nmi']:.3f}"],
             ["expert steps × batch", f"{cfg.expert.steps} × {cfg.expert.batch_size} ({cfg.expert.net})"],
             ["monolith steps × batch", f"{cfg.monolith_steps} × {cfg.monolith.batch_size} ({cfg.monolith.net})"],
@@ -115,8 +125,9 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     doc.paragraph("FID and KID in the evaluator classifier's feature space (one evaluator, identified by the "
                   "SHA-256 of its weights) against the test split, with 95% grouped-jackknife intervals: FID's "
                   "covers the expected FID at this N and number of real images, KID's (unbiased) the population "
-                  "KID; FID∞ with its interval is in metrics/evaluate. Amplification: ‖x₀(z+εu) − x₀(z)‖/ε over the traced seeds with the same routing "
-                  "draws replayed, mean with its interval. Lipschitz: top singular value of the combined "
+                  "KID; FID∞ with its interval is in metrics/evaluate. Amplification: ‖x₀(z+εu) − x₀(z)‖/ε "
+                  "over the traced seeds with the same routing draws replayed, mean with its interval. "
+                  "Lipschitz: top singular value of the combined "
                   "field's Jacobian ∂v/∂x at the solver grid's states, routing weights held at the state's "
                   f"({cfg.analysis.power_iterations} power iterations with torch.func jvp/vjp, a lower bound), "
                   "averaged over t, mean over seeds. "

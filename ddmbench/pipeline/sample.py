@@ -9,16 +9,15 @@ import torch
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import progress
 from ddmbench.data.datasets import to_uint8
-from ddmbench.errors import ArtifactError
 from ddmbench.evaluation.cost import flops_per_image, gflops_per_image
 from ddmbench.io import ensure_writable, save_tensors, write_json
-from ddmbench.pipeline.artifacts import load_clusters, sample_seeds, sampling_device
+from ddmbench.pipeline.artifacts import oracle_clusters, sample_seeds, sampling_device
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.posterior_field import build_policy_field
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.sampling.field import RoutedField
 from ddmbench.sampling.policies import PolicySpec
-from ddmbench.sampling.sampler import draw_clusters, generate
+from ddmbench.sampling.sampler import generate
 from ddmbench.sampling.traces import TraceRecorder
 
 
@@ -27,13 +26,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     seeds = sample_seeds(cfg)
     device = sampling_device(cfg)
     field = build_policy_field(cfg, paths, spec, device)
-    cluster = None
-    if spec.name == "oracle":
-        sizes = load_clusters(paths)["sizes"]
-        if len(sizes) != cfg.cluster.k:
-            raise ArtifactError(f"{paths.clusters} has {len(sizes)} clusters but cluster.k={cfg.cluster.k}; "
-                                "re-run `ddmbench cluster`")
-        cluster = draw_clusters(seeds, sizes.double())
+    cluster = oracle_clusters(cfg, paths, spec, seeds)
     recorder = TraceRecorder(field, cfg.sample.probe_n) if cfg.sample.trace and isinstance(field, RoutedField) else None
     with progress(f"sample {spec.label}", len(seeds)) as advance:
         result = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver,

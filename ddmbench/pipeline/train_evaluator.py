@@ -12,6 +12,7 @@ import torch
 from ddmbench import streams
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data.datasets import dataset_spec, load_prepared, shape_of_images, to_model_space
+from ddmbench.evaluation.features import classification_accuracy
 from ddmbench.evaluation.identity import weights_sha256
 from ddmbench.io import ensure_writable, write_json
 from ddmbench.models import nets
@@ -21,12 +22,6 @@ from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.train.modules import ClassifierTraining
 from ddmbench.train.trainer import seed_everything, summarise, train_loader
-
-
-@torch.no_grad()
-def test_accuracy(net: nets.Classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    correct = sum(int((net(x).argmax(1) == y).sum()) for x, y in zip(images.split(1000), labels.split(1000)))
-    return correct / max(1, len(images))
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
@@ -50,7 +45,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     calibration = to_model_space(ds["train_x"][torch.randperm(len(ds["train_x"]), generator=g)[:5000]])
     feature_scale = net.calibrate_feature_scale(calibration)
     metrics = summarise(result, {"steps": cfg.evaluator.steps, "feature_scale": feature_scale,
-                                 "test_acc": test_accuracy(net, to_model_space(ds["test_x"]), ds["test_y"]),
+                                 "test_acc": classification_accuracy(net, to_model_space(ds["test_x"]), ds["test_y"]),
                                  "num_features": net.num_features, "evaluator_sha256": weights_sha256(net)})
     save_weights(paths.model("evaluator"), net, {"kind": "evaluator", "net": cfg.evaluator.net, "num_classes": num_classes,
                                                    "image_shape": list(shape),

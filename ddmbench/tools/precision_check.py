@@ -23,11 +23,12 @@ from ddmbench.evaluation.identity import weights_sha256
 from ddmbench.evaluation.intervals import RealSet, paired_quality, quality_intervals
 from ddmbench.models.checkpoints import load_classifier
 from ddmbench.models.precision import PRECISIONS
-from ddmbench.pipeline.artifacts import load_clusters, sample_seeds, sampling_device
+from ddmbench.pipeline.artifacts import oracle_clusters, sample_seeds, sampling_device
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.posterior_field import build_policy_field
 from ddmbench.sampling.policies import PolicySpec
-from ddmbench.sampling.sampler import draw_clusters, generate
+from ddmbench.sampling.sampler import generate
+
 
 def _half_width(interval: list[float]) -> float:
     return (interval[1] - interval[0]) / 2
@@ -39,7 +40,7 @@ def check_policy(cfg: Config, paths: Paths, spec: PolicySpec, real: RealSet, cla
     """One policy sampled at both precisions from the same seeds: paired quality, sampling half-widths, time."""
     seeds = sample_seeds(cfg)
     device = sampling_device(cfg)
-    cluster = draw_clusters(seeds, load_clusters(paths)["sizes"].double()) if spec.name == "oracle" else None
+    cluster = oracle_clusters(cfg, paths, spec, seeds)
     feats, seconds, images = {}, {}, {}
     for precision in PRECISIONS:
         at = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"precision": precision})})

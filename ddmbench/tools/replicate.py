@@ -10,7 +10,9 @@ seeds agree in sign.
 Scale-out stays on DVC: ``--run`` queues ``dvc exp run --queue -S seed=<s>`` per seed and starts
 ``dvc queue start --jobs N``; on a cluster each SLURM array task runs one ``dvc exp run -S
 seed=$SLURM_ARRAY_TASK_ID`` (README "Replication across training seeds"). ``--collect`` reads the finished
-experiments from ``dvc exp show --json`` (run here, or a saved file with ``--from-json``).
+experiments from ``dvc exp show --json`` (run here, or a saved file with ``--from-json``), or, with
+``--from-runs``, finished runs in folders of their own (e.g. clones that each ran ``ddmbench repro`` with
+another ``seed``: no DVC queue, no interpreter per stage).
 """
 
 from __future__ import annotations
@@ -121,6 +123,32 @@ def records_from_exp_show(states: list[dict[str, Any]]) -> tuple[list[Experiment
     return records, other
 
 
+def records_from_runs(roots: list[Path]) -> list[ExperimentRecord]:
+    """One record per finished run folder: its params.yaml, metrics/contrast.json and the evaluator digests in
+    its metrics/**/*.json files; the folder's path is the record's name."""
+    import json
+
+    import yaml
+
+    records = []
+    for root in roots:
+        params_file, contrast_file = root / "params.yaml", root / CONTRAST_FILE
+        for need in (params_file, contrast_file):
+            if not need.is_file():
+                raise ArtifactError(f"{need} is missing: --from-runs takes folders of finished runs (params.yaml "
+                                    "and metrics/ after `ddmbench repro` through the contrast stage)")
+        try:
+            params = yaml.safe_load(params_file.read_text()) or {}
+            metrics = {str(f): {"data": json.loads(f.read_text())} for f in sorted((root / "metrics").rglob("*.json"))}
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ArtifactError(f"{root}: unreadable params.yaml or metrics file ({exc}); re-run that run") from exc
+        if "seed" not in params:
+            raise ArtifactError(f"{params_file} has no seed; replicate runs of one profile that differ in seed")
+        records.append(ExperimentRecord(str(root), "", params, metrics[str(contrast_file)]["data"],
+                                        _digests(metrics)))
+    return records
+
+
 def check_records(records: list[ExperimentRecord], seeds: list[int]) -> list[ExperimentRecord]:
     """The record of each requested seed, checked: one per seed, params equal apart from ``seed``, one
     evaluator digest across all of them (else a one-line error naming both)."""
@@ -194,12 +222,16 @@ def aggregate(records: list[ExperimentRecord], pairs: list[tuple[str, str]], lev
             "uncertainty": {"sampling": SAMPLING, "training": TRAINING}, "contrasts": out}
 
 
-def collect(cfg: Config, paths: Paths, seeds: list[int], doc: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Aggregate the finished experiments of ``seeds`` (from ``doc``, a saved ``dvc exp show --json``, or
-    from running it here); writes reports/replicate.json and prints a table."""
+def collect(cfg: Config, paths: Paths, seeds: list[int], doc: list[dict[str, Any]] | None = None,
+            runs: list[Path] | None = None) -> dict[str, Any]:
+    """Aggregate the finished experiments of ``seeds`` (from ``runs``, folders of finished runs; ``doc``, a
+    saved ``dvc exp show --json``; or from running it here); writes reports/replicate.json, prints a table."""
     out_path = paths.reports / "replicate.json"
     ensure_writable(out_path)
-    records, other = records_from_exp_show(doc if doc is not None else exp_show(paths.root))
+    if runs:
+        records, other = records_from_runs(runs), {}
+    else:
+        records, other = records_from_exp_show(doc if doc is not None else exp_show(paths.root))
     chosen = check_records(records, seeds)
     first = contrast_entries(chosen[0].contrast)
     result = aggregate(chosen, headline(cfg, first))
