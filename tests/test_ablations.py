@@ -107,3 +107,37 @@ def test_real_k1_run_is_collected(tmp_path: Path) -> None:
     assert cells[-2] == f"{fids['full']:.2f}" and cells[-1] == f"{fids['top-1']:.2f}"
     cluster = json.loads((project.root / "metrics" / "cluster.json").read_text())
     assert cluster["sizes"] == [240] and cluster["size_cv"] == 0.0
+
+
+def grid_row(name: str, k: int, method: str, seed: int, estimate: float, steps: int = 600) -> ab.Row:
+    """One finished run of the sweep with a top-2 − full KID contrast."""
+    contrast = {"reference": "full", "contrasts": {"top-2": {"kid": {"estimate": estimate, "ci95": [0, 0],
+                                                                     "estimand": "x", "p_value": 0.5}}}}
+    return ab.Row(name=name, rev=name, params={"seed": seed, "cluster": {"k": k, "method": method, "features": "embedder"},
+                                               "expert": {"steps": steps // k}, "monolith": {"steps": None}},
+                  contrast=contrast)
+
+
+def test_grid_summarises_each_cell_across_seeds_and_refuses_unmatched_budgets(tmp_path: Path) -> None:
+    from scipy import stats
+
+    rows = [grid_row(f"k{k}-{m}-s{s}", k, m, s, v) for k, m, vals in
+            ((2, "two-stage", (-1.0, -2.0, -3.0)), (8, "two-stage", (-4.0, -5.0, -9.0)), (8, "random", (0.5, -0.5, 1.0)))
+            for s, v in enumerate(vals)]
+    rows.append(ab.Row(name="no-contrast", rev="x", params={"seed": 9, "cluster": {"k": 4, "method": "random"}}))
+    cells = ab.grid(rows)
+    assert [(c["clustering"], c["k"], c["r"]) for c in cells] == [
+        ("random", 8, 3), ("two-stage on embedder", 2, 3), ("two-stage on embedder", 8, 3)]
+    k8 = cells[2]
+    expected = stats.t.interval(0.95, 2, loc=-6.0, scale=stats.sem([-4.0, -5.0, -9.0]))
+    assert k8["mean"] == pytest.approx(-6.0) and k8["ci95"] == pytest.approx(list(expected))
+    assert cells[0]["agree_in_sign"] == 2 and (k8["ddm_steps"], k8["monolith_steps"]) == (600, 600)
+    assert "| two-stage on embedder | 8 | 3 | -4, -5, -9 | -6 [" in ab.grid_markdown(cells)
+    from ddmbench.report.ablation_figure import ablation_figure
+
+    ablation_figure(cells, tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ArtifactError, match="differ in training steps"):
+        ab.grid([*rows, grid_row("k8-more", 8, "random", 7, 0.0, steps=1200)])
+    with pytest.raises(ArtifactError, match="seed repeated"):
+        ab.grid([*rows, grid_row("k8-again", 8, "random", 0, 0.0)])

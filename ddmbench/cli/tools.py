@@ -276,8 +276,12 @@ def ablations(from_json: Annotated[Optional[Path], typer.Option(
                   help="Also list this workspace's metrics files as a row (the only row when there is no DVC "
                        "repository or no experiment).")] = False,
               out: Annotated[Path, typer.Option(help="Markdown table to write.")] = Path("reports/ablations.md"),
+              policy: Annotated[str, typer.Option(help="The grid's policy: policy − full by K and clustering.")] = "top-2",
+              metric: Annotated[str, typer.Option(help="The grid's metric (a contrast.json metric: kid, fid, "
+                                                       "amplification@0.1, ...).")] = "kid",
               params: ParamsOption = Path("params.yaml")) -> None:
-    """Collect the DVC experiments' metrics (K, clustering method, FID per policy) into one table."""
+    """Collect the DVC experiments' metrics (K, clustering method, FID per policy) into one table, and the
+    mechanism grid: paired policy − full by K and clustering across training seeds (table, JSON, figure)."""
     from rich.table import Table
 
     from ddmbench.io import read_json, write_text
@@ -302,8 +306,30 @@ def ablations(from_json: Annotated[Optional[Path], typer.Option(
         for row in cells:
             tbl.add_row(*row)
         console.print(tbl)
-        write_text(out, ab.markdown(rows, source))
-        console.print(f"wrote {out}")
+        cells = ab.grid(rows, policy, metric)
+        figure = out.with_name(f"{out.stem}-{policy}-{metric.replace('@', '_')}.png")
+        text = ab.markdown(rows, source)
+        if cells:
+            from ddmbench.io import write_json
+            from ddmbench.report.ablation_figure import ablation_figure
+
+            grid_tbl = Table(title=f"{policy} − full in {metric} by K and clustering (mean over training seeds, "
+                                   "95% t-interval)")
+            for col in ("clustering", "K", "R", "per seed", "mean [95% CI]", "agree in sign", "DDM / monolith steps"):
+                grid_tbl.add_column(col, justify="left" if col == "clustering" else "right")
+            for c in cells:
+                ci = "n/a (R < 3)" if c["ci95"] is None else f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]"
+                grid_tbl.add_row(c["clustering"], str(c["k"]), str(c["r"]),
+                                 ", ".join(f"{s['estimate']:+.3g}" for s in c["per_seed"]), f"{c['mean']:+.4g} {ci}",
+                                 f"{c['agree_in_sign']} of {c['r']}", f"{c['ddm_steps']} / {c['monolith_steps']}")
+            console.print(grid_tbl)
+            ablation_figure(cells, figure)
+            write_json(out.with_suffix(".json"), {"policy": policy, "versus": "full", "metric": metric, "cells": cells})
+            text += "\n" + ab.grid_markdown(cells) + f"\n![{policy} − full by K]({figure.name})\n"
+        else:
+            console.print(f"no run has a {policy} − full contrast in {metric}: no grid (metrics/contrast.json)")
+        write_text(out, text)
+        console.print(f"wrote {out}" + (f", {out.with_suffix('.json')} and {figure}" if cells else ""))
 
     guard(body)
 

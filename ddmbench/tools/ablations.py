@@ -2,8 +2,13 @@
 
 Each row is one experiment of ``dvc exp show --json`` (DVC 3.x: a list of commits, each with ``data``
 {params: {"params.yaml": {data}}, metrics: {path: {data}}} and ``experiments`` [{revs: [row, ...]}]),
-or the current workspace's metrics files. Rows carry the swept params, the clustering's metrics and
-every policy's FID/KID; nothing here runs a model.
+or the current workspace's metrics files. Rows carry the swept params, the clustering's metrics,
+every policy's FID/KID and the run's paired contrasts; nothing here runs a model.
+
+:func:`grid` is the mechanism ablation as one result: rows grouped into cells (K, clustering), each cell's
+paired ``policy − full`` (from every seed's metrics/contrast.json) summarised across its training seeds
+with a Student-t interval, and each cell's total training steps so that a reader can check the compute
+matching.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class Row:
     params: dict[str, Any]
     cluster: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, dict[str, Any]] = field(default_factory=dict)   # policy label -> metrics
+    contrast: dict[str, Any] = field(default_factory=dict)              # metrics/contrast.json
 
     def param(self, dotted: str) -> Any:
         node: Any = self.params
@@ -47,7 +53,8 @@ def _row(name: str, rev: str, data: dict[str, Any]) -> Row:
     params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
     metrics = data.get("metrics") or {}
     row = Row(name=name, rev=rev, params=params,
-              cluster=(metrics.get("metrics/cluster.json") or {}).get("data") or {})
+              cluster=(metrics.get("metrics/cluster.json") or {}).get("data") or {},
+              contrast=(metrics.get("metrics/contrast.json") or {}).get("data") or {})
     for path, blob in metrics.items():
         match = EVAL_METRIC.match(path)
         if match and isinstance((blob or {}).get("data"), dict):
@@ -99,6 +106,9 @@ def row_from_workspace(root: Path, params: dict[str, Any]) -> Row:
         row.cluster = read_json(cluster, "ddmbench cluster")
     for path in sorted((root / "metrics" / "evaluate").glob("*.json")):
         row.evaluate[path.stem] = read_json(path, f"ddmbench evaluate --policy {path.stem}")
+    contrast = root / "metrics" / "contrast.json"
+    if contrast.exists():
+        row.contrast = read_json(contrast, "ddmbench contrast")
     return row
 
 
@@ -158,4 +168,76 @@ def markdown(rows: list[Row], source: str) -> str:
              "(lower is better); size CV is the coefficient of variation of the cluster sizes (0 = equal).", "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def clustering_label(row: Row) -> str:
+    """A cell's clustering: ``random``, or ``<method> on <features>`` (e.g. ``two-stage on embedder``)."""
+    method = str(row.param("cluster.method"))
+    return method if method == "random" else f"{method} on {row.param('cluster.features')}"
+
+
+def training_steps(row: Row) -> tuple[int, int]:
+    """(DDM total expert steps = K x expert.steps, monolith steps; null = the DDM's total), at one batch size
+    each: equal steps, net and batch mean equal training FLOPs (routers and evaluator aside)."""
+    k, steps = int(row.param("cluster.k") or 0), int(row.param("expert.steps") or 0)
+    mono = row.param("monolith.steps")
+    return k * steps, int(mono) if mono is not None else k * steps
+
+
+def grid(rows: list[Row], policy: str = "top-2", metric: str = "kid", level: float = 0.95) -> list[dict[str, Any]]:
+    """One entry per (clustering, K) cell, sorted by clustering then K: every seed's paired ``policy − full``
+    estimate in ``metric`` (from its contrast.json), the between-seed mean, sd and Student-t interval
+    (R >= 3; None below), the seeds agreeing in sign, and the cell's training steps. Rows without that
+    contrast are skipped; a cell whose runs differ in training steps is refused (not compute-matched)."""
+    import numpy as np
+
+    from ddmbench.analysis.stats import t_interval
+    from ddmbench.report.summary import contrast_entries
+
+    cells: dict[tuple[str, int], list[tuple[Row, float]]] = {}
+    for row in rows:
+        entry = contrast_entries(row.contrast).get((policy, metric)) if row.contrast else None
+        if entry is None or entry.get("estimate") is None:
+            continue
+        cells.setdefault((clustering_label(row), int(row.param("cluster.k") or 0)), []).append(
+            (row, float(entry["estimate"])))
+    out = []
+    for (clustering, k), members in sorted(cells.items()):
+        steps = {training_steps(r) for r, _ in members}
+        if len(steps) > 1:
+            raise ArtifactError(f"cell K={k}, {clustering}: its runs differ in training steps {sorted(steps)}; "
+                                "a cell's seeds must share one budget")
+        seeds = [r.param("seed") for r, _ in members]
+        if len(set(seeds)) != len(seeds):
+            raise ArtifactError(f"cell K={k}, {clustering}: seed repeated in {seeds}; keep one run per seed")
+        values = np.array([v for _, v in members])
+        ddm, mono = steps.pop()
+        out.append({"clustering": clustering, "k": k, "policy": policy, "versus": "full", "metric": metric,
+                    "per_seed": [{"seed": s, "experiment": r.name, "estimate": v} for s, (r, v) in zip(seeds, members)],
+                    "r": len(values), "mean": float(values.mean()),
+                    "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
+                    "ci95": list(t_interval(values, level)) if len(values) >= 3 else None,
+                    "agree_in_sign": int(max((values > 0).sum(), (values < 0).sum())),
+                    "ddm_steps": ddm, "monolith_steps": mono})
+    return out
+
+
+def grid_markdown(cells: list[dict[str, Any]]) -> str:
+    """The grid as a Markdown table (one row per cell)."""
+    if not cells:
+        return ""
+    c0 = cells[0]
+    lines = [f"## {c0['policy']} − full in {c0['metric']} by K and clustering, across training seeds", "",
+             "Each run's paired estimate (same seeds, same models); mean over the cell's training seeds with a "
+             "Student-t 95% interval (R ≥ 3). Training steps: K × expert.steps for the DDM and the monolith's, at "
+             "one net and batch size each, so equal steps are equal training FLOPs.", "",
+             "| clustering | K | R | per seed | mean [95% t-interval] | seeds agreeing in sign | DDM / monolith steps |",
+             "|---|---|---|---|---|---|---|"]
+    for c in cells:
+        ci = "n/a (R < 3)" if c["ci95"] is None else f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]"
+        lines.append(f"| {c['clustering']} | {c['k']} | {c['r']} | "
+                     + ", ".join(f"{s['estimate']:+.4g}" for s in c["per_seed"])
+                     + f" | {c['mean']:+.4g} {ci} | {c['agree_in_sign']} of {c['r']} | "
+                     f"{c['ddm_steps']} / {c['monolith_steps']} |")
     return "\n".join(lines) + "\n"
