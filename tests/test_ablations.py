@@ -141,3 +141,28 @@ def test_grid_summarises_each_cell_across_seeds_and_refuses_unmatched_budgets(tm
         ab.grid([*rows, grid_row("k8-more", 8, "random", 7, 0.0, steps=1200)])
     with pytest.raises(ArtifactError, match="seed repeated"):
         ab.grid([*rows, grid_row("k8-again", 8, "random", 0, 0.0)])
+
+
+def test_cli_collects_run_folders_into_the_grid(tmp_path: Path, project: Project) -> None:
+    """--from-runs: each folder's params.yaml and metrics/ become a row; the grid, its JSON and figure follow."""
+    import yaml
+
+    runs = []
+    for k, method, seed, est in ((2, "two-stage", 0, -1.0), (2, "two-stage", 1, -2.0), (2, "two-stage", 2, -1.5),
+                                 (2, "random", 0, 0.2)):
+        row = grid_row("x", k, method, seed, est)
+        root = tmp_path / f"k{k}-{method}-s{seed}"
+        (root / "metrics" / "evaluate").mkdir(parents=True)
+        (root / "params.yaml").write_text(yaml.safe_dump(row.params))
+        (root / "metrics" / "contrast.json").write_text(json.dumps(row.contrast))
+        (root / "metrics" / "evaluate" / "full.json").write_text(json.dumps({"fid": 3.0, "kid": 0.01}))
+        runs.append(root)
+    args = [a for r in runs for a in ("--from-runs", str(r))]
+    result = run_cli(project.root, "ablations", *args, columns=250)
+    assert result.exit_code == 0, result.output
+    out = json.loads((project.root / "reports" / "ablations.json").read_text())
+    assert [(c["clustering"], c["r"]) for c in out["cells"]] == [("random", 1), ("two-stage on embedder", 3)]
+    assert (project.root / "reports" / "ablations-top-2-kid.png").exists()
+    assert "| k2-two-stage-s1 |" in (project.root / "reports" / "ablations.md").read_text()
+    bad = run_cli(project.root, "ablations", "--from-runs", str(tmp_path / "nope"), columns=250)
+    assert bad.exit_code == 2 and "nope/params.yaml is missing" in bad.output

@@ -276,6 +276,9 @@ def ablations(from_json: Annotated[Optional[Path], typer.Option(
                   help="Also list this workspace's metrics files as a row (the only row when there is no DVC "
                        "repository or no experiment).")] = False,
               out: Annotated[Path, typer.Option(help="Markdown table to write.")] = Path("reports/ablations.md"),
+              from_runs: Annotated[Optional[list[Path]], typer.Option(
+                  "--from-runs", help="Folders of finished runs (params.yaml + metrics/), e.g. one per grid cell "
+                                      "and seed that each ran `ddmbench repro`; repeat the option.")] = None,
               policy: Annotated[str, typer.Option(help="The grid's policy: policy − full by K and clustering.")] = "top-2",
               metric: Annotated[str, typer.Option(help="The grid's metric (a contrast.json metric: kid, fid, "
                                                        "amplification@0.1, ...).")] = "kid",
@@ -289,7 +292,10 @@ def ablations(from_json: Annotated[Optional[Path], typer.Option(
 
     def body() -> None:
         root, rows, sources = Path.cwd(), [], []
-        if from_json or (root / ".dvc").is_dir():
+        if from_runs:
+            rows = [ab.row_from_run(run) for run in from_runs]
+            sources.append(f"{len(from_runs)} run folders")
+        elif from_json or (root / ".dvc").is_dir():
             doc = read_json(from_json, "dvc exp show --json > FILE") if from_json else ab.exp_show(root)
             rows = ab.rows_from_exp_show(doc)
             sources.append(str(from_json) if from_json else "dvc exp show")

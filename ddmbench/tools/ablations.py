@@ -112,6 +112,23 @@ def row_from_workspace(root: Path, params: dict[str, Any]) -> Row:
     return row
 
 
+def row_from_run(root: Path) -> Row:
+    """A finished run's folder (its params.yaml and metrics/) as one row named by the folder."""
+    import yaml
+
+    params_file = root / "params.yaml"
+    if not params_file.is_file():
+        raise ArtifactError(f"{params_file} is missing: --from-runs takes folders of finished runs "
+                            "(params.yaml and metrics/)")
+    try:
+        params = yaml.safe_load(params_file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ArtifactError(f"{params_file} is not valid YAML ({first_line(exc)})") from None
+    row = row_from_workspace(root, params)
+    row.name, row.rev = root.name, ""
+    return row
+
+
 def exp_show(root: Path, timeout_s: float = 300.0) -> Any:
     """Run ``dvc exp show --json`` in ``root`` and parse it; any failure is one ArtifactError line."""
     dvc = shutil.which("dvc")
