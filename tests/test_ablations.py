@@ -133,7 +133,7 @@ def test_grid_summarises_each_cell_across_seeds_and_refuses_unmatched_budgets(tm
     assert k8["mean"] == pytest.approx(-6.0) and k8["ci95"] == pytest.approx(list(expected))
     assert cells[0]["agree_in_sign"] == 2 and (k8["ddm_steps"], k8["monolith_steps"]) == (600, 600)
     assert "| two-stage on embedder | 8 | 3 | -4, -5, -9 | -6 [" in ab.grid_markdown(cells)
-    from ddmbench.report.ablation_figure import ablation_figure
+    from ddmbench.tools.ablation_figure import ablation_figure
 
     ablation_figure(cells, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
