@@ -126,7 +126,10 @@ def test_sparse_dispatch_equals_dense_reference(label: str) -> None:
     assert counting.expert_evals == [int((w[:, j] > 0).sum()) for j in range(K)]
     assert [e.rows for e in field.experts] == counting.expert_evals
     assert counting.router_evals == (b if spec.uses_router else 0)
+    before = [e.rows for e in field.experts]
     torch.testing.assert_close(field.combine(x, t, w), dense, rtol=1e-6, atol=1e-6)  # the differentiable path
+    # ... which is sparse too: expert j on the rows that weight it (a sparse policy's Jacobian is not K x dense)
+    assert [e.rows - b0 for e, b0 in zip(field.experts, before)] == counting.expert_evals
 
 
 def test_sparse_policy_actually_skips_rows() -> None:

@@ -137,13 +137,18 @@ class RoutedField:
         return self.policy.weights(p, routing)
 
     def combine(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """sum_j w_j expert_j(x, t) for given weights w (B, K) on every row (dense; differentiable in x, so
-        torch.func can take its Jacobian with the routing held fixed)."""
+        """sum_j w_j expert_j(x, t) for given weights w (B, K) (differentiable in x, so torch.func can take its
+        Jacobian with the routing held fixed). Expert j runs only on the rows that weight it, as in sampling:
+        a sparse policy's Jacobian then costs what its sampling step costs, not K experts on every row."""
         v = torch.zeros_like(x)
+        shape = (-1, *([1] * (x.dim() - 1)))
         for j, expert in enumerate(self.experts):
-            if bool((w[:, j] != 0).any()):
-                v = v + w[:, j].view(-1, *([1] * (x.dim() - 1))).to(x.dtype) * evaluate_in_chunks(
-                    expert, x, t, self.chunk_rows)
+            rows = (w[:, j] != 0).nonzero().flatten()
+            if rows.numel() == x.shape[0]:
+                v = v + w[:, j].view(shape).to(x.dtype) * evaluate_in_chunks(expert, x, t, self.chunk_rows)
+            elif rows.numel():
+                out = evaluate_in_chunks(expert, x[rows], t[rows], self.chunk_rows)
+                v = v.index_add(0, rows, w[rows, j].view(shape).to(x.dtype) * out)
         return v
 
     @torch.no_grad()
