@@ -31,7 +31,8 @@ def _ci(x: float, half: float) -> list[float]:
 
 def write_results(paths: Paths, policies: list[str], contrast: dict[str, Any] | None) -> None:
     """Every file the report stage reads, with made-up but well-formed numbers."""
-    write_json(paths.cluster_metrics, {"sizes": [120, 120], "purity": 0.9, "nmi": 0.7})
+    write_json(paths.cluster_metrics, {"sizes": [120, 120], "purity": 0.9, "nmi": 0.7, "method": "kmeans",
+                                       "features": "pixel-pca"})
     write_json(paths.model_metrics("router"), {"heldout": {"acc_t0": 0.99, "acc_t0.5": 0.8, "acc_t0.9": 0.4}})
     write_json(paths.model_metrics("evaluator"), {"test_acc": 0.97})
     for k in (0, 1):
@@ -244,3 +245,14 @@ def test_decomposition_splits_the_gap_to_the_oracle_at_the_posterior_twin() -> N
     assert by_policy["top-2"][1] == "posterior-top-2" and by_policy["top-2"][5:] == ["+5.00", "+3.00", "+2.00"]
     del results["oracle"]
     assert tables.decomposition(results)[1] == []
+
+
+def test_setup_names_the_clustering_and_its_embedding_net() -> None:
+    from ddmbench.pipeline.report import clustering_row
+
+    assert clustering_row({"method": "kmeans", "features": "pixel-pca"}) == "kmeans on pixel-pca"
+    row = clustering_row({"method": "two-stage", "features": "embedder", "fine_k": 100, "embedder_sha256": "ab",
+                          "embedder_net": "classifier-xs", "embedder_steps": 300, "embedder_seed": 3,
+                          "embedder_test_acc": 0.97861})
+    assert row == ("two-stage on embedder (fine k 100); embedding: classifier-xs trained 300 steps from seed 3, "
+                   "test accuracy 0.9786, not the evaluator")
