@@ -62,16 +62,7 @@ def ablations(from_json: Annotated[Optional[Path], typer.Option(
             from ddmbench.io import write_json
             from ddmbench.tools.ablation_figure import ablation_figure
 
-            grid_tbl = Table(title=f"{policy} − full in {metric} by K and clustering (mean over training seeds, "
-                                   "95% t-interval)")
-            for col in ("clustering", "K", "R", "per seed", "mean [95% CI]", "agree in sign", "DDM / monolith steps"):
-                grid_tbl.add_column(col, justify="left" if col == "clustering" else "right")
-            for c in cells:
-                ci = "n/a (R < 3)" if c["ci95"] is None else f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]"
-                grid_tbl.add_row(c["clustering"], str(c["k"]), str(c["r"]),
-                                 ", ".join(f"{s['estimate']:+.3g}" for s in c["per_seed"]), f"{c['mean']:+.4g} {ci}",
-                                 f"{c['agree_in_sign']} of {c['r']}", f"{c['ddm_steps']} / {c['monolith_steps']}")
-            console.print(grid_tbl)
+            console.print(ab.grid_table(cells))
             ablation_figure(cells, figure)
             write_json(out.with_suffix(".json"), {"policy": policy, "versus": "full", "metric": metric, "cells": cells})
             text += "\n" + ab.grid_markdown(cells) + f"\n![{policy} − full by K]({figure.name})\n"

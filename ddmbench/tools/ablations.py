@@ -240,6 +240,26 @@ def grid(rows: list[Row], policy: str = "top-2", metric: str = "kid", level: flo
     return out
 
 
+def _interval(cell: dict[str, Any]) -> str:
+    return "n/a (R < 3)" if cell["ci95"] is None else f"[{cell['ci95'][0]:+.4g}, {cell['ci95'][1]:+.4g}]"
+
+
+def grid_table(cells: list[dict[str, Any]]) -> Any:
+    """The grid as a rich table (one row per cell)."""
+    from rich.table import Table
+
+    c0 = cells[0]
+    tbl = Table(title=f"{c0['policy']} − full in {c0['metric']} by K and clustering (mean over training seeds, "
+                      "95% t-interval)")
+    for col in ("clustering", "K", "R", "per seed", "mean [95% CI]", "agree in sign", "DDM / monolith steps"):
+        tbl.add_column(col, justify="left" if col == "clustering" else "right")
+    for c in cells:
+        tbl.add_row(c["clustering"], str(c["k"]), str(c["r"]), ", ".join(f"{s['estimate']:+.3g}" for s in c["per_seed"]),
+                    f"{c['mean']:+.4g} {_interval(c)}", f"{c['agree_in_sign']} of {c['r']}",
+                    f"{c['ddm_steps']} / {c['monolith_steps']}")
+    return tbl
+
+
 def grid_markdown(cells: list[dict[str, Any]]) -> str:
     """The grid as a Markdown table (one row per cell)."""
     if not cells:
@@ -252,9 +272,8 @@ def grid_markdown(cells: list[dict[str, Any]]) -> str:
              "| clustering | K | R | per seed | mean [95% t-interval] | seeds agreeing in sign | DDM / monolith steps |",
              "|---|---|---|---|---|---|---|"]
     for c in cells:
-        ci = "n/a (R < 3)" if c["ci95"] is None else f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]"
         lines.append(f"| {c['clustering']} | {c['k']} | {c['r']} | "
                      + ", ".join(f"{s['estimate']:+.4g}" for s in c["per_seed"])
-                     + f" | {c['mean']:+.4g} {ci} | {c['agree_in_sign']} of {c['r']} | "
+                     + f" | {c['mean']:+.4g} {_interval(c)} | {c['agree_in_sign']} of {c['r']} | "
                      f"{c['ddm_steps']} / {c['monolith_steps']} |")
     return "\n".join(lines) + "\n"
