@@ -112,8 +112,8 @@ def row_from_workspace(root: Path, params: dict[str, Any]) -> Row:
     return row
 
 
-def row_from_run(root: Path) -> Row:
-    """A finished run's folder (its params.yaml and metrics/) as one row named by the folder."""
+def run_params(root: Path) -> dict[str, Any]:
+    """A finished run folder's params.yaml; one ArtifactError line when it is missing or not YAML."""
     import yaml
 
     params_file = root / "params.yaml"
@@ -121,10 +121,14 @@ def row_from_run(root: Path) -> Row:
         raise ArtifactError(f"{params_file} is missing: --from-runs takes folders of finished runs "
                             "(params.yaml and metrics/)")
     try:
-        params = yaml.safe_load(params_file.read_text()) or {}
+        return yaml.safe_load(params_file.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ArtifactError(f"{params_file} is not valid YAML ({first_line(exc)})") from None
-    row = row_from_workspace(root, params)
+
+
+def row_from_run(root: Path) -> Row:
+    """A finished run's folder (its params.yaml and metrics/) as one row named by the folder."""
+    row = row_from_workspace(root, run_params(root))
     row.name, row.rev = root.name, ""
     return row
 

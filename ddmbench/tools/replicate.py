@@ -35,7 +35,7 @@ from ddmbench.errors import ArtifactError, ConfigError
 from ddmbench.io import ensure_writable, write_json
 from ddmbench.pipeline.paths import Paths
 from ddmbench.report.summary import contrast_entries
-from ddmbench.tools.ablations import exp_show
+from ddmbench.tools.ablations import exp_show, run_params
 
 CONTRAST_FILE = "metrics/contrast.json"
 SAMPLING = "sampling uncertainty given these trained models: each seed's ci95, from its own contrast stage"
@@ -128,22 +128,18 @@ def records_from_runs(roots: list[Path]) -> list[ExperimentRecord]:
     its metrics/**/*.json files; the folder's path is the record's name."""
     import json
 
-    import yaml
-
     records = []
     for root in roots:
-        params_file, contrast_file = root / "params.yaml", root / CONTRAST_FILE
-        for need in (params_file, contrast_file):
-            if not need.is_file():
-                raise ArtifactError(f"{need} is missing: --from-runs takes folders of finished runs (params.yaml "
-                                    "and metrics/ after `ddmbench repro` through the contrast stage)")
+        params, contrast_file = run_params(root), root / CONTRAST_FILE
+        if not contrast_file.is_file():
+            raise ArtifactError(f"{contrast_file} is missing: --from-runs takes folders of finished runs (params.yaml "
+                                "and metrics/ after `ddmbench repro` through the contrast stage)")
         try:
-            params = yaml.safe_load(params_file.read_text()) or {}
             metrics = {str(f): {"data": json.loads(f.read_text())} for f in sorted((root / "metrics").rglob("*.json"))}
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise ArtifactError(f"{root}: unreadable params.yaml or metrics file ({exc}); re-run that run") from exc
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{root}: unreadable metrics file ({exc}); re-run that run") from exc
         if "seed" not in params:
-            raise ArtifactError(f"{params_file} has no seed; replicate runs of one profile that differ in seed")
+            raise ArtifactError(f"{root / 'params.yaml'} has no seed; replicate runs of one profile that differ in seed")
         records.append(ExperimentRecord(str(root), "", params, metrics[str(contrast_file)]["data"],
                                         _digests(metrics)))
     return records
