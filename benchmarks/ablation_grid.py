@@ -16,19 +16,14 @@ the profile's header fixes.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gate_power import export_head, head_archive  # noqa: E402
+from seed_runs import run_cells, seeded  # noqa: E402
 
 KS = (2, 4, 8)
 METHODS = ("two-stage", "random")
@@ -38,12 +33,10 @@ EXPERT_STEPS_TOTAL = 600  # params/ablation.yaml's header: every DDM trains 600 
 
 def cell_params(profile: dict[str, Any], k: int, method: str, seed: int, data_root: Path) -> dict[str, Any]:
     """The profile with one cell's K, clustering method, seed and compute-matched expert.steps."""
-    params = yaml.safe_load(yaml.safe_dump(profile))
-    params["seed"] = seed
+    params = seeded(profile, seed, data_root)
     params["cluster"]["k"], params["cluster"]["method"] = k, method
     params["experts"] = list(range(k))
     params["expert"]["steps"] = EXPERT_STEPS_TOTAL // k
-    params["data"]["root"] = str(data_root.resolve())
     return params
 
 
@@ -58,39 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-min", type=float, default=60.0, help="per run")
     args = ap.parse_args(argv)
     profile = yaml.safe_load((args.repo / args.profile).read_text())
-    cells = [(k, m, s) for s in args.seeds for k in (args.k or KS) for m in METHODS]
-    work = Path(tempfile.mkdtemp(prefix="ablation-grid-")) / "repo"
-    export_head(head_archive(args.repo), work)
-    env = {**os.environ, "PYTHONPATH": str(work), "DVC_NO_ANALYTICS": "1"}
-    failed = 0
-    for k, method, seed in cells:
-        name = f"k{k}-{method}-s{seed}"
-        dest = args.out / name
-        if (dest / "metrics" / "contrast.json").exists():
-            print(f"{name}: done before, skipped", flush=True)
-            continue
-        (work / "params.yaml").write_text(yaml.safe_dump(cell_params(profile, k, method, seed, args.data_root),
-                                                         sort_keys=False))
-        start = time.monotonic()
-        try:
-            proc = subprocess.run([sys.executable, "-m", "ddmbench", "repro"], cwd=work, env=env, capture_output=True,
-                                  text=True, timeout=args.timeout_min * 60)
-            ok, tail = proc.returncode == 0, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        except subprocess.TimeoutExpired:
-            ok, tail = False, [f"timed out after {args.timeout_min:.0f} min"]
-        minutes = (time.monotonic() - start) / 60
-        if not ok:
-            failed += 1
-            print(f"{name}: FAILED after {minutes:.1f} min: {' | '.join(tail)}", flush=True)
-            continue
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        shutil.copy2(work / "params.yaml", dest / "params.yaml")
-        shutil.copytree(work / "metrics", dest / "metrics")
-        print(f"{name}: {minutes:.1f} min", flush=True)
-    shutil.rmtree(work.parent, ignore_errors=True)
-    return 1 if failed else 0
+    cells = ((f"k{k}-{method}-s{seed}", cell_params(profile, k, method, seed, args.data_root))
+             for seed in args.seeds for k in (args.k or KS) for method in METHODS)
+    return 1 if run_cells(args.repo, cells, args.out, args.timeout_min) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""benchmarks/ablation_grid.py and benchmarks/seed_runs.py: each cell's params are the profile with only the
+declared changes (seed, K, clustering, compute-matched expert steps), and a set whose runs all finished is
+skipped on resume without running anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ablation_grid = _load("ablation_grid")
+seed_runs = sys.modules["seed_runs"]
+
+
+def _without(params: dict, *paths: str) -> dict:
+    out = yaml.safe_load(yaml.safe_dump(params))
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = out
+        for key in parents:
+            node = node[key]
+        node.pop(leaf)
+    return out
+
+
+@pytest.mark.parametrize("k", ablation_grid.KS)
+@pytest.mark.parametrize("method", ablation_grid.METHODS)
+def test_a_cell_changes_only_seed_k_clustering_and_matched_steps(k: int, method: str, tmp_path: Path) -> None:
+    profile = yaml.safe_load((REPO / "params" / "ablation.yaml").read_text())
+    before = yaml.safe_dump(profile)
+    cell = ablation_grid.cell_params(profile, k, method, 2, tmp_path / "data")
+    assert yaml.safe_dump(profile) == before                                  # the profile is not mutated
+    assert (cell["seed"], cell["cluster"]["k"], cell["cluster"]["method"]) == (2, k, method)
+    assert cell["experts"] == list(range(k))
+    # compute matching: K experts x expert.steps = the monolith's steps (null = K x expert.steps) = 600
+    assert k * cell["expert"]["steps"] == ablation_grid.EXPERT_STEPS_TOTAL and cell["monolith"]["steps"] is None
+    assert Path(cell["data"]["root"]).is_absolute()
+    changed = ("seed", "cluster.k", "cluster.method", "experts", "expert.steps", "data.root")
+    assert _without(cell, *changed) == _without(profile, *changed)
+
+
+def test_seeded_sets_the_seed_and_an_absolute_data_root_only(tmp_path: Path) -> None:
+    profile = yaml.safe_load((REPO / "params" / "fashion-dit.yaml").read_text())
+    run = seed_runs.seeded(profile, 7, Path("data"))
+    assert run["seed"] == 7 and Path(run["data"]["root"]).is_absolute()
+    assert _without(run, "seed", "data.root") == _without(profile, "seed", "data.root")
+
+
+def test_finished_runs_are_skipped_on_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cells = [(f"s{seed}", {"seed": seed}) for seed in (0, 1)]
+    for name, _ in cells:
+        (tmp_path / name / "metrics").mkdir(parents=True)
+        (tmp_path / name / "metrics" / "contrast.json").write_text("{}")
+    assert seed_runs.run_cells(REPO, cells, tmp_path, timeout_min=1) == 0
+    assert capsys.readouterr().out.splitlines() == ["s0: done before, skipped", "s1: done before, skipped"]
