@@ -11,6 +11,7 @@ Runs by hand or on a schedule, never in CI (one CI-profile run per mutation):
 
     python benchmarks/gate_power.py [--data-root data] [--only top-k-smallest] [--timeout-min 90] [--append]
     python benchmarks/gate_power.py --drift      # the float drift of 1 vs 2 threads on the profile
+    python benchmarks/gate_power.py --drift-runs RUN_1T/metrics RUN_2T/metrics   # the same, from finished runs
 """
 
 from __future__ import annotations
@@ -196,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the rows of gate-power.json for mutations not run now (each row names its commit)")
     ap.add_argument("--drift", action="store_true",
                     help="instead: run HEAD twice, 1 and 2 threads, and measure the float drift (drift.json)")
+    ap.add_argument("--drift-runs", type=Path, nargs=2, metavar=("ONE_THREAD", "TWO_THREADS"),
+                    help="instead: the drift between two finished same-seed runs' metrics folders (drift.json)")
     args = ap.parse_args(argv)
+    if args.drift_runs:
+        return write_drift(args, drift_stats(*args.drift_runs))
     if args.drift:
         return measure_drift(args)
     args.baseline = args.baseline or Path(f"reports/baseline/ci-{machine_fingerprint()['isa']}.json")
@@ -261,6 +266,11 @@ def measure_drift(args: argparse.Namespace) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
+    return write_drift(args, stats)
+
+
+def write_drift(args: argparse.Namespace, stats: dict[str, Any]) -> int:
+    """reports/baseline/drift.json: the 1- vs 2-thread drift of ``args.profile``'s same-seed runs."""
     write_json(args.repo / "reports/baseline/drift.json", {"profile": str(args.profile), "threads": [1, 2], **stats})
     print(json.dumps(stats, indent=1))
     return 0

@@ -107,3 +107,14 @@ def test_drift_stats_on_the_gates_terms(tmp_path: Path) -> None:
     assert same["compare"].startswith("exact: ")
     moved = gate_power.drift_stats(_metrics(tmp_path / "a"), _metrics(tmp_path / "c", scale=1 + 1e-4))
     assert moved["max_delta_over_scale"] == pytest.approx(1e-4, rel=1e-6) and moved["compare"].startswith("drift: ")
+
+
+def test_drift_from_two_finished_runs_writes_drift_json(tmp_path: Path) -> None:
+    from test_regression import _metrics
+
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two", scale=1 + 1e-4)
+    repo = tmp_path / "repo"
+    assert gate_power.main(["--repo", str(repo), "--drift-runs", str(one), str(two)]) == 0
+    written = json.loads((repo / "reports" / "baseline" / "drift.json").read_text())
+    assert written["threads"] == [1, 2] and written["compare"].startswith("drift: ")
+    assert written["max_delta_over_scale"] == pytest.approx(1e-4, rel=1e-6)
