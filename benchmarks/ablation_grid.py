@@ -47,12 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", type=Path, default=Path("data"), help="raw datasets (data.root of every run)")
     ap.add_argument("--out", type=Path, default=Path("runs/ablation"), help="one folder per finished run")
     ap.add_argument("--k", type=int, action="append", choices=KS, help="only these K (default all)")
+    ap.add_argument("--method", action="append", choices=METHODS, help="only these clusterings (default all)")
     ap.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS))
     ap.add_argument("--timeout-min", type=float, default=60.0, help="per run")
     args = ap.parse_args(argv)
     profile = yaml.safe_load((args.repo / args.profile).read_text())
     cells = ((f"k{k}-{method}-s{seed}", cell_params(profile, k, method, seed, args.data_root))
-             for seed in args.seeds for k in (args.k or KS) for method in METHODS)
+             for seed in args.seeds for k in (args.k or KS) for method in (args.method or METHODS))
     return 1 if run_cells(args.repo, cells, args.out, args.timeout_min) else 0
 
 
