@@ -99,10 +99,18 @@ def head_archive(repo: Path) -> bytes:
     return subprocess.run(["git", "-C", str(repo), "archive", "HEAD"], check=True, capture_output=True).stdout
 
 
+# The committed default-profile run (README "Published results"), removed from every export as .ci/run does:
+# a run of another profile there would otherwise leave that run's files for its unlisted policies beside its own.
+PUBLISHED_RUN = ("dvc.lock", "metrics", "reports/plots", "reports/report.md")
+
+
 def export_head(archive: bytes, dest: Path) -> None:
-    """A ``head_archive`` into ``dest``, as its own git repository (DVC needs one)."""
+    """A ``head_archive`` into ``dest``, as its own git repository (DVC needs one), without the published run."""
     dest.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    for path in PUBLISHED_RUN:
+        target = dest / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     git = ["git", "-c", "user.email=gate-power@localhost", "-c", "user.name=gate-power"]
     subprocess.run(git + ["init", "-q"], cwd=dest, check=True)
     subprocess.run(git + ["add", "-A"], cwd=dest, check=True)

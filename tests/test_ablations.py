@@ -153,9 +153,11 @@ def test_cli_collects_run_folders_into_the_grid(tmp_path: Path, project: Project
         row = grid_row("x", k, method, seed, est)
         root = tmp_path / f"k{k}-{method}-s{seed}"
         (root / "metrics" / "evaluate").mkdir(parents=True)
-        (root / "params.yaml").write_text(yaml.safe_dump(row.params))
+        (root / "params.yaml").write_text(yaml.safe_dump({**row.params, "policies": ["full", "top-2"]}))
         (root / "metrics" / "contrast.json").write_text(json.dumps(row.contrast))
         (root / "metrics" / "evaluate" / "full.json").write_text(json.dumps({"fid": 3.0, "kid": 0.01}))
+        # left over from another profile run in the same folder: not this run's, never a column
+        (root / "metrics" / "evaluate" / "uniform.json").write_text(json.dumps({"fid": 39.0, "kid": 0.5}))
         runs.append(root)
     args = [a for r in runs for a in ("--from-runs", str(r))]
     result = run_cli(project.root, "ablations", *args, columns=250)
@@ -163,6 +165,7 @@ def test_cli_collects_run_folders_into_the_grid(tmp_path: Path, project: Project
     out = json.loads((project.root / "reports" / "ablations.json").read_text())
     assert [(c["clustering"], c["r"]) for c in out["cells"]] == [("random", 1), ("two-stage on embedder", 3)]
     assert (project.root / "reports" / "ablations-top-2-kid.png").exists()
-    assert "| k2-two-stage-s1 |" in (project.root / "reports" / "ablations.md").read_text()
+    md = (project.root / "reports" / "ablations.md").read_text()
+    assert "| k2-two-stage-s1 |" in md and "FID full" in md and "FID uniform" not in md
     bad = run_cli(project.root, "ablations", "--from-runs", str(tmp_path / "nope"), columns=250)
     assert bad.exit_code == 2 and "nope/params.yaml is missing" in bad.output

@@ -118,3 +118,11 @@ def test_drift_from_two_finished_runs_writes_drift_json(tmp_path: Path) -> None:
     written = json.loads((repo / "reports" / "baseline" / "drift.json").read_text())
     assert written["threads"] == [1, 2] and written["compare"].startswith("drift: ")
     assert written["max_delta_over_scale"] == pytest.approx(1e-4, rel=1e-6)
+
+
+def test_an_export_leaves_out_the_published_run_as_ci_does(tmp_path: Path) -> None:
+    ci_line = next(line for line in (REPO / ".ci" / "run").read_text().splitlines() if line.startswith("rm -rf "))
+    assert tuple(ci_line.split("#")[0].split()[2:]) == gate_power.PUBLISHED_RUN
+    gate_power.export_head(gate_power.head_archive(REPO), tmp_path / "copy")
+    assert (tmp_path / "copy" / "dvc.yaml").is_file() and (tmp_path / "copy" / "params.yaml").is_file()
+    assert not any((tmp_path / "copy" / path).exists() for path in gate_power.PUBLISHED_RUN)

@@ -94,7 +94,9 @@ def rows_from_exp_show(doc: Any, *, include_workspace: bool = False) -> list[Row
 
 
 def row_from_workspace(root: Path, params: dict[str, Any]) -> Row:
-    """The current workspace's metrics files (metrics/cluster.json, metrics/evaluate/*.json) as one row."""
+    """The current workspace's metrics files (metrics/cluster.json, metrics/evaluate/<policy>.json) as one row.
+    Only the policies ``params`` lists are read: an evaluate file of another policy is left over from an
+    earlier profile in the same folder (e.g. the published default run), not part of this run."""
     from ddmbench.io import read_json
 
     row = Row(name="workspace", rev="workspace", params=params)
@@ -104,8 +106,10 @@ def row_from_workspace(root: Path, params: dict[str, Any]) -> Row:
     cluster = root / "metrics" / "cluster.json"
     if cluster.exists():
         row.cluster = read_json(cluster, "ddmbench cluster")
+    listed = params.get("policies")
     for path in sorted((root / "metrics" / "evaluate").glob("*.json")):
-        row.evaluate[path.stem] = read_json(path, f"ddmbench evaluate --policy {path.stem}")
+        if listed is None or path.stem in listed:
+            row.evaluate[path.stem] = read_json(path, f"ddmbench evaluate --policy {path.stem}")
     contrast = root / "metrics" / "contrast.json"
     if contrast.exists():
         row.contrast = read_json(contrast, "ddmbench contrast")
