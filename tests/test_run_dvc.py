@@ -209,3 +209,36 @@ def test_run_while_a_dvc_stage_runs_is_refused(dvc_project: Project) -> None:
     rwlock.write_text(json.dumps({"write": {out: {"pid": 2**22 + 12345, "cmd": "dvc repro"}}, "read": {}}))
     with pipeline.dvc_repo(dvc_project.root):  # a dead holder (a killed `dvc repro`) does not block
         pass
+
+
+@pytest.mark.slow
+def test_repro_jobs_runs_a_foreach_group_in_worker_processes(copy_of: Project, tmp_path: Path) -> None:
+    """`ddmbench repro --jobs 2`: the stale members of a foreach group run in two spawned processes, DVC
+    records them (a second repro runs nothing, `dvc status` is clean), and a worker's output is the bytes an
+    in-process run with the same thread count writes."""
+    import torch
+
+    serial = Project(tmp_path / "serial", copy_of.raw)
+    shutil.copytree(copy_of.root, serial.root)
+    for project in (copy_of, serial):                       # two stale members of sample@*, not in the run cache
+        project.update(sample={"n": 12})
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)                            # --jobs 2: one thread per worker
+        output = invoke(copy_of.root, "repro", "--jobs", "2")
+        torch.set_num_threads(1)
+        invoke(serial.root, "repro", "sample@full", "sample@top-1")
+    finally:
+        torch.set_num_threads(threads)
+    assert "sample@*: 2 stale stages in 2 processes of 1 thread(s): sample@full, sample@top-1" in output
+    for stage in ("sample@full", "sample@top-1"):
+        assert f"{stage}: ran in a worker process; recorded" in output, stage
+    assert _status(copy_of.root) == {}
+    assert "0 stage(s) ran" in invoke(copy_of.root, "repro", "--jobs", "2")
+    for label in ("full", "top-1"):
+        ours, theirs = (load_tensors(p.paths.samples(label), "sample") for p in (copy_of, serial))
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            same = torch.equal(ours[key], theirs[key]) if isinstance(ours[key], torch.Tensor) else ours[key] == theirs[key]
+            assert same, (label, key, ours[key] if not isinstance(ours[key], torch.Tensor) else "tensor",
+                          theirs[key] if not isinstance(theirs[key], torch.Tensor) else "tensor")

@@ -179,6 +179,10 @@ def _root_params(params: Path, command: str) -> None:
 @app.command()
 def repro(targets: Annotated[Optional[list[str]], typer.Argument(
               help="Stages to bring up to date with what they need (e.g. report, sample@full); default: all.")] = None,
+          jobs: Annotated[int, typer.Option(
+              "--jobs", "-j", min=1,
+              help="Whole pipeline only: run the stale stages of each foreach group (train-expert@*, sample@*, "
+                   "evaluate@*, analyze@*) in this many processes, sharing the intra-op threads.")] = 1,
           params: ParamsOption = Path("params.yaml")) -> None:
     """`dvc repro` in one process: DVC's DAG, dvc.lock and run cache, the stale ddmbench stages run here.
 
@@ -190,7 +194,7 @@ def repro(targets: Annotated[Optional[list[str]], typer.Argument(
     def body() -> None:
         _root_params(params, "repro")
         cfg, paths = context(params)
-        ran = pipeline.reproduce_pipeline(cfg, paths, targets)
+        ran = pipeline.reproduce_pipeline(cfg, paths, targets, jobs)
         console.print(f"{len(ran)} stage(s) ran" + (f": {', '.join(ran)}" if ran else "; everything was up to date"),
                       highlight=False, soft_wrap=True)
 

@@ -42,6 +42,7 @@ from ddmbench.console import console
 from ddmbench.errors import ArtifactError, ConfigError, DDMBenchError, first_line
 from ddmbench.io import read_json
 from ddmbench.pipeline.paths import Paths
+from ddmbench.pipeline.stage_workers import StageWorkers, run_body
 from ddmbench.pipeline.tracking import stage_clock
 from ddmbench.sampling.policies import PolicySpec
 
@@ -214,28 +215,52 @@ def _in_process(stage: Stage, cfg: Config, paths: Paths, module: str, option: st
             ran = False
         except RunCacheNotFoundError:
             stage.save_deps()
-            args: list[Any] = [] if option is None else [int(value) if option == "--expert" else cfg.policy(str(value))]
-            with stage_clock():  # the stage's MLflow run starts when its work does
-                importlib.import_module(f"ddmbench.pipeline.{module}").run(cfg, paths, *args)
+            run_body(cfg, paths, module, option, value)
             ran = True
-    no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
-    stage.save(run_cache=not no_cache_outs)
-    stage.commit()
+    _record(stage)
     return ran
 
 
-def reproduce(repo: Repo, cfg: Config, paths: Paths, targets: list[str] | None) -> list[str]:
+def _record(stage: Stage) -> None:
+    """Hash the stage's deps and outs into the stage (dvc.lock is written by ``stage.dump``), the run cache
+    and the DVC cache, as ``Stage.run`` does after the command."""
+    stage.save_deps()
+    no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
+    stage.save(run_cache=not no_cache_outs)
+    stage.commit()
+
+
+def reproduce(repo: Repo, cfg: Config, paths: Paths, targets: list[str] | None, jobs: int = 1) -> list[str]:
     """``dvc repro <targets>`` (upstream stages included; None: every stage of dvc.yaml); returns the stages
-    that ran, in order."""
+    that ran, in order. ``jobs`` > 1 (whole pipeline only): foreach groups run in that many processes
+    (``StageWorkers``), each with an equal share of this process's intra-op threads."""
+    import torch
     from dvc.exceptions import ReproductionError
 
     ran: list[str] = []
+    in_process = cfg.trainer.world_size == 1
+    workers = StageWorkers(jobs, max(1, torch.get_num_threads() // jobs), cfg, paths)
+    parallel = jobs > 1 and not targets and in_process
 
     def repro_fn(stage: Stage, upstream: Any = None, force: bool = False, **_: Any) -> Stage | None:
+        try:
+            return handle(stage, upstream, force)
+        finally:
+            workers.processed.add(stage.addressing)
+
+    def handle(stage: Stage, upstream: Any, force: bool) -> Stage | None:
+        if parallel:
+            workers.run_group(stage, repo, stage_call)
         if not force and not stage.changed(upstream=upstream):
             console.print(f"[bold]{escape(stage.addressing)}[/]: up to date", highlight=False)
             return None
-        call = stage_call(stage.cmd) if cfg.trainer.world_size == 1 else None
+        call = stage_call(stage.cmd) if in_process else None
+        if stage.addressing in workers.ran_early:
+            _record(stage)
+            console.print(f"[bold]{escape(stage.addressing)}[/]: ran in a worker process; recorded", highlight=False)
+            stage.dump(update_pipeline=False)
+            ran.append(stage.addressing)
+            return stage
         how = "running" if call else "DVC runs"
         console.print(f"[bold]{escape(stage.addressing)}[/]: {escape(_why(stage))}; {how} `{escape(str(stage.cmd))}`",
                       highlight=False, soft_wrap=True)
@@ -250,7 +275,9 @@ def reproduce(repo: Repo, cfg: Config, paths: Paths, targets: list[str] | None) 
 
     try:  # dvc.yaml:stage, so that DVC reads this root's dvc.yaml whatever the current folder
         dvc_file = paths.root / "dvc.yaml"
-        repo.reproduce([f"{dvc_file}:{target}" for target in targets] if targets else [str(dvc_file)], repro_fn=repro_fn)
+        with workers:
+            repo.reproduce([f"{dvc_file}:{target}" for target in targets] if targets else [str(dvc_file)],
+                           repro_fn=repro_fn)
     except ReproductionError as exc:
         cause = exc.__cause__
         if isinstance(cause, DDMBenchError):
@@ -259,14 +286,15 @@ def reproduce(repo: Repo, cfg: Config, paths: Paths, targets: list[str] | None) 
     return ran
 
 
-def reproduce_pipeline(cfg: Config, paths: Paths, targets: list[str] | None = None) -> list[str]:
-    """``ddmbench repro``: what ``dvc repro [targets]`` does, every stale ``ddmbench`` stage run in this process.
+def reproduce_pipeline(cfg: Config, paths: Paths, targets: list[str] | None = None, jobs: int = 1) -> list[str]:
+    """``ddmbench repro``: what ``dvc repro [targets]`` does, every stale ``ddmbench`` stage run in this process
+    (``jobs`` > 1: foreach groups in that many worker processes, ``StageWorkers``).
 
     Same DAG, same staleness test, same dvc.lock and run cache as ``dvc repro``; it only saves the interpreter
     and import start-up each stage's subprocess costs (5-11 s per stage, 35 stages on the CI profile)."""
     check_project(paths.root)
     with run_lock(paths.root), dvc_repo(paths.root) as repo:
-        return reproduce(repo, cfg, paths, targets)
+        return reproduce(repo, cfg, paths, targets, jobs)
 
 
 def upstream_targets(cfg: Config, spec: PolicySpec) -> list[str]:
