@@ -118,8 +118,8 @@ def export_head(archive: bytes, dest: Path) -> None:
 
 
 def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float,
-                threads: int | None = None) -> tuple[bool, str]:
-    """``ddmbench repro`` (``dvc repro`` in one process) of ``profile`` in ``copy`` with its own code
+                threads: int | None = None, jobs: int = 1) -> tuple[bool, str]:
+    """``ddmbench repro [--jobs N]`` (``dvc repro`` in one process) of ``profile`` in ``copy`` with its own code
     (``threads``: OMP_NUM_THREADS, which sets torch's intra-op threads); (finished, last lines of output)."""
     params = yaml.safe_load(profile.read_text())
     params["data"]["root"] = str(data_root.resolve())
@@ -127,8 +127,8 @@ def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float,
     env = {**os.environ, "PYTHONPATH": str(copy), "DVC_NO_ANALYTICS": "1",
            **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     try:
-        proc = subprocess.run([sys.executable, "-m", "ddmbench", "repro"], cwd=copy, env=env, capture_output=True,
-                              text=True, timeout=timeout_s)
+        proc = subprocess.run([sys.executable, "-m", "ddmbench", "repro", "--jobs", str(jobs)], cwd=copy, env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return False, f"timed out after {timeout_s:.0f} s"
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
