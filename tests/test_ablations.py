@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, make_dvc_project, run_cli
+from conftest import REPO_ROOT, Project, make_dvc_project, run_cli
 
 from ddmbench.errors import ArtifactError
 from ddmbench.tools import ablations as ab
@@ -169,3 +169,13 @@ def test_cli_collects_run_folders_into_the_grid(tmp_path: Path, project: Project
     assert "| k2-two-stage-s1 |" in md and "FID full" in md and "FID uniform" not in md
     bad = run_cli(project.root, "ablations", "--from-runs", str(tmp_path / "nope"), columns=250)
     assert bad.exit_code == 2 and "nope/params.yaml is missing" in bad.output
+
+
+@pytest.mark.parametrize(("policy", "published"), [("top-2", "ablations.json"), ("top-1", "ablations-secondary.json")])
+def test_the_published_grid_is_what_its_published_runs_give(policy: str, published: str) -> None:
+    """reports/ablations*.json (README "Ablations") re-collected from reports/ablation-runs/ by today's code."""
+    runs = sorted((REPO_ROOT / "reports" / "ablation-runs").iterdir())
+    assert len(runs) == 18
+    cells = ab.grid([ab.row_from_run(run) for run in runs], policy, "kid")
+    assert json.loads(json.dumps(cells)) == json.loads((REPO_ROOT / "reports" / published).read_text())["cells"]
+    assert {(c["k"], c["r"]) for c in cells} == {(2, 3), (4, 3), (8, 3)}

@@ -1,5 +1,6 @@
 """The mechanism ablation's figure: ``policy − full`` against K, one line per clustering, each point the mean
-over the cell's training seeds with its Student-t 95% interval (matplotlib, Agg backend)."""
+over the cell's training seeds with its Student-t 95% interval, each seed's own estimate a small dot beside it
+(matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ def ablation_figure(cells: Sequence[dict[str, Any]], path: Path) -> None:
         means = [c["mean"] for c in line]
         lower = [c["mean"] - c["ci95"][0] if c["ci95"] else 0.0 for c in line]
         upper = [c["ci95"][1] - c["mean"] if c["ci95"] else 0.0 for c in line]
-        ax.errorbar(ks, means, yerr=[lower, upper], marker="o", capsize=3,
-                    label=f"{name} (R = {', '.join(str(c['r']) for c in line)})")
+        bars = ax.errorbar(ks, means, yerr=[lower, upper], marker="o", capsize=3,
+                           label=f"{name} (R = {', '.join(str(c['r']) for c in line)})")
+        seeds = [(k * 1.03, s["estimate"]) for k, c in zip(ks, line) for s in c.get("per_seed", [])]
+        if seeds:
+            ax.scatter(*zip(*seeds), s=10, alpha=0.6, color=bars.lines[0].get_color(), zorder=3)
     ax.axhline(0.0, color="grey", lw=1, ls=":")
     ax.set_xscale("log", base=2)
     all_k = sorted({c["k"] for c in cells})
@@ -35,7 +39,7 @@ def ablation_figure(cells: Sequence[dict[str, Any]], path: Path) -> None:
     c0 = cells[0]
     ax.set_xlabel("experts K")
     ax.set_ylabel(f"{c0['policy']} − full, {c0['metric']} (paired; < 0: {c0['policy']} better)")
-    ax.set_title("mean over training seeds, 95% t-interval")
+    ax.set_title("mean over training seeds, 95% t-interval; dots: each seed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     with atomic_path(path) as tmp:
