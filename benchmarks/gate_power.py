@@ -163,9 +163,12 @@ def drift_stats(first: Path, second: Path) -> dict[str, Any]:
     ratios = {k: abs(a[k] - b[k]) / scales[k] if scales[k] else float(a[k] != b[k]) for k in common}
     worst = max(ratios, key=ratios.__getitem__) if ratios else None
     base = regression.make_baseline(first, why="drift", git_commit="", profile="")
+    try:
+        verdict = regression.compare(second, base).summary()
+    except ArtifactError as exc:  # e.g. the two runs trained evaluators with different weights
+        verdict = f"refused: {exc}"
     return {"values": len(common), "bit_identical": sum(a[k] == b[k] for k in common),
-            "max_delta_over_scale": ratios[worst] if worst else 0.0, "worst": worst,
-            "compare": regression.compare(second, base).summary()}
+            "max_delta_over_scale": ratios[worst] if worst else 0.0, "worst": worst, "compare": verdict}
 
 
 def markdown(rows: list[dict[str, Any]], header: str) -> str:

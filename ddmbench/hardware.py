@@ -59,8 +59,10 @@ def vector_isa(flags: frozenset[str] | None = None) -> str:
     return platform.machine() or "unknown"
 
 
-def machine_fingerprint() -> dict[str, str]:
-    """What decides a same-seed run's floating-point results: the CPU's vector ISA, its model, torch's version."""
+def machine_fingerprint() -> dict[str, str | int]:
+    """What decides a same-seed run's floating-point results: the CPU's vector ISA, its model, torch's version
+    and its intra-op thread count (1 vs 2 threads trained another evaluator from the same seed: measured in
+    reports/baseline/README.md)."""
     import torch
 
-    return {"isa": vector_isa(), "cpu": cpu_model(), "torch": torch.__version__}
+    return {"isa": vector_isa(), "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -202,6 +202,14 @@ def test_cli_baseline_and_compare_exit_codes(tmp_path: Path, monkeypatch: pytest
     assert json.loads(Path("bl.json").read_text())["why"] == "first baseline"
     exact = runner.invoke(app, ["compare", "metrics", "bl.json"])
     assert exact.exit_code == 0 and exact.output.strip().splitlines()[-1].startswith("exact: ")
+    folder = Path("baselines")                 # a folder: other JSON beside the baseline is not a baseline
+    folder.mkdir()
+    Path("bl.json").rename(folder / "bl.json")
+    (folder / "drift.json").write_text(json.dumps({"values": 2000, "bit_identical": 915}))
+    (folder / "spread.json").write_text(json.dumps({"metrics": {}}))
+    in_folder = runner.invoke(app, ["compare", "metrics", "baselines"])
+    assert in_folder.exit_code == 0 and in_folder.output.strip().splitlines()[-1].startswith("exact: "), in_folder.output
+    (folder / "bl.json").rename("bl.json")
     _metrics(tmp_path, scale=1 + 0.5 * regression.DRIFT_REL)
     drift = runner.invoke(app, ["compare", "metrics", "bl.json"])
     assert drift.exit_code == 0 and drift.output.strip().splitlines()[-1].startswith("drift: ")
@@ -296,3 +304,25 @@ def test_cli_compare_reads_a_folder_of_baselines_and_skips_spread_files(tmp_path
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["compare", "metrics", "baselines"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].startswith("exact: ")
+
+
+def test_another_thread_count_is_another_float_path(tmp_path: Path) -> None:
+    """1 vs 2 intra-op threads trained another evaluator from the same seed (reports/baseline/README.md): a run
+    with another thread count than its baseline's gets (b) alone and a hint, not an evaluator refusal."""
+    base_dir = _metrics(tmp_path / "base")
+    _stamp(base_dir, "a" * 64)
+    base = {**regression.make_baseline(base_dir, why="t", git_commit="x", profile="p"),
+            "machine": {"isa": "avx512", "cpu": "c", "torch": "t", "threads": 2}}
+    moved = _metrics(tmp_path / "moved", scale=1.1)
+    _stamp(moved, "b" * 64)
+    result = regression.compare(moved, base, isa="avx512", threads=1)
+    assert result.verdict == "other-machine" and not result.failed_contrasts
+    assert "avx512 with 2 threads, this machine avx512 with 1 thread; OMP_NUM_THREADS=2" in result.summary()
+    with pytest.raises(ArtifactError, match="evaluator bbbbbbbbbbbb"):
+        regression.compare(moved, base, isa="avx512", threads=2)
+    docs = {"t1.json": {"machine": {"isa": "avx512", "threads": 1}}, "t2.json": {"machine": {"isa": "avx512", "threads": 2}},
+            "avx2.json": {"machine": {"isa": "avx2", "threads": 2}}}
+    assert regression.choose_baseline(docs, isa="avx512", threads=2)[0] == "t2.json"
+    assert regression.choose_baseline(docs, isa="avx512", threads=1)[0] == "t1.json"
+    assert regression.choose_baseline(docs, isa="avx512", threads=4)[0] == "t1.json"     # same ISA, (b) alone
+    assert regression.choose_baseline(docs, isa="avx2", threads=1)[0] == "avx2.json"

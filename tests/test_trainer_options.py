@@ -84,4 +84,4 @@ def test_vector_isa_names_the_widest_extension() -> None:
     assert hardware.vector_isa(frozenset({"avx2", "avx512f", "avx512_bf16"})) == "avx512"
     assert hardware.vector_isa(frozenset({"avx2", "avx512f", "amx_tile", "amx_bf16"})) == "amx"
     assert hardware.vector_isa(frozenset()) not in ("avx2", "avx512", "amx")   # the architecture instead
-    assert set(hardware.machine_fingerprint()) == {"isa", "cpu", "torch"}
+    assert set(hardware.machine_fingerprint()) == {"isa", "cpu", "torch", "threads"}

@@ -198,8 +198,8 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
             files = sorted(given.glob("*.json")) if given.is_dir() else [given]
             for path in files:
                 doc = read_json(path, "ddmbench baseline --why '...'")
-                if given.is_dir() and not (isinstance(doc, dict) and "values" in doc):
-                    continue  # spread files and the like live beside the baselines
+                if given.is_dir() and not (isinstance(doc, dict) and isinstance(doc.get("values"), dict)):
+                    continue  # spread, drift and gate-power files live beside the baselines
                 found[str(path)] = regression.check_baseline(doc, path)
         baseline, base = regression.choose_baseline(found)
         result = regression.compare(current, base)

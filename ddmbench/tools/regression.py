@@ -18,11 +18,13 @@ Timings measure the machine and are never compared. ``compare`` ends in one verd
 ``drift`` (exit 0) or ``regression`` (exit 1: a value beyond drift or missing, or a contrast failing).
 
 **Float paths.** A baseline records the machine it was made on (:func:`ddmbench.hardware.machine_fingerprint`).
-CPUs with another vector ISA (AVX2 vs AVX-512) run other oneDNN/ATen kernels, so the same seed trains a
-slightly different evaluator and every model drifts beyond (a) (measured: reports/baseline/README.md).
-``compare`` therefore takes one baseline per float path and judges (a) against the one made on this ISA.
-When none was, it says so and judges (b) alone (verdict ``other-machine``, exit 0 when every contrast holds).
-A run on the same ISA with another evaluator digest is another evaluator: refused in one line.
+CPUs with another vector ISA (AVX2 vs AVX-512) run other oneDNN/ATen kernels, and another intra-op thread
+count splits the reductions differently, so the same seed trains a slightly different evaluator and every
+model drifts beyond (a) (both measured: reports/baseline/README.md). A float path is the ISA and the thread
+count (a baseline that did not record its threads matches any). ``compare`` therefore takes one baseline per
+float path and judges (a) against the one made on this path. When none was, it says so and judges (b) alone
+(verdict ``other-machine``, exit 0 when every contrast holds). A run on the same path with another
+evaluator digest is another evaluator: refused in one line.
 """
 
 from __future__ import annotations
@@ -322,30 +324,55 @@ def float_path(doc: dict[str, Any]) -> str | None:
     return str(machine["isa"]) if isinstance(machine, dict) and machine.get("isa") else None
 
 
-def choose_baseline(baselines: dict[str, dict[str, Any]], isa: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(name, baseline) to judge a run made on this machine's ISA with: the first made on the same ISA (or that
-    did not record one), else the first given (then :func:`compare` gates the contrasts alone)."""
+def float_threads(doc: dict[str, Any]) -> int | None:
+    """The intra-op thread count a baseline was made with; None where it was not recorded."""
+    machine = doc.get("machine")
+    return int(machine["threads"]) if isinstance(machine, dict) and machine.get("threads") else None
+
+
+def _this_path(isa: str | None, threads: int | None) -> tuple[str, int]:
+    fingerprint = machine_fingerprint()
+    return str(isa or fingerprint["isa"]), int(threads or fingerprint["threads"])
+
+
+def _same_path(doc: dict[str, Any], isa: str, threads: int) -> bool:
+    return float_path(doc) in (None, isa) and float_threads(doc) in (None, threads)
+
+
+def choose_baseline(baselines: dict[str, dict[str, Any]], isa: str | None = None,
+                    threads: int | None = None) -> tuple[str, dict[str, Any]]:
+    """(name, baseline) to judge a run made on this float path (vector ISA ``isa``, ``threads`` intra-op threads;
+    default this process's) with: the first made on the same path (or that did not record it), else the first
+    on the same ISA, else the first given (then :func:`compare` gates the contrasts alone)."""
     if not baselines:
         raise ArtifactError("no baseline given; make one with `ddmbench baseline --why '...'`")
-    isa = isa or machine_fingerprint()["isa"]
-    same = [name for name, doc in baselines.items() if float_path(doc) in (None, isa)]
-    name = same[0] if same else next(iter(baselines))
+    isa, threads = _this_path(isa, threads)
+    same = [name for name, doc in baselines.items() if _same_path(doc, isa, threads)]
+    same_isa = [name for name, doc in baselines.items() if float_path(doc) in (None, isa)]
+    name = (same or same_isa or list(baselines))[0]
     return name, baselines[name]
 
 
-def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None) -> GateResult:
-    """Check a run's metrics folder, made on this machine (vector ISA ``isa``, default this CPU's), against a
-    format-2 baseline (:func:`check_baseline` first). Made on the same ISA, its values must reproduce (a) and its
-    contrasts hold (b); another evaluator digest there is another evaluator, whose FID/KID live in another
-    feature space: one-line ArtifactError naming both digests. Made on another ISA, only (b) is gated."""
-    isa = isa or machine_fingerprint()["isa"]
-    base_isa = float_path(baseline)
-    other = base_isa is not None and base_isa != isa
+def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None,
+            threads: int | None = None) -> GateResult:
+    """Check a run's metrics folder, made on this machine (vector ISA ``isa`` and ``threads`` intra-op threads,
+    default this process's), against a format-2 baseline (:func:`check_baseline` first). Made on the same float
+    path, its values must reproduce (a) and its contrasts hold (b); another evaluator digest there is another
+    evaluator, whose FID/KID live in another feature space: one-line ArtifactError naming both digests. Made on
+    another path, only (b) is gated."""
+    isa, threads = _this_path(isa, threads)
+    other = not _same_path(baseline, isa, threads)
     digest, base_digest = evaluator_digest(metrics_dir), baseline.get("evaluator_sha256")
     if digest and base_digest and digest != base_digest and not other:
         raise ArtifactError(f"{metrics_dir} was measured with evaluator {digest[:12]}… but the baseline with "
                             f"{base_digest[:12]}…; FID/KID of two evaluators live in different feature spaces: "
                             "fix evaluator.seed/net/steps to the baseline's, or regenerate the baseline")
+    base_isa, base_threads = float_path(baseline), float_threads(baseline)
+    n_threads = lambda n: f"{n} thread" + ("s" if n != 1 else "")  # noqa: E731
+    where = (f"{base_isa}" + (f" with {n_threads(base_threads)}" if base_threads else "") +
+             f", this machine {isa} with {n_threads(threads)}" +
+             (f"; OMP_NUM_THREADS={base_threads} checks determinism against it"
+              if base_threads and base_threads != threads and base_isa in (None, isa) else ""))
     flat = flatten_metrics(metrics_dir)
     drift = baseline.get("drift") or {"abs": DRIFT_ABS, "rel": DRIFT_REL}
     # classify by today's rules, so a number reclassified since the baseline was made is judged as what it is
@@ -353,7 +380,7 @@ def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None)
     values = {k: float(v) for k, v in both.items() if kind_of(k) == "value"}
     constants = {k: float(v) for k, v in both.items() if kind_of(k) == "constant"}
     result = GateResult(n_values=len(values), exact=0, n_constants=len(constants), drift_rel=float(drift["rel"]),
-                        other_machine=f"{base_isa}, this machine {isa}" if other else None)
+                        other_machine=where if other else None)
     scales = sibling_scales(values)
     for name, base in sorted(values.items()):
         cur = flat.get(name)
