@@ -48,12 +48,16 @@ def ablations(from_json: Annotated[Optional[Path], typer.Option(
             sources.append("the workspace")
         source = " and ".join(sources)
         header, cells = ab.table(rows)
-        tbl = Table(title=f"ablations ({len(rows)} runs from {source})")
-        for col in header:
-            tbl.add_column(col, justify="left" if col in ("experiment", "rev", "method", "features") else "right",
-                           overflow="fold")
+        # on the terminal, a column with one value in every run is said once in the caption (the Markdown keeps it)
+        shared = [i for i in range(1, len(header)) if len(rows) > 1 and len({row[i] for row in cells}) == 1]
+        tbl = Table(title=f"ablations ({len(rows)} runs from {source})", caption="; ".join(
+            f"{header[i]}: {cells[0][i]}" for i in shared if cells[0][i]) + (" in every run" if any(cells[0][i] for i in shared) else ""))
+        kept = [i for i in range(len(header)) if i not in shared]
+        for i in kept:
+            tbl.add_column(header[i], justify="left" if header[i] in ("experiment", "rev", "method", "features")
+                           else "right", overflow="fold")
         for row in cells:
-            tbl.add_row(*row)
+            tbl.add_row(*(row[i] for i in kept))
         console.print(tbl)
         cells = ab.grid(rows, policy, metric)
         figure = out.with_name(f"{out.stem}-{policy}-{metric.replace('@', '_')}.png")
