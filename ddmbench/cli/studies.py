@@ -50,8 +50,8 @@ def ablations(from_json: Annotated[Optional[Path], typer.Option(
         header, cells = ab.table(rows)
         # on the terminal, a column with one value in every run is said once in the caption (the Markdown keeps it)
         shared = [i for i in range(1, len(header)) if len(rows) > 1 and len({row[i] for row in cells}) == 1]
-        tbl = Table(title=f"ablations ({len(rows)} runs from {source})", caption="; ".join(
-            f"{header[i]}: {cells[0][i]}" for i in shared if cells[0][i]) + (" in every run" if any(cells[0][i] for i in shared) else ""))
+        same = "; ".join(f"{header[i]}: {cells[0][i]}" for i in shared if cells[0][i])
+        tbl = Table(title=f"ablations ({len(rows)} runs from {source})", caption=same + " in every run" if same else None)
         kept = [i for i in range(len(header)) if i not in shared]
         for i in kept:
             tbl.add_column(header[i], justify="left" if header[i] in ("experiment", "rev", "method", "features")
