@@ -160,6 +160,9 @@ def test_replicate_cli_collects_a_saved_exp_show(tmp_path: Path, monkeypatch: py
     out = json.loads((project.root / "reports" / "replicate.json").read_text())
     assert [c["metric"] for c in out["contrasts"]] == ["kid", "amplification@0.1", "fid", "convergence_error"]
     assert "across training seeds" in output and "3 of 3" in output
+    named = invoke(project.root, "replicate", "--seeds", "0,1,2", "--from-json", "exp.json", "--out", "reports/r-ci.json")
+    assert "wrote reports/r-ci.json" in named
+    assert json.loads((project.root / "reports" / "r-ci.json").read_text()) == out
     from typer.testing import CliRunner
 
     from ddmbench.cli import app

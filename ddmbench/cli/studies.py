@@ -91,6 +91,8 @@ def replicate(seeds: Annotated[list[str], typer.Option(
                   "--from-runs", help="With --collect: folders of finished runs (one per seed, e.g. clones that "
                                       "each ran `ddmbench repro` with its own seed) instead of DVC experiments; "
                                       "repeat the option.")] = None,
+              out: Annotated[Path, typer.Option(
+                  help="With --collect: the JSON to write (e.g. one per profile).")] = Path("reports/replicate.json"),
               params: ParamsOption = Path("params.yaml")) -> None:
     """Headline paired contrasts across training seeds: queue R pipelines as DVC experiments, then collect
     every seed's value, a between-seed t-interval and the seeds that agree in sign (reports/replicate.json)."""
@@ -118,6 +120,6 @@ def replicate(seeds: Annotated[list[str], typer.Option(
         if from_json and from_runs:
             raise ConfigError("--from-json and --from-runs: give one source of finished runs, not both")
         doc = read_json(from_json, "dvc exp show --json > FILE") if from_json else None
-        rep.collect(cfg, paths, chosen, doc, from_runs)
+        rep.collect(cfg, paths, chosen, doc, from_runs, out)
 
     guard(body)

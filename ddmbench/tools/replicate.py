@@ -219,10 +219,11 @@ def aggregate(records: list[ExperimentRecord], pairs: list[tuple[str, str]], lev
 
 
 def collect(cfg: Config, paths: Paths, seeds: list[int], doc: list[dict[str, Any]] | None = None,
-            runs: list[Path] | None = None) -> dict[str, Any]:
+            runs: list[Path] | None = None, out: Path | None = None) -> dict[str, Any]:
     """Aggregate the finished experiments of ``seeds`` (from ``runs``, folders of finished runs; ``doc``, a
-    saved ``dvc exp show --json``; or from running it here); writes reports/replicate.json, prints a table."""
-    out_path = paths.reports / "replicate.json"
+    saved ``dvc exp show --json``; or from running it here); writes ``out`` (default reports/replicate.json,
+    relative to the repo root), prints a table."""
+    out_path = paths.root / out if out is not None else paths.reports / "replicate.json"
     ensure_writable(out_path)
     if runs:
         records, other = records_from_runs(runs), {}
@@ -234,7 +235,7 @@ def collect(cfg: Config, paths: Paths, seeds: list[int], doc: list[dict[str, Any
     result["not_finished"] = other
     write_json(out_path, result)
     show(result)
-    console.print(f"wrote {out_path.relative_to(paths.root)}")
+    console.print(f"wrote {out_path.relative_to(paths.root) if out_path.is_relative_to(paths.root) else out_path}")
     return result
 
 
