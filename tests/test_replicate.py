@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import invoke, make_project, run_cli
+from conftest import REPO_ROOT, invoke, make_project, run_cli
 from scipy import stats
 
 from ddmbench.config import parse_config
@@ -213,3 +213,21 @@ def test_collect_from_run_folders(tmp_path: Path) -> None:
     (runs[2] / "metrics" / "contrast.json").unlink()
     with pytest.raises(ArtifactError, match="contrast.json is missing"):
         records_from_runs(runs)
+
+
+@pytest.mark.parametrize("profile", ["fashion-dit", "ci"])
+def test_the_published_replications_are_what_their_published_runs_give(profile: str) -> None:
+    """reports/replication/<profile>.json (README) re-collected from reports/replication/<profile>/s* by today's
+    code, with the profile's declared primaries."""
+    from ddmbench.config.loading import load_config
+    from ddmbench.report.summary import contrast_entries
+    from ddmbench.tools.replicate import records_from_runs
+
+    root = REPO_ROOT / "reports" / "replication"
+    runs = sorted((root / profile).glob("s*"))
+    chosen = check_records(records_from_runs(runs), [0, 1, 2])
+    cfg = load_config(REPO_ROOT / "params" / f"{profile}.yaml")
+    result = aggregate(chosen, headline(cfg, contrast_entries(chosen[0].contrast)))
+    published = json.loads((root / f"{profile}.json").read_text())
+    assert json.loads(json.dumps(result["contrasts"])) == published["contrasts"]
+    assert published["seeds"] == [0, 1, 2]
