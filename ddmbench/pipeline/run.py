@@ -222,9 +222,8 @@ def _in_process(stage: Stage, cfg: Config, paths: Paths, module: str, option: st
 
 
 def _record(stage: Stage) -> None:
-    """Hash the stage's deps and outs into the stage (dvc.lock is written by ``stage.dump``), the run cache
-    and the DVC cache, as ``Stage.run`` does after the command."""
-    stage.save_deps()
+    """Hash the stage's deps and outs into the stage (``Stage.save``; dvc.lock is written by ``stage.dump``),
+    the run cache and the DVC cache, as ``Stage.run`` does after the command."""
     no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
     stage.save(run_cache=not no_cache_outs)
     stage.commit()

@@ -4,7 +4,7 @@ A foreach group is the stages one ``foreach`` of dvc.yaml makes (``train-expert@
 ``evaluate@<policy>``, ``analyze@<policy>``): same command, one ``--expert``/``--policy`` value each, and
 no member reads another's outputs. On a small CPU, N processes of ``threads // N`` intra-op threads each
 use the cores better than one process of ``threads`` threads on these small nets (measured on 2 cores:
-``ddmbench bench`` and the README's "Speed").
+README "Processes or threads"; ``benchmarks/repro_jobs.py`` times a whole pipeline both ways).
 
 DVC still decides everything: its plan, its staleness test, dvc.lock. When DVC reaches the first member of a
 group, every member that is stale and whose upstream stages DVC has already processed runs in the worker
@@ -13,8 +13,9 @@ in its own order and only records what the worker wrote (deps and outs hashed, d
 A member that was not ready, or whose worker failed, is left to the normal in-process path.
 
 Each stage's result depends on its inputs and seeds only, never on which process ran it or when; the one
-thing a worker changes is the number of intra-op threads, whose float drift ``benchmarks/gate_power.py
---drift`` measures.
+thing a worker changes is the number of intra-op threads, and another thread count is another float path
+(training diverges in the last bits and carries it into the weights: reports/baseline/README.md), so
+``--jobs 2`` on 2 cores is not bit-identical to ``--jobs 1``.
 """
 
 from __future__ import annotations

@@ -335,6 +335,10 @@ def _this_path(isa: str | None, threads: int | None) -> tuple[str, int]:
     return str(isa or fingerprint["isa"]), int(threads or fingerprint["threads"])
 
 
+def _threads_text(n: int) -> str:
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
 def _same_path(doc: dict[str, Any], isa: str, threads: int) -> bool:
     return float_path(doc) in (None, isa) and float_threads(doc) in (None, threads)
 
@@ -368,9 +372,8 @@ def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None,
                             f"{base_digest[:12]}…; FID/KID of two evaluators live in different feature spaces: "
                             "fix evaluator.seed/net/steps to the baseline's, or regenerate the baseline")
     base_isa, base_threads = float_path(baseline), float_threads(baseline)
-    n_threads = lambda n: f"{n} thread" + ("s" if n != 1 else "")  # noqa: E731
-    where = (f"{base_isa}" + (f" with {n_threads(base_threads)}" if base_threads else "") +
-             f", this machine {isa} with {n_threads(threads)}" +
+    where = (f"{base_isa}" + (f" with {_threads_text(base_threads)}" if base_threads else "") +
+             f", this machine {isa} with {_threads_text(threads)}" +
              (f"; OMP_NUM_THREADS={base_threads} checks determinism against it"
               if base_threads and base_threads != threads and base_isa in (None, isa) else ""))
     flat = flatten_metrics(metrics_dir)
