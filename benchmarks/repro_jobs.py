@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("reports/repro-jobs.json"))
     args = ap.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="repro-jobs-"))
-    archive, seconds = head_archive(args.repo), {}
+    archive, commit, seconds = head_archive(args.repo), head_commit(args.repo), {}  # the commit the runs use
     try:
         for jobs in (1, args.jobs):
             copy = scratch / f"jobs-{jobs}"
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         drift = drift_stats(scratch / "jobs-1" / "metrics", scratch / f"jobs-{args.jobs}" / "metrics")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    result = {"profile": str(args.profile), "commit": head_commit(args.repo), "machine": machine_fingerprint(),
+    result = {"profile": str(args.profile), "commit": commit, "machine": machine_fingerprint(),
               "threads": torch.get_num_threads(), "jobs": args.jobs,
               "wall_s": {"jobs_1": seconds[1], f"jobs_{args.jobs}": seconds[args.jobs]},
               "speedup": seconds[1] / seconds[args.jobs], "metrics_vs_jobs_1": drift}
