@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ddmbench.cli import app
 from ddmbench.errors import ArtifactError
-from ddmbench.tools import regression
+from ddmbench.tools import float_paths, regression
 from ddmbench.tools import spread as spread_tool
 
 TOP1_FID = (-8.0, -11.0, -5.0)     # top-1 − full: delta and its paired 95% interval (excludes 0: sign guarded)
@@ -284,12 +284,12 @@ def test_baseline_of_another_float_path_gates_the_contrasts_alone(tmp_path: Path
 
 def test_compare_picks_the_baseline_of_this_float_path(tmp_path: Path) -> None:
     docs = {name: {"machine": {"isa": isa}} for name, isa in (("ci-avx2.json", "avx2"), ("ci-avx512.json", "avx512"))}
-    assert regression.choose_baseline(docs, isa="avx512")[0] == "ci-avx512.json"
-    assert regression.choose_baseline(docs, isa="avx2")[0] == "ci-avx2.json"
-    assert regression.choose_baseline(docs, isa="aarch64")[0] == "ci-avx2.json"   # none: the first, (b) alone
-    assert regression.choose_baseline({"old.json": {}}, isa="avx512")[0] == "old.json"   # no machine recorded
+    assert float_paths.choose_baseline(docs, isa="avx512")[0] == "ci-avx512.json"
+    assert float_paths.choose_baseline(docs, isa="avx2")[0] == "ci-avx2.json"
+    assert float_paths.choose_baseline(docs, isa="aarch64")[0] == "ci-avx2.json"   # none: the first, (b) alone
+    assert float_paths.choose_baseline({"old.json": {}}, isa="avx512")[0] == "old.json"   # no machine recorded
     with pytest.raises(ArtifactError, match="no baseline"):
-        regression.choose_baseline({})
+        float_paths.choose_baseline({})
 
 
 def test_cli_compare_reads_a_folder_of_baselines_and_skips_spread_files(tmp_path: Path,
@@ -322,7 +322,7 @@ def test_another_thread_count_is_another_float_path(tmp_path: Path) -> None:
         regression.compare(moved, base, isa="avx512", threads=2)
     docs = {"t1.json": {"machine": {"isa": "avx512", "threads": 1}}, "t2.json": {"machine": {"isa": "avx512", "threads": 2}},
             "avx2.json": {"machine": {"isa": "avx2", "threads": 2}}}
-    assert regression.choose_baseline(docs, isa="avx512", threads=2)[0] == "t2.json"
-    assert regression.choose_baseline(docs, isa="avx512", threads=1)[0] == "t1.json"
-    assert regression.choose_baseline(docs, isa="avx512", threads=4)[0] == "t1.json"     # same ISA, (b) alone
-    assert regression.choose_baseline(docs, isa="avx2", threads=1)[0] == "avx2.json"
+    assert float_paths.choose_baseline(docs, isa="avx512", threads=2)[0] == "t2.json"
+    assert float_paths.choose_baseline(docs, isa="avx512", threads=1)[0] == "t1.json"
+    assert float_paths.choose_baseline(docs, isa="avx512", threads=4)[0] == "t1.json"     # same ISA, (b) alone
+    assert float_paths.choose_baseline(docs, isa="avx2", threads=1)[0] == "avx2.json"

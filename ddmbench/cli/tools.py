@@ -189,7 +189,7 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
     from rich.table import Table
 
     from ddmbench.io import read_json
-    from ddmbench.tools import regression
+    from ddmbench.tools import float_paths, regression
 
     def body() -> int:
         regression.flatten_metrics(current)   # the run's folder first: its error is the likelier one
@@ -201,7 +201,7 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
                 if given.is_dir() and not (isinstance(doc, dict) and isinstance(doc.get("values"), dict)):
                     continue  # spread, drift and gate-power files live beside the baselines
                 found[str(path)] = regression.check_baseline(doc, path)
-        baseline, base = regression.choose_baseline(found)
+        baseline, base = float_paths.choose_baseline(found)
         result = regression.compare(current, base)
         table = Table(title=f"headline contrasts: {current} vs {baseline}")
         for col in ("contrast", "baseline", "current", "tolerance", "sign guarded", "pass"):

@@ -39,6 +39,7 @@ from typing import Any
 from ddmbench.errors import ArtifactError
 from ddmbench.evaluation.identity import check_same_evaluator
 from ddmbench.hardware import machine_fingerprint
+from ddmbench.tools.float_paths import float_path, float_threads, same_path, this_path, threads_text
 
 FORMAT = 2
 REFERENCE = "full"
@@ -318,45 +319,6 @@ class GateResult:
         return f"regression: {values}; {science}{constants}"
 
 
-def float_path(doc: dict[str, Any]) -> str | None:
-    """The vector ISA a baseline was made on; None for a baseline that did not record its machine."""
-    machine = doc.get("machine")
-    return str(machine["isa"]) if isinstance(machine, dict) and machine.get("isa") else None
-
-
-def float_threads(doc: dict[str, Any]) -> int | None:
-    """The intra-op thread count a baseline was made with; None where it was not recorded."""
-    machine = doc.get("machine")
-    return int(machine["threads"]) if isinstance(machine, dict) and machine.get("threads") else None
-
-
-def _this_path(isa: str | None, threads: int | None) -> tuple[str, int]:
-    fingerprint = machine_fingerprint()
-    return str(isa or fingerprint["isa"]), int(threads or fingerprint["threads"])
-
-
-def _threads_text(n: int) -> str:
-    return f"{n} thread" + ("s" if n != 1 else "")
-
-
-def _same_path(doc: dict[str, Any], isa: str, threads: int) -> bool:
-    return float_path(doc) in (None, isa) and float_threads(doc) in (None, threads)
-
-
-def choose_baseline(baselines: dict[str, dict[str, Any]], isa: str | None = None,
-                    threads: int | None = None) -> tuple[str, dict[str, Any]]:
-    """(name, baseline) to judge a run made on this float path (vector ISA ``isa``, ``threads`` intra-op threads;
-    default this process's) with: the first made on the same path (or that did not record it), else the first
-    on the same ISA, else the first given (then :func:`compare` gates the contrasts alone)."""
-    if not baselines:
-        raise ArtifactError("no baseline given; make one with `ddmbench baseline --why '...'`")
-    isa, threads = _this_path(isa, threads)
-    same = [name for name, doc in baselines.items() if _same_path(doc, isa, threads)]
-    same_isa = [name for name, doc in baselines.items() if float_path(doc) in (None, isa)]
-    name = (same or same_isa or list(baselines))[0]
-    return name, baselines[name]
-
-
 def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None,
             threads: int | None = None) -> GateResult:
     """Check a run's metrics folder, made on this machine (vector ISA ``isa`` and ``threads`` intra-op threads,
@@ -364,16 +326,16 @@ def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None,
     path, its values must reproduce (a) and its contrasts hold (b); another evaluator digest there is another
     evaluator, whose FID/KID live in another feature space: one-line ArtifactError naming both digests. Made on
     another path, only (b) is gated."""
-    isa, threads = _this_path(isa, threads)
-    other = not _same_path(baseline, isa, threads)
+    isa, threads = this_path(isa, threads)
+    other = not same_path(baseline, isa, threads)
     digest, base_digest = evaluator_digest(metrics_dir), baseline.get("evaluator_sha256")
     if digest and base_digest and digest != base_digest and not other:
         raise ArtifactError(f"{metrics_dir} was measured with evaluator {digest[:12]}… but the baseline with "
                             f"{base_digest[:12]}…; FID/KID of two evaluators live in different feature spaces: "
                             "fix evaluator.seed/net/steps to the baseline's, or regenerate the baseline")
     base_isa, base_threads = float_path(baseline), float_threads(baseline)
-    where = (f"{base_isa}" + (f" with {_threads_text(base_threads)}" if base_threads else "") +
-             f", this machine {isa} with {_threads_text(threads)}" +
+    where = (f"{base_isa}" + (f" with {threads_text(base_threads)}" if base_threads else "") +
+             f", this machine {isa} with {threads_text(threads)}" +
              (f"; OMP_NUM_THREADS={base_threads} checks determinism against it"
               if base_threads and base_threads != threads and base_isa in (None, isa) else ""))
     flat = flatten_metrics(metrics_dir)
