@@ -28,7 +28,15 @@ def _dvc(root: Path, *args: str, **kwargs) -> subprocess.Popen:
     """`dvc ...` in its own process group, so that a signal reaches every process of it, as Ctrl-C does."""
     dvc = Path(sys.executable).parent / "dvc"
     return subprocess.Popen([str(dvc), *args], cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, **kwargs)
+                            text=True, start_new_session=True, preexec_fn=_terminal_sigint, **kwargs)
+
+
+def _terminal_sigint() -> None:
+    """In the child before exec: SIGINT as a terminal's process gets it (default action, not blocked). An ignored
+    or blocked SIGINT is inherited across exec, and the test process may have one from an earlier test in it
+    (e.g. a process pool's start-up blocks signals for a moment)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
