@@ -31,9 +31,8 @@ from typing import Any
 import yaml
 
 from ddmbench.errors import ArtifactError, ConfigError
-from ddmbench.hardware import machine_fingerprint
 from ddmbench.io import read_json, write_json, write_text
-from ddmbench.tools import regression
+from ddmbench.tools import float_paths, regression
 
 START, END = "<!-- gate-power:start -->", "<!-- gate-power:end -->"
 
@@ -199,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repo", type=Path, default=Path.cwd())
     ap.add_argument("--profile", type=Path, default=Path("params/ci.yaml"))
     ap.add_argument("--baseline", type=Path, default=None,
-                    help="default reports/baseline/ci-<this CPU's vector ISA>.json (the control must reproduce it)")
+                    help="default reports/baseline/ci-<this CPU's vendor>-<vector ISA>.json (the control must reproduce it)")
     ap.add_argument("--data-root", type=Path, default=Path("data"), help="raw datasets (data.root of the copies)")
     ap.add_argument("--only", action="append", choices=[m.name for m in MUTATIONS], help="run only these")
     ap.add_argument("--timeout-min", type=float, default=90.0, help="per CI-profile run")
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return write_drift(args, drift_stats(*args.drift_runs))
     if args.drift:
         return measure_drift(args)
-    args.baseline = args.baseline or Path(f"reports/baseline/ci-{machine_fingerprint()['isa']}.json")
+    args.baseline = args.baseline or Path("reports/baseline") / float_paths.baseline_name(float_paths.this_path())
     baseline = regression.check_baseline(read_json(args.baseline, "ddmbench baseline --why '...'"), args.baseline)
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
     archive, commit = head_archive(args.repo), head_commit(args.repo)

@@ -270,9 +270,9 @@ def test_baseline_of_another_float_path_gates_the_contrasts_alone(tmp_path: Path
             "machine": {"isa": "avx2", "cpu": "c", "torch": "t"}}
     moved = _metrics(tmp_path / "moved", scale=1.1)       # every value beyond drift, the contrasts hold
     _stamp(moved, "b" * 64)
-    result = regression.compare(moved, base, isa="avx512")
+    result = regression.compare(moved, base, isa="avx512", vendor="intel")
     assert result.verdict == "other-machine" and result.beyond and not result.failed_contrasts
-    assert result.summary().startswith("other-machine: ") and "avx2, this machine avx512" in result.summary()
+    assert result.summary().startswith("other-machine: ") and "avx2, this machine intel avx512" in result.summary()
     flipped = _metrics(tmp_path / "flipped", top1_fid=(0.5, -2.5, 3.5))
     _stamp(flipped, "b" * 64)
     assert regression.compare(flipped, base, isa="avx512").verdict == "regression"
@@ -292,6 +292,32 @@ def test_compare_picks_the_baseline_of_this_float_path(tmp_path: Path) -> None:
         float_paths.choose_baseline({})
 
 
+def test_another_cpu_vendor_is_another_float_path(tmp_path: Path) -> None:
+    """An AMD EPYC and an Intel Xeon, both AVX-512 at 2 threads, trained other evaluators from the same seed
+    (reports/baseline/README.md): the vendor is part of the float path, so a run on the other vendor is
+    judged on (b) alone instead of refused for its evaluator, and each vendor finds its own baseline."""
+    intel = {"isa": "avx512", "cpu": "Intel(R) Xeon(R) Processor", "threads": 2}
+    amd = {"isa": "avx512", "cpu": "AMD EPYC", "threads": 2}
+    docs = {"ci-intel-avx512.json": {"machine": intel}, "ci-amd-avx512.json": {"machine": amd},
+            "ci-amd-avx2.json": {"machine": {**amd, "isa": "avx2"}}}
+    assert float_paths.choose_baseline(docs, isa="avx512", threads=2, vendor="amd")[0] == "ci-amd-avx512.json"
+    assert float_paths.choose_baseline(docs, isa="avx512", threads=2, vendor="intel")[0] == "ci-intel-avx512.json"
+    assert float_paths.choose_baseline(docs, isa="avx2", threads=2, vendor="intel")[0] == "ci-amd-avx2.json"
+    assert float_paths.baseline_name(float_paths.path_of({"machine": amd})) == "ci-amd-avx512.json"
+    assert float_paths.baseline_name(float_paths.path_of({"machine": {"isa": "aarch64", "cpu": "Neoverse"}})) == \
+        "ci-aarch64.json"
+    base_dir = _metrics(tmp_path / "base")
+    _stamp(base_dir, "a" * 64)
+    base = {**regression.make_baseline(base_dir, why="t", git_commit="x", profile="p"), "machine": intel}
+    moved = _metrics(tmp_path / "moved", scale=1.1)
+    _stamp(moved, "b" * 64)
+    result = regression.compare(moved, base, isa="avx512", threads=2, vendor="amd")
+    assert result.verdict == "other-machine" and not result.failed_contrasts
+    assert "intel avx512 with 2 threads, this machine amd avx512 with 2 threads" in result.summary()
+    with pytest.raises(ArtifactError, match="evaluator bbbbbbbbbbbb"):
+        regression.compare(moved, base, isa="avx512", threads=2, vendor="intel")
+
+
 def test_cli_compare_reads_a_folder_of_baselines_and_skips_spread_files(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -299,7 +325,7 @@ def test_cli_compare_reads_a_folder_of_baselines_and_skips_spread_files(tmp_path
     folder = tmp_path / "baselines"
     folder.mkdir()
     doc = regression.make_baseline(tmp_path / "metrics", why="t", git_commit="x", profile="p")
-    (folder / f"ci-{doc['machine']['isa']}.json").write_text(json.dumps(doc))
+    (folder / float_paths.baseline_name(float_paths.path_of(doc))).write_text(json.dumps(doc))
     (folder / "spread-ci.json").write_text(json.dumps({"runs": [], "metrics": {}}))
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["compare", "metrics", "baselines"])
     assert result.exit_code == 0, result.output
@@ -315,9 +341,9 @@ def test_another_thread_count_is_another_float_path(tmp_path: Path) -> None:
             "machine": {"isa": "avx512", "cpu": "c", "torch": "t", "threads": 2}}
     moved = _metrics(tmp_path / "moved", scale=1.1)
     _stamp(moved, "b" * 64)
-    result = regression.compare(moved, base, isa="avx512", threads=1)
+    result = regression.compare(moved, base, isa="avx512", threads=1, vendor="intel")
     assert result.verdict == "other-machine" and not result.failed_contrasts
-    assert "avx512 with 2 threads, this machine avx512 with 1 thread; OMP_NUM_THREADS=2" in result.summary()
+    assert "avx512 with 2 threads, this machine intel avx512 with 1 thread; OMP_NUM_THREADS=2" in result.summary()
     with pytest.raises(ArtifactError, match="evaluator bbbbbbbbbbbb"):
         regression.compare(moved, base, isa="avx512", threads=2)
     docs = {"t1.json": {"machine": {"isa": "avx512", "threads": 1}}, "t2.json": {"machine": {"isa": "avx512", "threads": 2}},

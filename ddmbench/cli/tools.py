@@ -178,8 +178,8 @@ def bench_train(net: Annotated[str, typer.Option(help="Velocity-net preset (unet
 @app.command()
 def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the run to check.")] = Path("metrics"),
             baselines: Annotated[Optional[list[Path]], typer.Argument(
-                help="Baseline JSON files, or folders of them (one per float path: the one made on this CPU's "
-                     "vector ISA is used); default: reports/baseline/.")] = None,
+                help="Baseline JSON files, or folders of them (one per float path: the one made on this CPU's vendor, "
+                     "vector ISA and thread count is used); default: reports/baseline/.")] = None,
             failures_only: Annotated[bool, typer.Option(
                 help="List only what fails: failing contrasts, and values beyond drift only where gated.")] = False
             ) -> None:
@@ -245,12 +245,12 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
                  min=0.0, max=0.01, help="Float drift the determinism check allows, as a fraction of each value's "
                                          "scale (default regression.DRIFT_REL; measured: reports/baseline/README.md).")] = None,
              out: Annotated[Optional[Path], typer.Option(
-                 help="Baseline file to write (default reports/baseline/ci-<this CPU's vector ISA>.json).")] = None) -> None:
+                 help="Baseline file to write (default reports/baseline/ci-<this CPU's vendor>-<ISA>.json).")] = None) -> None:
     """Freeze a run as the regression baseline: its values, its config constants, and its headline contrasts
     with their tolerances and guarded signs."""
     from ddmbench.io import read_json, write_json
     from ddmbench.pipeline.tracking import git_commit
-    from ddmbench.tools import regression
+    from ddmbench.tools import float_paths, regression
 
     def body() -> None:
         if not why.strip():
@@ -260,7 +260,7 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
         result = regression.make_baseline(current, why=why, git_commit=git_commit(Path.cwd()), profile=str(params),
                                           spread=spread_doc,
                                           drift_rel=regression.DRIFT_REL if drift_rel is None else drift_rel)
-        target = out or Path(f"reports/baseline/ci-{result['machine']['isa']}.json")
+        target = out or Path("reports/baseline") / float_paths.baseline_name(float_paths.path_of(result))
         write_json(target, result)
         guarded = sum(1 for c in result["contrasts"].values() if c["sign"])
         console.print(f"wrote {target}: {len(result['values'])} values, {len(result['constants'])} constants, "

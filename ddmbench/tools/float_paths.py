@@ -1,54 +1,94 @@
 """Float paths: which CI baseline a run's determinism can be judged against.
 
-A same-seed run reproduces bit for bit only on the same float path: the CPU's vector ISA (AVX2 and AVX-512
-run other oneDNN/ATen kernels) and torch's intra-op thread count (reductions split differently). Both were
-measured to train another evaluator from the same seed (reports/baseline/README.md). A baseline records the
-machine it was made on (:func:`ddmbench.hardware.machine_fingerprint`); one that did not record its threads
-matches any count.
+A same-seed run reproduces bit for bit only on the same float path: the CPU's vendor and vector ISA (AVX2 and
+AVX-512 run other oneDNN/ATen kernels, and an AMD and an Intel CPU with the same AVX-512 flags were measured
+to train another evaluator from the same seed: MKL and oneDNN dispatch by vendor too) and torch's intra-op
+thread count (reductions split differently). Each was measured to train another evaluator from the same seed
+(reports/baseline/README.md). A baseline records the machine it was made on
+(:func:`ddmbench.hardware.machine_fingerprint`); one that did not record its threads matches any count, and
+one whose CPU model names no known vendor matches any vendor.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ddmbench.errors import ArtifactError
 from ddmbench.hardware import machine_fingerprint
 
 
-def float_path(doc: dict[str, Any]) -> str | None:
-    """The vector ISA a baseline was made on; None for a baseline that did not record its machine."""
+@dataclass(frozen=True)
+class FloatPath:
+    """vendor ('intel', 'amd' or None where unknown), vector ISA and intra-op threads (None: not recorded)."""
+
+    vendor: str | None
+    isa: str | None
+    threads: int | None
+
+    def text(self) -> str:
+        parts = [p for p in (self.vendor, self.isa) if p]
+        return " ".join(parts or ["unknown CPU"]) + (f" with {threads_text(self.threads)}" if self.threads else "")
+
+
+def vendor_of(cpu: str | None) -> str | None:
+    """'intel' or 'amd' from a CPU model name ('Intel(R) Xeon(R) ...', 'AMD EPYC ...'); None otherwise."""
+    name = (cpu or "").lower()
+    return "intel" if "intel" in name else "amd" if "amd" in name else None
+
+
+def path_of(doc: dict[str, Any]) -> FloatPath:
+    """The float path a baseline (or any document with a ``machine`` fingerprint) was made on."""
     machine = doc.get("machine")
-    return str(machine["isa"]) if isinstance(machine, dict) and machine.get("isa") else None
+    if not isinstance(machine, dict):
+        return FloatPath(None, None, None)
+    return FloatPath(vendor_of(machine.get("cpu")), str(machine["isa"]) if machine.get("isa") else None,
+                     int(machine["threads"]) if machine.get("threads") else None)
 
 
-def float_threads(doc: dict[str, Any]) -> int | None:
-    """The intra-op thread count a baseline was made with; None where it was not recorded."""
-    machine = doc.get("machine")
-    return int(machine["threads"]) if isinstance(machine, dict) and machine.get("threads") else None
-
-
-def this_path(isa: str | None, threads: int | None) -> tuple[str, int]:
+def this_path(isa: str | None = None, threads: int | None = None, vendor: str | None = None) -> FloatPath:
+    """This process's float path; each part can be given instead (tests, or a run made elsewhere)."""
     fingerprint = machine_fingerprint()
-    return str(isa or fingerprint["isa"]), int(threads or fingerprint["threads"])
+    return FloatPath(vendor or vendor_of(str(fingerprint["cpu"])), str(isa or fingerprint["isa"]),
+                     int(threads or fingerprint["threads"]))
 
 
 def threads_text(n: int) -> str:
     return f"{n} thread" + ("s" if n != 1 else "")
 
 
-def same_path(doc: dict[str, Any], isa: str, threads: int) -> bool:
-    return float_path(doc) in (None, isa) and float_threads(doc) in (None, threads)
+def _matches(recorded: Any, here: Any) -> bool:
+    return recorded is None or here is None or recorded == here
 
 
-def choose_baseline(baselines: dict[str, dict[str, Any]], isa: str | None = None,
-                    threads: int | None = None) -> tuple[str, dict[str, Any]]:
-    """(name, baseline) to judge a run made on this float path (vector ISA ``isa``, ``threads`` intra-op threads;
-    default this process's) with: the first made on the same path (or that did not record it), else the first
-    on the same ISA, else the first given (then :func:`compare` gates the contrasts alone)."""
+def same_path(doc: dict[str, Any], here: FloatPath) -> bool:
+    base = path_of(doc)
+    return (_matches(base.vendor, here.vendor) and _matches(base.isa, here.isa)
+            and _matches(base.threads, here.threads))
+
+
+def choose_baseline(baselines: dict[str, dict[str, Any]], isa: str | None = None, threads: int | None = None,
+                    vendor: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(name, baseline) to judge a run made on this float path (default this process's) with: the first made on
+    the same path (or that did not record it), else the first of the same vendor and ISA, else the first of the
+    same ISA, else the first given (on another path :func:`compare` gates the contrasts alone)."""
     if not baselines:
         raise ArtifactError("no baseline given; make one with `ddmbench baseline --why '...'`")
-    isa, threads = this_path(isa, threads)
-    same = [name for name, doc in baselines.items() if same_path(doc, isa, threads)]
-    same_isa = [name for name, doc in baselines.items() if float_path(doc) in (None, isa)]
-    name = (same or same_isa or list(baselines))[0]
+    here = this_path(isa, threads, vendor)
+
+    def near(doc: dict[str, Any], vendor_too: bool) -> bool:
+        base = path_of(doc)
+        return _matches(base.isa, here.isa) and (not vendor_too or _matches(base.vendor, here.vendor))
+
+    for keep in (lambda d: same_path(d, here), lambda d: near(d, True), lambda d: near(d, False)):
+        names = [name for name, doc in baselines.items() if keep(doc)]
+        if names:
+            return names[0], baselines[names[0]]
+    name = next(iter(baselines))
     return name, baselines[name]
+
+
+def baseline_name(path: FloatPath) -> str:
+    """Default file name of a baseline made on ``path``: ci-<vendor>-<isa>.json (ci-<isa>.json where the vendor
+    is unknown)."""
+    return f"ci-{path.vendor}-{path.isa}.json" if path.vendor else f"ci-{path.isa}.json"

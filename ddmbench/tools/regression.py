@@ -20,8 +20,9 @@ Timings measure the machine and are never compared. ``compare`` ends in one verd
 **Float paths.** A baseline records the machine it was made on (:func:`ddmbench.hardware.machine_fingerprint`).
 CPUs with another vector ISA (AVX2 vs AVX-512) run other oneDNN/ATen kernels, and another intra-op thread
 count splits the reductions differently, so the same seed trains a slightly different evaluator and every
-model drifts beyond (a) (both measured: reports/baseline/README.md). A float path is the ISA and the thread
-count (a baseline that did not record its threads matches any). ``compare`` therefore takes one baseline per
+model drifts beyond (a) (both measured: reports/baseline/README.md), and so did an AMD and an Intel CPU with
+the same AVX-512 flags. A float path is the CPU vendor, the ISA and the thread count
+(:mod:`ddmbench.tools.float_paths`; a part a baseline did not record matches any). ``compare`` therefore takes one baseline per
 float path and judges (a) against the one made on this path. When none was, it says so and judges (b) alone
 (verdict ``other-machine``, exit 0 when every contrast holds). A run on the same path with another
 evaluator digest is another evaluator: refused in one line.
@@ -32,14 +33,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ddmbench.errors import ArtifactError
 from ddmbench.evaluation.identity import check_same_evaluator
 from ddmbench.hardware import machine_fingerprint
-from ddmbench.tools.float_paths import float_path, float_threads, same_path, this_path, threads_text
+from ddmbench.tools.float_paths import path_of, same_path, this_path
 
 FORMAT = 2
 REFERENCE = "full"
@@ -320,24 +321,24 @@ class GateResult:
 
 
 def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None,
-            threads: int | None = None) -> GateResult:
-    """Check a run's metrics folder, made on this machine (vector ISA ``isa`` and ``threads`` intra-op threads,
-    default this process's), against a format-2 baseline (:func:`check_baseline` first). Made on the same float
-    path, its values must reproduce (a) and its contrasts hold (b); another evaluator digest there is another
-    evaluator, whose FID/KID live in another feature space: one-line ArtifactError naming both digests. Made on
-    another path, only (b) is gated."""
-    isa, threads = this_path(isa, threads)
-    other = not same_path(baseline, isa, threads)
+            threads: int | None = None, vendor: str | None = None) -> GateResult:
+    """Check a run's metrics folder, made on this machine (CPU ``vendor``, vector ISA ``isa`` and ``threads``
+    intra-op threads, default this process's), against a format-2 baseline (:func:`check_baseline` first). Made
+    on the same float path, its values must reproduce (a) and its contrasts hold (b); another evaluator digest
+    there is another evaluator, whose FID/KID live in another feature space: one-line ArtifactError naming both
+    digests. Made on another path, only (b) is gated."""
+    here = this_path(isa, threads, vendor)
+    other = not same_path(baseline, here)
     digest, base_digest = evaluator_digest(metrics_dir), baseline.get("evaluator_sha256")
     if digest and base_digest and digest != base_digest and not other:
         raise ArtifactError(f"{metrics_dir} was measured with evaluator {digest[:12]}… but the baseline with "
                             f"{base_digest[:12]}…; FID/KID of two evaluators live in different feature spaces: "
                             "fix evaluator.seed/net/steps to the baseline's, or regenerate the baseline")
-    base_isa, base_threads = float_path(baseline), float_threads(baseline)
-    where = (f"{base_isa}" + (f" with {threads_text(base_threads)}" if base_threads else "") +
-             f", this machine {isa} with {threads_text(threads)}" +
-             (f"; OMP_NUM_THREADS={base_threads} checks determinism against it"
-              if base_threads and base_threads != threads and base_isa in (None, isa) else ""))
+    made_on = path_of(baseline)
+    where = (f"{made_on.text()}, this machine {here.text()}" +
+             (f"; OMP_NUM_THREADS={made_on.threads} checks determinism against it"
+              if made_on.threads and made_on.threads != here.threads and same_path(baseline, replace(here, threads=None))
+              else ""))
     flat = flatten_metrics(metrics_dir)
     drift = baseline.get("drift") or {"abs": DRIFT_ABS, "rel": DRIFT_REL}
     # classify by today's rules, so a number reclassified since the baseline was made is judged as what it is
