@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,12 +55,7 @@ def run_cells(repo: Path, cells: Iterable[tuple[str, dict[str, Any]]], out: Path
             continue
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         start = time.monotonic()
-        try:
-            proc = subprocess.run([sys.executable, "-m", "ddmbench", "repro"], cwd=work, env=env, capture_output=True,
-                                  text=True, timeout=timeout_min * 60)
-            ok, tail = proc.returncode == 0, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        except subprocess.TimeoutExpired:
-            ok, tail = False, [f"timed out after {timeout_min:.0f} min"]
+        ok, tail = _repro_logged(work, env, out / f"{name}.log", timeout_min)
         minutes = (time.monotonic() - start) / 60
         if not ok:
             failed += 1
@@ -73,6 +69,29 @@ def run_cells(repo: Path, cells: Iterable[tuple[str, dict[str, Any]]], out: Path
         print(f"{name}: {minutes:.1f} min", flush=True)
     shutil.rmtree(work.parent, ignore_errors=True)
     return failed
+
+
+def _repro_logged(work: Path, env: dict[str, str], log: Path, timeout_min: float) -> tuple[bool, list[str]]:
+    """``ddmbench --quiet repro`` in ``work``; every output line goes to ``log`` as it comes, prefixed with the
+    seconds since the start (so a stage's wall time is the gap between its line and the next stage's).
+    Returns (finished with exit 0, the last three lines)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start, lines = time.monotonic(), []
+    with log.open("w") as sink, subprocess.Popen([sys.executable, "-m", "ddmbench", "--quiet", "repro"], cwd=work,
+                                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                  text=True) as proc:
+        watchdog = threading.Timer(timeout_min * 60, proc.kill)   # also stops a stage that hangs silently
+        watchdog.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sink.write(f"[{time.monotonic() - start:7.1f}s] {line}")
+            sink.flush()
+            lines = [*lines[-2:], line.rstrip()]
+        code = proc.wait()
+        watchdog.cancel()
+    if time.monotonic() - start >= timeout_min * 60:
+        return False, [f"timed out after {timeout_min:.0f} min"]
+    return code == 0, lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,8 @@ skipped on resume without running anything."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -67,3 +69,16 @@ def test_finished_runs_are_skipped_on_resume(tmp_path: Path, capsys: pytest.Capt
         (tmp_path / name / "metrics" / "contrast.json").write_text("{}")
     assert seed_runs.run_cells(REPO, cells, tmp_path, timeout_min=1) == 0
     assert capsys.readouterr().out.splitlines() == ["s0: done before, skipped", "s1: done before, skipped"]
+
+
+def test_a_run_logs_every_line_with_its_elapsed_seconds(tmp_path: Path) -> None:
+    """The per-run log carries each output line with the seconds since the start (stage wall times are read off
+    it); a failing repro (here: no dvc.yaml in the folder) is reported as failed with its last lines."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CI": "true"}
+    ok, tail = seed_runs._repro_logged(work, env, tmp_path / "s0.log", timeout_min=5)
+    lines = (tmp_path / "s0.log").read_text().splitlines()
+    assert not ok and tail and lines
+    assert all(re.match(r"^\[ *\d+\.\ds\] ", line) for line in lines)
+    assert tail[-1] == lines[-1].split("] ", 1)[1]
