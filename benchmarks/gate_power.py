@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,22 +117,43 @@ def export_head(archive: bytes, dest: Path) -> None:
     subprocess.run(git + ["commit", "-qm", "gate-power copy"], cwd=dest, check=True)
 
 
-def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float,
-                threads: int | None = None, jobs: int = 1) -> tuple[bool, str]:
-    """``ddmbench repro [--jobs N]`` (``dvc repro`` in one process) of ``profile`` in ``copy`` with its own code
-    (``threads``: OMP_NUM_THREADS, which sets torch's intra-op threads); (finished, last lines of output)."""
-    params = yaml.safe_load(profile.read_text())
-    params["data"]["root"] = str(data_root.resolve())
+def repro(copy: Path, params: dict[str, Any], *, timeout_s: float, threads: int | None = None, jobs: int = 1,
+          log: Path | None = None) -> tuple[bool, list[str]]:
+    """Write ``params`` as ``copy``/params.yaml and run ``ddmbench --quiet repro --jobs N`` (``dvc repro`` in one
+    process) there with the copy's own code (``threads``: OMP_NUM_THREADS, which sets torch's intra-op threads).
+    Every output line goes to ``log`` as it comes, prefixed with the seconds since the start (a stage's wall
+    time is the gap to the next stage's line). A watchdog kills a run past ``timeout_s``, also one that hangs
+    silently. Returns (finished with exit 0, the last five lines of output)."""
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(copy), "DVC_NO_ANALYTICS": "1",
            **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "ddmbench", "repro", "--jobs", str(jobs)], cwd=copy, env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return False, f"timed out after {timeout_s:.0f} s"
-    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
-    return proc.returncode == 0, tail
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+    start, lines = time.monotonic(), []
+    with (log.open("w") if log is not None else open(os.devnull, "w")) as sink, subprocess.Popen(
+            [sys.executable, "-m", "ddmbench", "--quiet", "repro", "--jobs", str(jobs)], cwd=copy, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        watchdog = threading.Timer(timeout_s, proc.kill)
+        watchdog.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sink.write(f"[{time.monotonic() - start:7.1f}s] {line}")
+            sink.flush()
+            lines = [*lines[-4:], line.rstrip()]
+        code = proc.wait()
+        watchdog.cancel()
+    if time.monotonic() - start >= timeout_s:
+        return False, [f"timed out after {timeout_s:.0f} s"]
+    return code == 0, lines
+
+
+def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float,
+                threads: int | None = None, jobs: int = 1) -> tuple[bool, str]:
+    """:func:`repro` of the profile file ``profile`` with ``data.root`` = ``data_root``; (finished, last lines)."""
+    params = yaml.safe_load(profile.read_text())
+    params["data"]["root"] = str(data_root.resolve())
+    ok, tail = repro(copy, params, timeout_s=timeout_s, threads=threads, jobs=jobs)
+    return ok, "\n".join(tail)
 
 
 def row_for(m: Mutation | None, metrics: Path | None, baseline: dict[str, Any], failure: str = "") -> dict[str, Any]:

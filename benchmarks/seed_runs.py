@@ -15,12 +15,9 @@ metrics/contrast.json is skipped, so an interrupted set resumes. Collect:
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,7 +26,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gate_power import export_head, head_archive  # noqa: E402
+from gate_power import export_head, head_archive, repro  # noqa: E402
 
 
 def seeded(profile: dict[str, Any], seed: int, data_root: Path) -> dict[str, Any]:
@@ -43,19 +40,18 @@ def seeded(profile: dict[str, Any], seed: int, data_root: Path) -> dict[str, Any
 def run_cells(repo: Path, cells: Iterable[tuple[str, dict[str, Any]]], out: Path, timeout_min: float) -> int:
     """Run ``ddmbench repro`` once per (name, params) in one export of ``repo``'s HEAD and copy each finished
     run's params.yaml and metrics/ to ``out/<name>``; names already finished there are skipped. Returns the
-    number of runs that failed (each is printed with its last lines of output)."""
+    number of runs that failed (each is printed with its last lines of output). Each run's output, timed line by
+    line, goes to ``out/<name>.log`` (:func:`gate_power.repro`)."""
     work = Path(tempfile.mkdtemp(prefix="ddmbench-runs-")) / "repo"
     export_head(head_archive(repo), work)
-    env = {**os.environ, "PYTHONPATH": str(work), "DVC_NO_ANALYTICS": "1"}
     failed = 0
     for name, params in cells:
         dest = out / name
         if (dest / "metrics" / "contrast.json").exists():
             print(f"{name}: done before, skipped", flush=True)
             continue
-        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         start = time.monotonic()
-        ok, tail = _repro_logged(work, env, out / f"{name}.log", timeout_min)
+        ok, tail = repro(work, params, timeout_s=timeout_min * 60, log=out / f"{name}.log")
         minutes = (time.monotonic() - start) / 60
         if not ok:
             failed += 1
@@ -69,29 +65,6 @@ def run_cells(repo: Path, cells: Iterable[tuple[str, dict[str, Any]]], out: Path
         print(f"{name}: {minutes:.1f} min", flush=True)
     shutil.rmtree(work.parent, ignore_errors=True)
     return failed
-
-
-def _repro_logged(work: Path, env: dict[str, str], log: Path, timeout_min: float) -> tuple[bool, list[str]]:
-    """``ddmbench --quiet repro`` in ``work``; every output line goes to ``log`` as it comes, prefixed with the
-    seconds since the start (so a stage's wall time is the gap between its line and the next stage's).
-    Returns (finished with exit 0, the last three lines)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start, lines = time.monotonic(), []
-    with log.open("w") as sink, subprocess.Popen([sys.executable, "-m", "ddmbench", "--quiet", "repro"], cwd=work,
-                                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                  text=True) as proc:
-        watchdog = threading.Timer(timeout_min * 60, proc.kill)   # also stops a stage that hangs silently
-        watchdog.start()
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sink.write(f"[{time.monotonic() - start:7.1f}s] {line}")
-            sink.flush()
-            lines = [*lines[-2:], line.rstrip()]
-        code = proc.wait()
-        watchdog.cancel()
-    if time.monotonic() - start >= timeout_min * 60:
-        return False, [f"timed out after {timeout_min:.0f} min"]
-    return code == 0, lines
 
 
 def main(argv: list[str] | None = None) -> int:
