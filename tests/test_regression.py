@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -261,15 +262,21 @@ def test_compare_refuses_another_evaluator(tmp_path: Path) -> None:
         regression.evaluator_digest(mixed)
 
 
+def _baseline_and_moved(tmp_path: Path, machine: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """A baseline made on ``machine`` with evaluator aaaa…, and a run whose every value moved beyond drift (its
+    contrasts hold) measured with evaluator bbbb…: what another float path gives."""
+    base_dir = _metrics(tmp_path / "base")
+    _stamp(base_dir, "a" * 64)
+    base = {**regression.make_baseline(base_dir, why="t", git_commit="x", profile="p"), "machine": machine}
+    moved = _metrics(tmp_path / "moved", scale=1.1)
+    _stamp(moved, "b" * 64)
+    return base, moved
+
+
 def test_baseline_of_another_float_path_gates_the_contrasts_alone(tmp_path: Path) -> None:
     """Another vector ISA trains another evaluator from the same seed (measured: AVX2 vs AVX-512, README of
     reports/baseline): (a) is not gated, the contrasts are; the same ISA with another digest is still refused."""
-    base_dir = _metrics(tmp_path / "base")
-    _stamp(base_dir, "a" * 64)
-    base = {**regression.make_baseline(base_dir, why="t", git_commit="x", profile="p"),
-            "machine": {"isa": "avx2", "cpu": "c", "torch": "t"}}
-    moved = _metrics(tmp_path / "moved", scale=1.1)       # every value beyond drift, the contrasts hold
-    _stamp(moved, "b" * 64)
+    base, moved = _baseline_and_moved(tmp_path, {"isa": "avx2", "cpu": "c", "torch": "t"})
     result = regression.compare(moved, base, isa="avx512", vendor="intel")
     assert result.verdict == "other-machine" and result.beyond and not result.failed_contrasts
     assert result.summary().startswith("other-machine: ") and "avx2, this machine intel avx512" in result.summary()
@@ -306,11 +313,7 @@ def test_another_cpu_vendor_is_another_float_path(tmp_path: Path) -> None:
     assert float_paths.baseline_name(float_paths.path_of({"machine": amd})) == "ci-amd-avx512.json"
     assert float_paths.baseline_name(float_paths.path_of({"machine": {"isa": "aarch64", "cpu": "Neoverse"}})) == \
         "ci-aarch64.json"
-    base_dir = _metrics(tmp_path / "base")
-    _stamp(base_dir, "a" * 64)
-    base = {**regression.make_baseline(base_dir, why="t", git_commit="x", profile="p"), "machine": intel}
-    moved = _metrics(tmp_path / "moved", scale=1.1)
-    _stamp(moved, "b" * 64)
+    base, moved = _baseline_and_moved(tmp_path, intel)
     result = regression.compare(moved, base, isa="avx512", threads=2, vendor="amd")
     assert result.verdict == "other-machine" and not result.failed_contrasts
     assert "intel avx512 with 2 threads, this machine amd avx512 with 2 threads" in result.summary()
@@ -335,12 +338,7 @@ def test_cli_compare_reads_a_folder_of_baselines_and_skips_spread_files(tmp_path
 def test_another_thread_count_is_another_float_path(tmp_path: Path) -> None:
     """1 vs 2 intra-op threads trained another evaluator from the same seed (reports/baseline/README.md): a run
     with another thread count than its baseline's gets (b) alone and a hint, not an evaluator refusal."""
-    base_dir = _metrics(tmp_path / "base")
-    _stamp(base_dir, "a" * 64)
-    base = {**regression.make_baseline(base_dir, why="t", git_commit="x", profile="p"),
-            "machine": {"isa": "avx512", "cpu": "c", "torch": "t", "threads": 2}}
-    moved = _metrics(tmp_path / "moved", scale=1.1)
-    _stamp(moved, "b" * 64)
+    base, moved = _baseline_and_moved(tmp_path, {"isa": "avx512", "cpu": "c", "torch": "t", "threads": 2})
     result = regression.compare(moved, base, isa="avx512", threads=1, vendor="intel")
     assert result.verdict == "other-machine" and not result.failed_contrasts
     assert "avx512 with 2 threads, this machine intel avx512 with 1 thread; OMP_NUM_THREADS=2" in result.summary()

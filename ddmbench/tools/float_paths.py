@@ -3,10 +3,9 @@
 A same-seed run reproduces bit for bit only on the same float path: the CPU's vendor and vector ISA (AVX2 and
 AVX-512 run other oneDNN/ATen kernels, and an AMD and an Intel CPU with the same AVX-512 flags were measured
 to train another evaluator from the same seed: MKL and oneDNN dispatch by vendor too) and torch's intra-op
-thread count (reductions split differently). Each was measured to train another evaluator from the same seed
-(reports/baseline/README.md). A baseline records the machine it was made on
-(:func:`ddmbench.hardware.machine_fingerprint`); one that did not record its threads matches any count, and
-one whose CPU model names no known vendor matches any vendor.
+thread count (reductions split differently); each is measured in reports/baseline/README.md. A baseline
+records the machine it was made on (:func:`ddmbench.hardware.machine_fingerprint`); one that did not record its
+threads matches any count, and one whose CPU model names no known vendor matches any vendor.
 """
 
 from __future__ import annotations
@@ -25,6 +24,11 @@ class FloatPath:
     vendor: str | None
     isa: str | None
     threads: int | None
+
+    def matches(self, other: FloatPath, parts: tuple[str, ...] = ("vendor", "isa", "threads")) -> bool:
+        """True where each of ``parts`` is equal, or unknown (None) on either side."""
+        return all(getattr(self, p) is None or getattr(other, p) is None or getattr(self, p) == getattr(other, p)
+                   for p in parts)
 
     def text(self) -> str:
         parts = [p for p in (self.vendor, self.isa) if p]
@@ -57,14 +61,8 @@ def threads_text(n: int) -> str:
     return f"{n} thread" + ("s" if n != 1 else "")
 
 
-def _matches(recorded: Any, here: Any) -> bool:
-    return recorded is None or here is None or recorded == here
-
-
 def same_path(doc: dict[str, Any], here: FloatPath) -> bool:
-    base = path_of(doc)
-    return (_matches(base.vendor, here.vendor) and _matches(base.isa, here.isa)
-            and _matches(base.threads, here.threads))
+    return path_of(doc).matches(here)
 
 
 def choose_baseline(baselines: dict[str, dict[str, Any]], isa: str | None = None, threads: int | None = None,
@@ -75,13 +73,8 @@ def choose_baseline(baselines: dict[str, dict[str, Any]], isa: str | None = None
     if not baselines:
         raise ArtifactError("no baseline given; make one with `ddmbench baseline --why '...'`")
     here = this_path(isa, threads, vendor)
-
-    def near(doc: dict[str, Any], vendor_too: bool) -> bool:
-        base = path_of(doc)
-        return _matches(base.isa, here.isa) and (not vendor_too or _matches(base.vendor, here.vendor))
-
-    for keep in (lambda d: same_path(d, here), lambda d: near(d, True), lambda d: near(d, False)):
-        names = [name for name, doc in baselines.items() if keep(doc)]
+    for parts in (("vendor", "isa", "threads"), ("vendor", "isa"), ("isa",)):
+        names = [name for name, doc in baselines.items() if path_of(doc).matches(here, parts)]
         if names:
             return names[0], baselines[names[0]]
     name = next(iter(baselines))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +337,8 @@ def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None,
     made_on = path_of(baseline)
     where = (f"{made_on.text()}, this machine {here.text()}" +
              (f"; OMP_NUM_THREADS={made_on.threads} checks determinism against it"
-              if made_on.threads and made_on.threads != here.threads and same_path(baseline, replace(here, threads=None))
+              if made_on.threads and made_on.threads != here.threads
+              and made_on.matches(here, ("vendor", "isa"))
               else ""))
     flat = flatten_metrics(metrics_dir)
     drift = baseline.get("drift") or {"abs": DRIFT_ABS, "rel": DRIFT_REL}
