@@ -37,7 +37,8 @@ def seeded(profile: dict[str, Any], seed: int, data_root: Path) -> dict[str, Any
     return params
 
 
-def run_cells(repo: Path, cells: Iterable[tuple[str, dict[str, Any]]], out: Path, timeout_min: float) -> int:
+def run_cells(repo: Path, cells: Iterable[tuple[str, dict[str, Any]]], out: Path, timeout_min: float, *,
+              jobs: int = 1, threads: int | None = None) -> int:
     """Run ``ddmbench repro`` once per (name, params) in one export of ``repo``'s HEAD and copy each finished
     run's params.yaml and metrics/ to ``out/<name>``; names already finished there are skipped. Returns the
     number of runs that failed (each is printed with its last lines of output). Each run's output, timed line by
@@ -51,7 +52,7 @@ def run_cells(repo: Path, cells: Iterable[tuple[str, dict[str, Any]]], out: Path
             print(f"{name}: done before, skipped", flush=True)
             continue
         start = time.monotonic()
-        ok, tail = repro(work, params, timeout_s=timeout_min * 60, log=out / f"{name}.log")
+        ok, tail = repro(work, params, timeout_s=timeout_min * 60, threads=threads, jobs=jobs, log=out / f"{name}.log")
         minutes = (time.monotonic() - start) / 60
         if not ok:
             failed += 1
@@ -75,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=Path("runs/seeds"), help="one folder per finished seed")
     ap.add_argument("--timeout-min", type=float, default=120.0, help="per run")
+    ap.add_argument("--jobs", type=int, default=1, help="ddmbench repro --jobs (foreach groups in N processes)")
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every run (default: unset)")
     args = ap.parse_args(argv)
     profile = yaml.safe_load((args.repo / args.profile).read_text())
     cells = ((f"s{seed}", seeded(profile, seed, args.data_root)) for seed in args.seeds)
-    return 1 if run_cells(args.repo, cells, args.out, args.timeout_min) else 0
+    return 1 if run_cells(args.repo, cells, args.out, args.timeout_min, jobs=args.jobs, threads=args.threads) else 0
 
 
 if __name__ == "__main__":

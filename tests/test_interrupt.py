@@ -50,6 +50,23 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def _signal_masks(pgid: int) -> str:
+    """One line per live process of group ``pgid``: pid, command, and the SigBlk/SigIgn/SigCgt masks from
+    /proc (bit 2 of each, value 0x2, is SIGINT); empty where /proc is missing."""
+    lines = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if os.getpgid(int(status.parent.name)) != pgid:
+                continue
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            cmd = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+        except (OSError, ValueError):
+            continue  # the process ended meanwhile
+        masks = " ".join(f"{k}={fields.get(k, '?').strip()}" for k in ("SigBlk", "SigIgn", "SigCgt"))
+        lines.append(f"  pid {status.parent.name} {masks} {cmd}")
+    return "\n".join(sorted(lines))
+
+
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
@@ -64,9 +81,10 @@ def test_ctrl_c_mid_training_then_repro_again_finishes_clean(tmp_path: Path) -> 
     checkpoint = paths.resume("train-evaluator") / "last.ckpt"
     proc = _dvc(project.root, "repro", "train-evaluator")
     _wait_for(checkpoint, proc, timeout=240)
+    masks = _signal_masks(proc.pid)  # read just before the signal: a lost Ctrl-C is then diagnosed, not guessed
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
     rc, out = _finish(proc)
-    assert rc != 0, out
+    assert rc != 0, f"SIGINT did not stop the run; the group's signal masks before it:\n{masks}\n{out}"
     assert "failed to reproduce 'train-evaluator'" in out
     assert not paths.model("evaluator").exists() and checkpoint.exists()   # no half-written output; progress kept
     lock = yaml.safe_load((project.root / "dvc.lock").read_text())["stages"]
