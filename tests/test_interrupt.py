@@ -52,7 +52,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 
 def _signal_masks(pgid: int) -> str:
     """One line per live process of group ``pgid``: pid, command, and the SigBlk/SigIgn/SigCgt masks from
-    /proc (bit 2 of each, value 0x2, is SIGINT); empty where /proc is missing."""
+    /proc (SIGINT, signal 2, is the value 0x2 in each mask); empty where /proc is missing."""
     lines = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
