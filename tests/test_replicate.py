@@ -13,12 +13,14 @@ import pytest
 from conftest import REPO_ROOT, invoke, make_project, run_cli
 from scipy import stats
 
+from ddmbench.analysis.stats import holm
 from ddmbench.config import parse_config
 from ddmbench.errors import ArtifactError, ConfigError
 from ddmbench.tools.replicate import (
     ExperimentRecord,
     aggregate,
     check_records,
+    declared_pairs,
     headline,
     launch,
     parse_seeds,
@@ -107,6 +109,22 @@ def test_aggregate_between_seed_interval_and_sign_agreement() -> None:
     assert out["seeds"] == [0, 1, 2] and out["evaluator_sha256"] == "abc123"
     assert "given these trained models" in out["uncertainty"]["sampling"] and "training seeds" in out["uncertainty"]["training"]
     assert aggregate(records[:2], [("top-2", "kid")])["contrasts"][0]["between_seeds"]["ci95"] is None  # R < 3
+    assert b["p_value"] == pytest.approx(stats.ttest_1samp(v, 0.0).pvalue) and b["family"] == "secondary"
+
+
+def test_between_seed_p_values_primary_alone_secondaries_holm_adjusted() -> None:
+    records = _records((-1.0, 2.0), (-2.0, 1.0), (-0.5, -1.0))
+    for r, conv in zip(records, (0.5, 0.7, 0.6)):
+        r.contrast["contrasts"]["top-2"]["convergence_error"] = {"estimate": conv, "ci95": None}
+    pairs = [("top-2", "kid"), ("top-2", "amplification@0.1"), ("top-2", "convergence_error")]
+    kid, amp, conv = (c["between_seeds"] for c in aggregate(records, pairs, primary=[("top-2", "kid")])["contrasts"])
+    p = [stats.ttest_1samp(np.array(v), 0.0).pvalue for v in ([-1.0, -2.0, -0.5], [2.0, 1.0, -1.0], [0.5, 0.7, 0.6])]
+    assert (kid["family"], kid["p_adjusted"]) == ("primary", pytest.approx(p[0]))      # judged on its own p
+    assert amp["family"] == conv["family"] == "secondary"
+    assert [amp["p_adjusted"], conv["p_adjusted"]] == pytest.approx(holm(p[1:]))
+    assert conv["p_adjusted"] == pytest.approx(min(1.0, 2 * p[2]))                    # the smaller p, times 2
+    two = aggregate(records[:2], pairs[:1], primary=[("top-2", "kid")])["contrasts"][0]["between_seeds"]
+    assert two["p_value"] is None and two["p_adjusted"] is None                         # R < 3
     with pytest.raises(ArtifactError, match=r"experiment exp-0 \(seed 0\) has no top-2 − full estimate in amplification@7"):
         aggregate(records, [("top-2", "amplification@7")])
 
@@ -215,7 +233,7 @@ def test_collect_from_run_folders(tmp_path: Path) -> None:
         records_from_runs(runs)
 
 
-@pytest.mark.parametrize("profile", ["fashion-dit", "ci"])
+@pytest.mark.parametrize("profile", ["fashion-dit", "ci", "default"])
 def test_the_published_replications_are_what_their_published_runs_give(profile: str) -> None:
     """reports/replication/<profile>.json (README) re-collected from reports/replication/<profile>/s* by today's
     code, with the profile's declared primaries."""
@@ -226,8 +244,8 @@ def test_the_published_replications_are_what_their_published_runs_give(profile: 
     root = REPO_ROOT / "reports" / "replication"
     runs = sorted((root / profile).glob("s*"))
     chosen = check_records(records_from_runs(runs), [0, 1, 2])
-    cfg = load_config(REPO_ROOT / "params" / f"{profile}.yaml")
-    result = aggregate(chosen, headline(cfg, contrast_entries(chosen[0].contrast)))
+    cfg = load_config(REPO_ROOT / ("params.yaml" if profile == "default" else f"params/{profile}.yaml"))
+    result = aggregate(chosen, headline(cfg, contrast_entries(chosen[0].contrast)), primary=declared_pairs(cfg))
     published = json.loads((root / f"{profile}.json").read_text())
 
     def without_names(contrasts: list[dict]) -> list[dict]:  # a run's name is the folder path it was read from

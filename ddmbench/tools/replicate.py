@@ -20,15 +20,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.table import Table
+from scipy import stats
 
-from ddmbench.analysis.stats import t_interval
+from ddmbench.analysis.stats import holm, t_interval
 from ddmbench.config import Config
 from ddmbench.console import console
 from ddmbench.errors import ArtifactError, ConfigError
@@ -39,7 +40,8 @@ from ddmbench.tools.ablations import exp_show, run_params
 
 CONTRAST_FILE = "metrics/contrast.json"
 SAMPLING = "sampling uncertainty given these trained models: each seed's ci95, from its own contrast stage"
-TRAINING = "across training seeds: Student-t interval of the mean over the R seeds' estimates (R >= 3)"
+TRAINING = ("across training seeds: Student-t interval of the mean over the R seeds' estimates (R >= 3), and the "
+            "one-sample t test's p: a declared primary's unadjusted, the secondaries' Holm-adjusted")
 
 
 @dataclass
@@ -180,18 +182,26 @@ def check_records(records: list[ExperimentRecord], seeds: list[int]) -> list[Exp
     return chosen
 
 
+def declared_pairs(cfg: Config) -> list[tuple[str, str]]:
+    """(policy, metric) of every declared primary hypothesis (``report.primary``)."""
+    return [(h.policy, m) for h in cfg.report.primary for m in h.metrics]
+
+
 def headline(cfg: Config, entries: Mapping[tuple[str, str], Any]) -> list[tuple[str, str]]:
     """The declared primaries, then FID, KID and convergence error of the same policies where contrast.json
     has them; top-2's when nothing is declared."""
     policies = list(dict.fromkeys(h.policy for h in cfg.report.primary)) or ["top-2"]
-    declared = [(h.policy, m) for h in cfg.report.primary for m in h.metrics]
+    declared = declared_pairs(cfg)
     extra = [(p, m) for p in policies for m in ("fid", "kid", "convergence_error") if (p, m) in entries]
     return list(dict.fromkeys(declared + extra))
 
 
-def aggregate(records: list[ExperimentRecord], pairs: list[tuple[str, str]], level: float = 0.95) -> dict[str, Any]:
+def aggregate(records: list[ExperimentRecord], pairs: list[tuple[str, str]], level: float = 0.95,
+              primary: Collection[tuple[str, str]] = ()) -> dict[str, Any]:
     """Per headline (policy, metric): each seed's estimate with its within-run ci95 (sampling) and the
-    between-seed mean, sd, t-interval (None below R = 3) and sign agreement (training)."""
+    between-seed mean, sd, t-interval (None below R = 3), sign agreement and, from R = 3, the one-sample t
+    test's two-sided p-value of mean 0 (training). ``primary``: the declared pairs, judged on their own p;
+    the rest are secondary, Holm-adjusted together (``p_adjusted``, as the contrast summary does)."""
     per_record = [contrast_entries(r.contrast) for r in records]
     out = []
     for policy, metric in pairs:
@@ -211,11 +221,32 @@ def aggregate(records: list[ExperimentRecord], pairs: list[tuple[str, str]], lev
                                       "ci95": list(t_interval(values, level)) if len(values) >= 3 else None,
                                       "estimand": "mean over training seeds of the paired difference",
                                       "n_positive": positive, "n_negative": negative,
-                                      "agree_in_sign": max(positive, negative)}})
+                                      "agree_in_sign": max(positive, negative),
+                                      "p_value": _t_test_p(values) if len(values) >= 3 else None}})
+    _adjust(out, set(primary))
     return {"seeds": [r.seed for r in records], "experiments": [{"seed": r.seed, "name": r.name, "rev": r.rev}
                                                                 for r in records],
             "evaluator_sha256": min(records[0].digests) if records and records[0].digests else None,
             "uncertainty": {"sampling": SAMPLING, "training": TRAINING}, "contrasts": out}
+
+
+def _t_test_p(values: np.ndarray) -> float:
+    """Two-sided p of the one-sample t test of mean 0 (scipy.stats.ttest_1samp); 0 or 1 where all values agree."""
+    if np.all(values == values[0]):
+        return 1.0 if values[0] == 0 else 0.0
+    return float(stats.ttest_1samp(values, 0.0).pvalue)
+
+
+def _adjust(contrasts: list[dict[str, Any]], primary: set[tuple[str, str]]) -> None:
+    """Adds family and p_adjusted to each contrast's between_seeds: a primary keeps its p, the secondaries with
+    a p are Holm-adjusted as one family."""
+    secondary = [c["between_seeds"] for c in contrasts
+                 if (c["policy"], c["metric"]) not in primary and c["between_seeds"]["p_value"] is not None]
+    adjusted = dict(zip(map(id, secondary), holm([b["p_value"] for b in secondary]))) if secondary else {}
+    for c in contrasts:
+        b = c["between_seeds"]
+        b["family"] = "primary" if (c["policy"], c["metric"]) in primary else "secondary"
+        b["p_adjusted"] = b["p_value"] if b["family"] == "primary" else adjusted.get(id(b))
 
 
 def collect(cfg: Config, paths: Paths, seeds: list[int], doc: list[dict[str, Any]] | None = None,
@@ -231,7 +262,7 @@ def collect(cfg: Config, paths: Paths, seeds: list[int], doc: list[dict[str, Any
         records, other = records_from_exp_show(doc if doc is not None else exp_show(paths.root))
     chosen = check_records(records, seeds)
     first = contrast_entries(chosen[0].contrast)
-    result = aggregate(chosen, headline(cfg, first))
+    result = aggregate(chosen, headline(cfg, first), primary=declared_pairs(cfg))
     result["not_finished"] = other
     write_json(out_path, result)
     show(result)
@@ -241,12 +272,19 @@ def collect(cfg: Config, paths: Paths, seeds: list[int], doc: list[dict[str, Any
 
 def show(result: dict[str, Any]) -> None:
     t = Table(title=f"policy − full across training seeds {result['seeds']} (between-seed 95% t-interval)")
-    for h in ("policy − full", "metric", "per seed", "mean [95% t-interval]", "seeds agreeing in sign"):
+    for h in ("policy − full", "metric", "per seed", "mean [95% t-interval]", "p (family, adjusted)",
+              "seeds agreeing in sign"):
         t.add_column(h, justify="left" if h in ("policy − full", "metric") else "right")
     for c in result["contrasts"]:
         b = c["between_seeds"]
         ci = "n/a (R < 3)" if b["ci95"] is None else f"[{b['ci95'][0]:+.3g}, {b['ci95'][1]:+.3g}]"
         t.add_row(c["policy"], c["metric"], ", ".join(f"{s['estimate']:+.3g}" for s in c["per_seed"]),
-                  f"{b['mean']:+.3g} {ci}", f"{b['agree_in_sign']} of {b['r']}")
+                  f"{b['mean']:+.3g} {ci}", _p_text(b), f"{b['agree_in_sign']} of {b['r']}")
     console.print(t)
     console.print(f"{result['uncertainty']['sampling']}; {result['uncertainty']['training']}.")
+
+
+def _p_text(b: dict[str, Any]) -> str:
+    if b.get("p_adjusted") is None:
+        return "n/a (R < 3)"
+    return f"{b['p_adjusted']:.3g} ({b['family']}{', Holm' if b['family'] == 'secondary' else ''})"
