@@ -103,3 +103,100 @@ def test_precision_check_pairs_bf16_with_fp32_and_writes_its_verdict(project, mo
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
     refused = run_cli(project.root, "precision-check")
     assert refused.exit_code == 2 and "avx512_bf16" in refused.output and "Traceback" not in refused.output
+
+
+def test_precision_check_trajectories_pairs_every_per_seed_quantity_and_the_primary_contrast(
+        project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--trajectories on the tiny project (untrained experts): each analyze quantity paired bf16 − fp32 over
+    analysis.n seeds with the fp32 half-width and the declared primary's contrast at both precisions; the fp32
+    side is deterministic (a second fp32 pass is identical) and bf16 moves it; --no-sampling alone is refused."""
+    import json
+
+    import numpy as np
+    from conftest import invoke, run_cli
+
+    from ddmbench import hardware
+    from ddmbench.models.checkpoints import save_weights
+    from ddmbench.pipeline import cluster, prepare
+    from ddmbench.pipeline.paths import Paths
+    from ddmbench.sampling.policies import parse_policy
+    from ddmbench.tools.precision_trajectories import per_seed_analyses
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    project.update(report={"primary": [{"policy": "top-1", "versus": "full", "metrics": ["kid", "amplification@0.1"]}]})
+    cfg = project.config()
+    for stage in (prepare, cluster):
+        stage.run(cfg, project.paths)
+    torch.manual_seed(0)
+    for k in range(2):
+        save_weights(project.paths.expert(k), nets.build_velocity_net("unet-xs"),
+                     {"kind": "expert", "net": "unet-xs", "k": k, "num_experts": 2})
+    save_weights(project.paths.model("router"), nets.build_router("router-s", 2),
+                 {"kind": "router", "net": "router-s", "num_experts": 2})
+    paths: Paths = project.paths
+    first, _ = per_seed_analyses(cfg, paths, parse_policy("full"), "32-true")
+    again, _ = per_seed_analyses(cfg, paths, parse_policy("full"), "32-true")
+    mixed, _ = per_seed_analyses(cfg, paths, parse_policy("full"), "bf16-mixed")
+    assert set(first) == {"amplification@0.1", "amplification@1", "routing_jump", "convergence_error"}
+    assert all(np.array_equal(first[q], again[q]) and first[q].shape == (cfg.analysis.n,) for q in first)
+    assert all(np.all(np.isfinite(mixed[q])) for q in mixed)
+    assert not np.array_equal(mixed["routing_jump"], first["routing_jump"])
+
+    out = invoke(project.root, "precision-check", "--no-sampling", "--trajectories", "--policy", "full",
+                 "--policy", "top-1", "--out", str(project.root / "p.json"))
+    doc = json.loads((project.root / "p.json").read_text())
+    assert "rows" not in doc                                  # the sampling check did not run
+    traj = doc["trajectories"]
+    assert [r["policy"] for r in traj["rows"]] == ["full", "top-1"]
+    full = traj["rows"][0]["quantities"]
+    for q, row in full.items():
+        lo, hi = row["delta"]["ci95"]
+        assert lo <= row["delta"]["estimate"] <= hi and row["fp32_half_width"] >= 0
+        assert row["inside"] == (max(abs(lo), abs(hi)) <= row["fp32_half_width"])
+        assert row["fp32_mean"] == pytest.approx(float(first[q].mean()))
+        assert row["delta"]["estimate"] == pytest.approx(float((mixed[q] - first[q]).mean()))
+    assert traj["inside"] == all(r["inside"] for row in traj["rows"] for r in row["quantities"].values())
+    [contrast] = traj["primary_contrasts"]                    # kid is a set statistic: the sampling check's
+    assert (contrast["metric"], contrast["policy"], contrast["versus"]) == ("amplification@0.1", "top-1", "full")
+    assert contrast["same_verdict"] == (contrast["by_precision"]["32-true"]["verdict"]
+                                        == contrast["by_precision"]["bf16-mixed"]["verdict"])
+    assert "trajectory analyses, paired by seed" in out and "top-1 − full, amplification@0.1" in out
+    refused = run_cli(project.root, "precision-check", "--no-sampling")
+    assert refused.exit_code == 2 and "--trajectories" in refused.output and "Traceback" not in refused.output
+
+
+def test_analyze_traces_in_float32_when_the_profile_samples_in_bf16(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sample.precision: bf16-mixed makes bf16 samples, but the analyze stage runs (its jvp would fail under
+    CPU autocast) and its per-seed values are exactly the float32 profile's."""
+    from ddmbench import hardware
+    from ddmbench.io import load_tensors
+    from ddmbench.models.checkpoints import save_weights
+    from ddmbench.pipeline import analyze, cluster, evaluate, features, prepare, sample
+    from ddmbench.sampling.policies import parse_policy
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    project.update(policies=["full"])
+    cfg, paths = project.config(), project.paths
+    prepare.run(cfg, paths)
+    cluster.run(cfg, paths)
+    torch.manual_seed(0)
+    for k in cfg.experts:
+        save_weights(paths.expert(k), nets.build_velocity_net("unet-xs"),
+                     {"kind": "expert", "net": "unet-xs", "k": k, "num_experts": cfg.cluster.k})
+    save_weights(paths.model("router"), nets.build_router("router-s", cfg.cluster.k),
+                 {"kind": "router", "net": "router-s", "num_experts": cfg.cluster.k})
+    save_weights(paths.model("evaluator"), nets.build_classifier("classifier-s", 10),
+                 {"kind": "evaluator", "net": "classifier-s", "num_classes": 10})
+    features.run(cfg, paths)
+    values, images = {}, {}
+    for precision in ("32-true", "bf16-mixed"):
+        project.update(sample={"precision": precision})
+        at = project.config()
+        sample.run(at, paths, parse_policy("full"))
+        evaluate.run(at, paths, parse_policy("full"))
+        analyze.run(at, paths, parse_policy("full"))
+        images[precision] = load_tensors(paths.samples("full"), "sample")["images"]
+        values[precision] = load_tensors(paths.analysis_values("full"), "analyze")
+    assert not torch.equal(images["bf16-mixed"], images["32-true"])          # the samples are bf16's
+    assert values["bf16-mixed"].keys() == values["32-true"].keys()
+    assert all(torch.equal(values["bf16-mixed"][k], values["32-true"][k]) for k in values["32-true"])

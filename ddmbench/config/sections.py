@@ -158,9 +158,11 @@ class SampleConfig(Section):
     probe_n: int = Field(0, ge=0, description="With trace: also record the states and every expert's prediction "
                                               "for the first probe_n samples (extra evaluations, not in the cost).")
     precision: Literal["32-true", "bf16-mixed"] = Field(
-        "32-true", description="Precision of the experts and router while sampling and in the analyses: bf16-mixed "
-                               "runs them under autocast (the ODE state stays float32) on GPUs and on CPUs with "
-                               "native bf16 (AVX512-BF16 or AMX); refused on other CPUs, where it runs emulated.")
+        "32-true", description="Precision of the experts and router while sampling: bf16-mixed runs them under "
+                               "autocast (the ODE state stays float32) on GPUs and on CPUs with native bf16 "
+                               "(AVX512-BF16 or AMX); refused on other CPUs, where it runs emulated. The analyze "
+                               "stage traces in float32 whatever this says (its jvp probe does not run under CPU "
+                               "autocast; `ddmbench precision-check --trajectories` measures the rest).")
     routing_clock: int = Field(100, ge=1, le=1_000_000, description=(
         "Cells of the routing clock over t in [0, 1]: every random routing draw (sample-k) is a pure function of "
         "(sample seed, cell of t) and constant over a cell of width 1/routing_clock. 100 is finer than every "

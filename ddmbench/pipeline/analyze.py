@@ -6,7 +6,8 @@ Jacobian) is computed at the solver grid's states; perturbed and re-discretised 
 again with the same seeds, hence the same routing draws) give amplification and convergence. Per-sample
 disagreement of all N samples (recorded while sampling) is related to per-sample quality from the evaluate
 stage. Scalars go to metrics/analyze/<label>.json, the per-t curves to plots/curves/<label>.json, the per-seed
-values (for the paired contrasts) to outputs/analysis/<label>.pt.
+values (for the paired contrasts) to outputs/analysis/<label>.pt. The analyses trace the field in float32
+whatever ``sample.precision`` is (the samples themselves may be bf16).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     ensure_writable(paths.analysis_metrics(spec.label), paths.curves(spec.label), paths.analysis_values(spec.label))
     seeds = sample_seeds(cfg)[:a.n]
     device = sampling_device(cfg)
-    field = build_policy_field(cfg, paths, spec, device)
+    # float32 whatever sample.precision says: the Lipschitz probe's torch.func.jvp does not run under CPU
+    # autocast, and bf16 rounding would enter the finite differences (`ddmbench precision-check --trajectories`)
+    fp32 = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"precision": "32-true"})})
+    field = build_policy_field(fp32, paths, spec, device)
     clusters = load_clusters(paths)
     cluster = oracle_clusters(cfg, paths, spec, seeds)
     routed = isinstance(field, RoutedField)
