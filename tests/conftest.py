@@ -204,6 +204,27 @@ def make_dvc_project(root: Path, **overrides: Any) -> Project:
     return project
 
 
+def save_untrained_models(cfg: Config, paths: Paths, *, monolith: bool = False, evaluator: bool = False) -> None:
+    """Untrained but well-formed checkpoints from torch seed 0, in this order: one unet-xs expert per
+    ``cfg.experts``, the monolith (if asked), the router-s router, the classifier-s evaluator (if asked)."""
+    import torch
+
+    from ddmbench.models import nets
+    from ddmbench.models.checkpoints import save_weights
+
+    torch.manual_seed(0)
+    for k in cfg.experts:
+        save_weights(paths.expert(k), nets.build_velocity_net("unet-xs"),
+                     {"kind": "expert", "net": "unet-xs", "k": k, "num_experts": cfg.cluster.k})
+    if monolith:
+        save_weights(paths.model("monolith"), nets.build_velocity_net("unet-xs"), {"kind": "monolith", "net": "unet-xs"})
+    save_weights(paths.model("router"), nets.build_router("router-s", cfg.cluster.k),
+                 {"kind": "router", "net": "router-s", "num_experts": cfg.cluster.k})
+    if evaluator:
+        save_weights(paths.model("evaluator"), nets.build_classifier("classifier-s", 10),
+                     {"kind": "evaluator", "net": "classifier-s", "num_classes": 10})
+
+
 def run_cli(root: Path, *args: str, columns: int = 200) -> Any:
     """Run the CLI in-process from the repo root ``root`` (outputs go under the cwd) with its params.yaml;
     return typer's Result (exit_code, output), whatever the exit code."""

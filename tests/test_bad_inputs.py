@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Project, make_project
+from conftest import Project, make_project, save_untrained_models
 from typer.testing import CliRunner
 
 from ddmbench.cli import app
@@ -277,15 +277,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Project:
     cfg, paths = project.config(), project.paths
     prepare.run(cfg, paths)
     cluster.run(cfg, paths)
-    torch.manual_seed(0)
-    for k in cfg.experts:
-        save_weights(paths.expert(k), nets.build_velocity_net("unet-xs"),
-                     {"kind": "expert", "net": "unet-xs", "k": k, "num_experts": cfg.cluster.k})
-    save_weights(paths.model("monolith"), nets.build_velocity_net("unet-xs"), {"kind": "monolith", "net": "unet-xs"})
-    save_weights(paths.model("router"), nets.build_router("router-s", cfg.cluster.k),
-                 {"kind": "router", "net": "router-s", "num_experts": cfg.cluster.k})
-    save_weights(paths.model("evaluator"), nets.build_classifier("classifier-s", 10),
-                 {"kind": "evaluator", "net": "classifier-s", "num_classes": 10})
+    save_untrained_models(cfg, paths, monolith=True, evaluator=True)
     features.run(cfg, paths)
     sample.run(cfg, paths, parse_policy("full"))
     evaluate.run(cfg, paths, parse_policy("full"))

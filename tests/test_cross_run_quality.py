@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("cross_run_quality", REPO / "benchmarks" / "cross_run_quality.py")
@@ -19,9 +18,9 @@ spec.loader.exec_module(cross)
 
 
 def test_a_run_against_itself_and_against_another_sampler(project) -> None:
+    from conftest import save_untrained_models
+
     from ddmbench.io import load_tensors, save_tensors
-    from ddmbench.models import nets
-    from ddmbench.models.checkpoints import save_weights
     from ddmbench.pipeline import cluster, features, prepare, sample
     from ddmbench.sampling.policies import parse_policy
 
@@ -29,14 +28,7 @@ def test_a_run_against_itself_and_against_another_sampler(project) -> None:
     cfg, paths = project.config(), project.paths
     prepare.run(cfg, paths)
     cluster.run(cfg, paths)
-    torch.manual_seed(0)
-    for k in cfg.experts:
-        save_weights(paths.expert(k), nets.build_velocity_net("unet-xs"),
-                     {"kind": "expert", "net": "unet-xs", "k": k, "num_experts": cfg.cluster.k})
-    save_weights(paths.model("router"), nets.build_router("router-s", cfg.cluster.k),
-                 {"kind": "router", "net": "router-s", "num_experts": cfg.cluster.k})
-    save_weights(paths.model("evaluator"), nets.build_classifier("classifier-s", 10),
-                 {"kind": "evaluator", "net": "classifier-s", "num_classes": 10})
+    save_untrained_models(cfg, paths, evaluator=True)
     features.run(cfg, paths)
     for label in ("full", "top-2"):
         sample.run(cfg, paths, parse_policy(label))

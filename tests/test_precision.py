@@ -71,22 +71,16 @@ def test_precision_check_pairs_bf16_with_fp32_and_writes_its_verdict(project, mo
     and a verdict by the declared rule; nothing under outputs/samples or metrics is written."""
     import json
 
-    from conftest import invoke, run_cli
+    from conftest import invoke, run_cli, save_untrained_models
 
     from ddmbench import hardware
-    from ddmbench.models.checkpoints import save_weights
     from ddmbench.pipeline import cluster, features, prepare, train_evaluator
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     cfg = project.config()
     for stage in (prepare, cluster, train_evaluator, features):
         stage.run(cfg, project.paths)
-    torch.manual_seed(0)
-    for k in range(2):
-        save_weights(project.paths.expert(k), nets.build_velocity_net("unet-xs"),
-                     {"kind": "expert", "net": "unet-xs", "k": k, "num_experts": 2})
-    save_weights(project.paths.model("router"), nets.build_router("router-s", 2),
-                 {"kind": "router", "net": "router-s", "num_experts": 2})
+    save_untrained_models(cfg, project.paths)
     output = invoke(project.root, "precision-check", "--policy", "top-1", "--out", str(project.root / "p.json"))
     doc = json.loads((project.root / "p.json").read_text())
     [row] = doc["rows"]
@@ -113,10 +107,9 @@ def test_precision_check_trajectories_pairs_every_per_seed_quantity_and_the_prim
     import json
 
     import numpy as np
-    from conftest import invoke, run_cli
+    from conftest import invoke, run_cli, save_untrained_models
 
     from ddmbench import hardware
-    from ddmbench.models.checkpoints import save_weights
     from ddmbench.pipeline import cluster, prepare
     from ddmbench.pipeline.paths import Paths
     from ddmbench.sampling.policies import parse_policy
@@ -127,12 +120,7 @@ def test_precision_check_trajectories_pairs_every_per_seed_quantity_and_the_prim
     cfg = project.config()
     for stage in (prepare, cluster):
         stage.run(cfg, project.paths)
-    torch.manual_seed(0)
-    for k in range(2):
-        save_weights(project.paths.expert(k), nets.build_velocity_net("unet-xs"),
-                     {"kind": "expert", "net": "unet-xs", "k": k, "num_experts": 2})
-    save_weights(project.paths.model("router"), nets.build_router("router-s", 2),
-                 {"kind": "router", "net": "router-s", "num_experts": 2})
+    save_untrained_models(cfg, project.paths)
     paths: Paths = project.paths
     first, _ = per_seed_analyses(cfg, paths, parse_policy("full"), "32-true")
     again, _ = per_seed_analyses(cfg, paths, parse_policy("full"), "32-true")
@@ -169,9 +157,10 @@ def test_precision_check_trajectories_pairs_every_per_seed_quantity_and_the_prim
 def test_analyze_traces_in_float32_when_the_profile_samples_in_bf16(project, monkeypatch: pytest.MonkeyPatch) -> None:
     """sample.precision: bf16-mixed makes bf16 samples, but the analyze stage runs (its jvp would fail under
     CPU autocast) and its per-seed values are exactly the float32 profile's."""
+    from conftest import save_untrained_models
+
     from ddmbench import hardware
     from ddmbench.io import load_tensors
-    from ddmbench.models.checkpoints import save_weights
     from ddmbench.pipeline import analyze, cluster, evaluate, features, prepare, sample
     from ddmbench.sampling.policies import parse_policy
 
@@ -180,14 +169,7 @@ def test_analyze_traces_in_float32_when_the_profile_samples_in_bf16(project, mon
     cfg, paths = project.config(), project.paths
     prepare.run(cfg, paths)
     cluster.run(cfg, paths)
-    torch.manual_seed(0)
-    for k in cfg.experts:
-        save_weights(paths.expert(k), nets.build_velocity_net("unet-xs"),
-                     {"kind": "expert", "net": "unet-xs", "k": k, "num_experts": cfg.cluster.k})
-    save_weights(paths.model("router"), nets.build_router("router-s", cfg.cluster.k),
-                 {"kind": "router", "net": "router-s", "num_experts": cfg.cluster.k})
-    save_weights(paths.model("evaluator"), nets.build_classifier("classifier-s", 10),
-                 {"kind": "evaluator", "net": "classifier-s", "num_classes": 10})
+    save_untrained_models(cfg, paths, evaluator=True)
     features.run(cfg, paths)
     values, images = {}, {}
     for precision in ("32-true", "bf16-mixed"):
