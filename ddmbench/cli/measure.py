@@ -23,8 +23,8 @@ def precision_check(policies: Annotated[Optional[list[str]], typer.Option(
     """Sample the trained models in float32 and in bf16-mixed from the same seeds; paired ΔFID_inf / ΔKID with
     95% intervals next to the fp32 sampling half-width, and the speed-up. Adopt bf16 only where every paired
     interval lies inside that half-width and it samples faster (reports/precision.json). --trajectories: the
-    same comparison for the analyze stage's per-seed quantities (amplification, Lipschitz, routing jump,
-    convergence error) and the declared primaries' contrasts at both precisions."""
+    same comparison for the analyze stage's per-seed quantities (amplification, routing jump, convergence
+    error; the stage itself always traces in float32) and the declared primaries' contrasts at both precisions."""
     from rich.markup import escape
     from rich.table import Table
 

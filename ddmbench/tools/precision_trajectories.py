@@ -1,19 +1,17 @@
 """`ddmbench precision-check --trajectories`: what bf16 does to the trajectory analyses' per-seed numbers.
 
-A profile's ``sample.precision`` is also the precision of every probe of the ``analyze`` stage (it builds its
-field the same way). Its finite-difference measures divide the difference of two trajectories (amplification
-at eps) or two field evaluations (the routing jump at delta) by a small step, so bf16 rounding (8 mantissa
-bits) can dominate them. For each policy, on the first ``analysis.n`` seeds and once per precision: the traced
-pass with the routing-jump probe, the amplification at every eps and the convergence error at the configured
-NFE (the same calls as the analyze stage). The Lipschitz power iteration is not compared: its
-``torch.func.jvp`` does not run under CPU autocast (torch 2.14.1: the dual input stays float32 while the
-autocast conv weight is bf16), which is why the analyze stage traces in float32 whatever ``sample.precision``
-says; this check measures what bf16 would do to the rest. Each
-per-seed quantity gets the paired difference bf16 − fp32 (mean over seeds, paired t 95% interval,
-ddmbench.analysis.paired) next to the half-width of the fp32 mean's own t interval over seeds (its sampling
-noise at this n). The rule is the sampling check's: inside when both ends of the paired interval lie within
-± that half-width. For each declared primary whose two policies are both checked, the contrast (policy −
-versus, paired over seeds) is given at both precisions with its verdict.
+Why the ``analyze`` stage traces in float32 whatever ``sample.precision`` says: its finite-difference measures
+divide the difference of two trajectories (amplification at eps) or two field evaluations (the routing jump at
+delta) by a small step, so bf16 rounding (8 mantissa bits) can dominate them. For each policy, on the first
+``analysis.n`` seeds and once per precision: the traced pass with the routing-jump probe, the amplification
+at every eps and the convergence error at the configured NFE (the same calls as the analyze stage). The
+Lipschitz power iteration is not compared: its ``torch.func.jvp`` does not run under CPU autocast (torch
+2.14.1: the dual input stays float32 while the autocast conv weight is bf16). Each per-seed quantity gets the
+paired difference bf16 − fp32 (mean over seeds, paired t 95% interval, ddmbench.analysis.paired) next to the
+half-width of the fp32 mean's own t interval over seeds (its sampling noise at this n). The rule is the
+sampling check's: inside when both ends of the paired interval lie within ± that half-width. For each
+declared primary whose two policies are both checked, the contrast (policy − versus, paired over seeds) is
+given at both precisions with its verdict.
 """
 
 from __future__ import annotations
