@@ -31,6 +31,7 @@ from ddmbench.evaluation.identity import weights_sha256
 from ddmbench.evaluation.intervals import RealSet, paired_quality, quality_intervals
 from ddmbench.io import load_tensors
 from ddmbench.models.checkpoints import load_classifier
+from ddmbench.tools.precision_check import half_width
 
 
 def features_of(run: Path, policy: str, classifier: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,8 +53,7 @@ def compare(a: Path, b: Path, policies: list[str], groups: int) -> dict[str, Any
         feats[policy] = (fa, fb)
         own = quality_intervals(real, fa)
         rows.append({"policy": policy, "fid_inf_a": own["fid_inf"], "kid_a": own["kid_unbiased"],
-                     "sampling_half_width_a": {"fid": (own["fid_inf_ci95"][1] - own["fid_inf_ci95"][0]) / 2,
-                                               "kid": (own["kid_ci95"][1] - own["kid_ci95"][0]) / 2},
+                     "sampling_half_width_a": {"fid": half_width(own["fid_inf_ci95"]), "kid": half_width(own["kid_ci95"])},
                      "delta_b_minus_a": paired_quality(real, fb, fa, labels=("b", "a"))})
     contrasts = {}
     if {"top-2", "full"} <= set(feats):

@@ -30,8 +30,14 @@ from ddmbench.sampling.policies import PolicySpec
 from ddmbench.sampling.sampler import generate
 
 
-def _half_width(interval: list[float]) -> float:
+def half_width(interval: list[float] | tuple[float, float]) -> float:
+    """Half the width of a (low, high) interval."""
     return (interval[1] - interval[0]) / 2
+
+
+def within(interval: list[float] | tuple[float, float], half: float) -> bool:
+    """The adoption rule's test: both ends of a paired difference's interval lie inside ± ``half``."""
+    return max(abs(interval[0]), abs(interval[1])) <= half
 
 
 @torch.no_grad()
@@ -52,8 +58,8 @@ def check_policy(cfg: Config, paths: Paths, spec: PolicySpec, real: RealSet, cla
         seconds[precision] = result.seconds
     fp32 = quality_intervals(real, feats["32-true"])
     paired = paired_quality(real, feats["bf16-mixed"], feats["32-true"], labels=("bf16", "fp32"))
-    sampling = {"fid": _half_width(fp32["fid_inf_ci95"]), "kid": _half_width(fp32["kid_ci95"])}
-    inside = all(max(abs(paired[m]["ci95"][0]), abs(paired[m]["ci95"][1])) <= sampling[m] for m in ("fid", "kid"))
+    sampling = {"fid": half_width(fp32["fid_inf_ci95"]), "kid": half_width(fp32["kid_ci95"])}
+    inside = all(within(paired[m]["ci95"], sampling[m]) for m in ("fid", "kid"))
     return {
         "policy": spec.label, "n": len(seeds),
         "fid_inf_fp32": fp32["fid_inf"], "kid_fp32": fp32["kid_unbiased"],

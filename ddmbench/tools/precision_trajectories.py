@@ -32,6 +32,7 @@ from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.posterior_field import build_policy_field
 from ddmbench.sampling.policies import PolicySpec
 from ddmbench.sampling.sampler import generate
+from ddmbench.tools.precision_check import half_width, within
 
 
 def per_seed_analyses(cfg: Config, paths: Paths, spec: PolicySpec, precision: str) -> tuple[dict[str, np.ndarray], float]:
@@ -57,11 +58,6 @@ def per_seed_analyses(cfg: Config, paths: Paths, spec: PolicySpec, precision: st
     return {k: v.double().numpy() for k, v in values.items()}, seconds
 
 
-def _half_width(values: np.ndarray) -> float:
-    lo, hi = t_interval(values)
-    return (hi - lo) / 2
-
-
 def compare_policy(cfg: Config, paths: Paths, spec: PolicySpec) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """One policy's paired bf16 − fp32 differences per quantity, the fp32 half-widths, the verdict and the
     seconds; also the raw per-seed values by precision (for the contrasts)."""
@@ -72,9 +68,9 @@ def compare_policy(cfg: Config, paths: Paths, spec: PolicySpec) -> tuple[dict[st
     rows = {}
     for q in fp32:
         delta = paired_mean_delta(bf16[q], fp32[q], estimand=f"mean over seeds of {q}, bf16 − fp32")
-        half = _half_width(fp32[q])
+        half = half_width(t_interval(fp32[q]))
         rows[q] = {"fp32_mean": float(fp32[q].mean()), "delta": delta, "fp32_half_width": half,
-                   "inside": max(abs(delta["ci95"][0]), abs(delta["ci95"][1])) <= half}
+                   "inside": within(delta["ci95"], half)}
     return {"policy": spec.label, "n": len(next(iter(fp32.values()))), "quantities": rows,
             "inside": all(r["inside"] for r in rows.values()), "seconds": seconds,
             "speedup": seconds["32-true"] / seconds["bf16-mixed"]}, values
