@@ -27,6 +27,25 @@ def test_autocast_keeps_the_signature_shape_and_float32_and_stays_near_fp32() ->
     assert list(wrapped.state_dict()) == [f"net.{k}" for k in net.state_dict()]
 
 
+@pytest.mark.parametrize("build", [lambda: nets.build_velocity_net("unet-xs"), lambda: nets.build_velocity_net("dit-xs"),
+                                   lambda: nets.build_router("router-s", 4)], ids=["unet-xs", "dit-xs", "router"])
+def test_autocast_casts_the_weights_once_on_a_copy_and_equals_plain_autocast_bit_for_bit(build) -> None:
+    torch.manual_seed(0)
+    net = build().eval()
+    for p in net.parameters():      # every layer non-zero (DiT's adaLN-Zero layers start at 0)
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(8, 1, 28, 28), torch.rand(8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = net(x, t).float()
+    wrapped = Autocast(net)
+    with torch.no_grad():
+        assert torch.equal(wrapped(x, t), plain)
+    lowered = {name for name, m in net.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    for name, p in wrapped.net.named_parameters():
+        assert p.dtype == (torch.bfloat16 if name.rsplit(".", 1)[0] in lowered else torch.float32), name
+    assert all(p.dtype == torch.float32 for p in net.parameters())   # the caller's network is untouched
+
+
 def test_sample_bf16_follows_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     from ddmbench import hardware
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
+from ddmbench.allocator import keep_freed_memory
 from ddmbench.config import Config, load_config, with_trainer
 from ddmbench.console import err_console, set_quiet
 from ddmbench.errors import ConfigError, DDMBenchError
@@ -82,4 +83,5 @@ def guard(fn: Callable[[], Any]) -> Any:
 
 
 def main() -> None:
+    keep_freed_memory()  # before any tensor: the heap's thresholds hold for the whole process
     app()

@@ -49,6 +49,9 @@ def group_of(stage: Stage) -> str | None:
 def _init_worker(threads: int) -> None:
     import torch
 
+    from ddmbench.allocator import keep_freed_memory
+
+    keep_freed_memory()  # a spawned worker starts with glibc's defaults, as `ddmbench` itself does
     torch.set_num_threads(threads)
 
 

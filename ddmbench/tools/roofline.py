@@ -5,8 +5,9 @@ here. Each hot path (an expert's training step, the router's step, an expert for
 size, the per-expert accuracy pass) is timed side by side in the same run, its FLOPs counted once with
 ``torch.utils.flop_counter`` (a backward pass counts its own FLOPs), and reported as achieved GFLOP/s and as
 a fraction of each peak. bf16 rows run under CPU/GPU autocast, the way ``trainer.precision: bf16-mixed``
-trains. They are measured on every machine; ``bf16_native`` says whether the hardware has native bf16 (see
-``ddmbench.hardware``) — without it bf16 is emulated, which is why ddmbench refuses bf16 there.
+trains (a forward through sampling's own wrapper, its weights cast once). They are measured on every
+machine; ``bf16_native`` says whether the hardware has native bf16 (see ``ddmbench.hardware``) — without it
+bf16 is emulated, which is why ddmbench refuses bf16 there.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ddmbench.data.shapes import MNIST_SHAPE, ImageShape
 from ddmbench.hardware import cpu_has_bf16
 from ddmbench.models import nets
+from ddmbench.models.precision import at_precision
 from ddmbench.sampling import flow
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -86,13 +88,15 @@ def _autocast(dtype: str, device: str) -> Any:
 
 
 def _forward(net: torch.nn.Module, rows: int, image_shape: ImageShape, dtype: str, device: str) -> Callable[[], Any]:
+    """One forward of ``rows`` rows as sampling runs it: bf16 through the same :class:`Autocast` wrapper
+    (weights cast once when wrapped, float32 output) that ``sample.precision: bf16-mixed`` builds."""
     x = torch.randn(rows, *image_shape, device=device)
     t = torch.rand(rows, device=device)
+    wrapped = at_precision(net, "bf16-mixed" if dtype == "bf16" else "32-true")
 
     @torch.no_grad()
     def call() -> Any:
-        with _autocast(dtype, device):
-            return net(x, t)
+        return wrapped(x, t)
     return call
 
 
