@@ -8,7 +8,8 @@ Passes, as ``ddmbench/pipeline/analyze.py`` runs them on the first ``analysis.n`
 the routing-jump probe, the Lipschitz power iteration (``analysis.power_iterations`` jvp + vjp at every solver
 grid state), the amplification (one sampler pass per eps), the convergence ladder and reference
 (``reference_factor`` x NFE), and the p* alignment over the training set. ``--lipschitz-batches 250,64,32``
-times only the Lipschitz pass at several rows per jvp/vjp call instead.
+times only the Lipschitz pass at several rows per jvp/vjp call instead. The process keeps glibc's freed memory
+as ``ddmbench`` does (``ddmbench.allocator``); ``DDMBENCH_MALLOC=default`` measures glibc's defaults.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ddmbench.allocator import keep_freed_memory
 from ddmbench.analysis.convergence import convergence
 from ddmbench.analysis.stability import RoutingJump, amplification, lipschitz_along
 from ddmbench.config import load_config
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=16, help="seeds for --lipschitz-batches")
     p.add_argument("--save", type=Path)
     args = p.parse_args(argv)
+    keep_freed_memory()  # as the `ddmbench` command does for the analyze stage
     if args.lipschitz_batches:
         batches = [int(b) for b in args.lipschitz_batches.split(",")]
         result = {policy: lipschitz_batches(args.params, policy, batches, args.seeds) for policy in args.policy}

@@ -29,11 +29,13 @@ import numpy as np
 import pytest
 import yaml
 
+from ddmbench.allocator import keep_freed_memory
 from ddmbench.config import Config, config_to_dict, load_config, parse_config
 from ddmbench.data.datasets import MNIST_FILES
 from ddmbench.pipeline.paths import Paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+keep_freed_memory()   # as the `ddmbench` command does: the suite runs the same stages in-process
 NUM_LABELS = 4        # synthetic "digits" 0..3, each a distinct pattern family
 N_TRAIN = 240
 N_TEST = 80
