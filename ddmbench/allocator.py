@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import sys
 
 M_TRIM_THRESHOLD = -1        # glibc's mallopt parameter numbers (malloc.h)
@@ -32,7 +31,12 @@ OPT_OUT = "DDMBENCH_MALLOC"
 
 
 def uses_glibc() -> bool:
-    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    """Whether this process runs on glibc, asked of the C library in use (``platform.libc_ver`` instead
+    guesses by searching the interpreter's binary file for version strings)."""
+    try:
+        return sys.platform == "linux" and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # no such name (macOS), or a C library that does not answer it (musl)
+        return False
 
 
 def keep_freed_memory() -> bool:
