@@ -174,8 +174,8 @@ def test_precision_check_trajectories_pairs_every_per_seed_quantity_and_the_prim
 
 
 def test_analyze_traces_in_float32_when_the_profile_samples_in_bf16(project, monkeypatch: pytest.MonkeyPatch) -> None:
-    """sample.precision: bf16-mixed makes bf16 samples, but the analyze stage runs (its jvp would fail under
-    CPU autocast) and its per-seed values are exactly the float32 profile's."""
+    """sample.precision: bf16-mixed makes bf16 samples, but the analyze stage traces in float32: its per-seed
+    values are exactly the float32 profile's."""
     from conftest import save_untrained_models
 
     from ddmbench import hardware

@@ -9,7 +9,7 @@ switch (a discontinuity of the field) shows up as ratios that grow as eps shrink
 
 Local Lipschitz: the top singular value of the Jacobian dv/dx of the combined field at a state, with the
 routing weights w held at the state's routing (so it is the smooth part of the field: the experts' Jacobians
-mixed by w), by power iteration on J^T J with torch.func's jvp and vjp.
+mixed by w), by power iteration on J^T J with two reverse passes per iteration.
 
 Routing jump: ||v(x + d u) - v(x)|| / d for a keyed random unit direction u at every evaluation, with the
 same routing draws. Where no routing decision flips within d it is about ||J u|| (at most the Lipschitz
@@ -22,13 +22,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.func import jvp, vjp
 
 from ddmbench import streams
 from ddmbench.sampling.field import ModelField, RoutedField, Routing
 from ddmbench.sampling.sampler import generate, noise_for
 
 Field = ModelField | RoutedField
+
+CPU_LIPSCHITZ_ROWS = 32
+"""Rows per ``local_lipschitz`` call on the CPU. Its graphs (the forward, and the backward with its own graph)
+are kept for all iterations: at 250 rows (``sample.batch_size``) the full K = 8 policy took 55.1 s and peaked
+at 9.9 GB, at 32 rows 25.6 s and 2.0 GB (1 thread; reports/lipschitz-methods-amd-epyc.json)."""
 
 
 def unit_directions(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -66,23 +70,30 @@ def local_lipschitz(field: Field, x: torch.Tensor, t: torch.Tensor, w: torch.Ten
 
     t: (B,) times; w: (B, K) routing weights held fixed (the state's own routing: the policy's selection is
     piecewise constant in x, so this is the Jacobian wherever the field is differentiable); seeds: (B,) keys of
-    the start vectors. Each iteration is one jvp and one vjp (u <- J^T J u / ||J^T J u||); the estimate
-    sqrt(||J^T J u||) for the last unit u is a lower bound that rises to sigma_max. The networks act row by
-    row, so the batch's Jacobian is block diagonal and every row iterates on its own block.
+    the start vectors. Each iteration is u <- J^T J u / ||J^T J u||; the estimate sqrt(||J^T J u||) for the
+    last unit u is a lower bound that rises to sigma_max. The networks act row by row, so the batch's Jacobian
+    is block diagonal and every row iterates on its own block.
+
+    J u and J^T (J u) are both reverse passes over graphs built once per call: J^T p is linear in a probe p,
+    so J u is the gradient in p of <J^T p, u> (reverse over reverse). Forward mode (``torch.func.jvp``) gives
+    the same J u, but on the CPU its convolution and group-norm formulas also run on the parameters' zero
+    tangents (3 convolutions per layer where the primal has 1): at 32 rows per call the forward-mode pass
+    took 38.8 s where this one takes 25.6 s (full policy, K = 8, 320 states, 1 thread); the values agree to
+    7e-7 relative (``benchmarks/analysis_cost.py --lipschitz-methods``, reports/lipschitz-methods-amd-epyc.json).
     """
     if iterations < 1:
         raise ValueError(f"the power iteration needs at least one iteration, got {iterations}")
-    x = x.detach()
-
-    def f(y: torch.Tensor) -> torch.Tensor:
-        return field.combine(y, t, w)
-
     u = streams.unit_keyed_directions(streams.POWER_START, seeds, t, tuple(x.shape[1:])).to(x)
     with torch.enable_grad():
-        _, pullback = vjp(f, x)
+        x = x.detach().requires_grad_(True)
+        v = field.combine(x, t, w)                                                   # (B, C, H, W)
+        if not v.requires_grad:                                                      # v does not depend on x
+            return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        probe = torch.zeros_like(v, requires_grad=True)
+        (jt_probe,) = torch.autograd.grad(v, x, probe, create_graph=True)           # J^T probe, linear in probe
         for _ in range(iterations):
-            _, ju = jvp(f, (x,), (u,))                     # J u        (B, C, H, W)
-            (jtju,) = pullback(ju)                          # J^T J u    (B, C, H, W)
+            (ju,) = torch.autograd.grad(jt_probe, probe, u, retain_graph=True)       # J u        (B, C, H, W)
+            (jtju,) = torch.autograd.grad(v, x, ju, retain_graph=True)               # J^T J u    (B, C, H, W)
             norm = _row_norm(jtju)
             u = jtju / norm.clamp_min(1e-30)
     return norm.flatten().sqrt().detach()

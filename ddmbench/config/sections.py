@@ -161,8 +161,8 @@ class SampleConfig(Section):
         "32-true", description="Precision of the experts and router while sampling: bf16-mixed runs them under "
                                "autocast (the ODE state stays float32) on GPUs and on CPUs with native bf16 "
                                "(AVX512-BF16 or AMX); refused on other CPUs, where it runs emulated. The analyze "
-                               "stage traces in float32 whatever this says (its jvp probe does not run under CPU "
-                               "autocast; `ddmbench precision-check --trajectories` measures the rest).")
+                               "stage traces in float32 whatever this says (bf16 rounding enters its finite "
+                               "differences: `ddmbench precision-check --trajectories`).")
     routing_clock: int = Field(100, ge=1, le=1_000_000, description=(
         "Cells of the routing clock over t in [0, 1]: every random routing draw (sample-k) is a pure function of "
         "(sample seed, cell of t) and constant over a cell of width 1/routing_clock. 100 is finer than every "
@@ -205,7 +205,7 @@ class AnalysisConfig(Section):
                              description="Initial-noise perturbation sizes for the amplification (unit direction x eps).")
     jump_delta: float = Field(0.01, gt=0, description="Finite-difference step δ of the routing-jump probe "
                                                             "‖v(x + δu) − v(x)‖/δ (same routing draws).")
-    power_iterations: int = Field(4, ge=1, le=100, description="Power iterations (one jvp + one vjp each) of the "
+    power_iterations: int = Field(4, ge=1, le=100, description="Power iterations (two reverse passes each) of the "
                                                                "local Lipschitz constant, the top singular value of "
                                                                "the combined field's Jacobian (a lower bound that "
                                                                "rises to it).")

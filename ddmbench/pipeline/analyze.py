@@ -21,7 +21,7 @@ from ddmbench.analysis import alignment as align
 from ddmbench.analysis.convergence import convergence
 from ddmbench.analysis.disagreement import quality_relation, weighted_spread
 from ddmbench.analysis.posterior import kl_divergence
-from ddmbench.analysis.stability import RoutingJump, amplification, lipschitz_along
+from ddmbench.analysis.stability import CPU_LIPSCHITZ_ROWS, RoutingJump, amplification, lipschitz_along
 from ddmbench.analysis.stats import summary
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import progress
@@ -56,13 +56,19 @@ def _nanmean(a: torch.Tensor) -> float | None:
     return float(valid.double().mean()) if valid.numel() else None
 
 
+def lipschitz_rows(cfg: Config, device: torch.device) -> int:
+    """Rows per Lipschitz power-iteration call: ``CPU_LIPSCHITZ_ROWS`` on the CPU (where the kept graphs must
+    stay small), the sampling batch on an accelerator."""
+    return CPU_LIPSCHITZ_ROWS if torch.device(device).type == "cpu" else cfg.sample.batch_size
+
+
 def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     a = cfg.analysis
     ensure_writable(paths.analysis_metrics(spec.label), paths.curves(spec.label), paths.analysis_values(spec.label))
     seeds = sample_seeds(cfg)[:a.n]
     device = sampling_device(cfg)
-    # float32 whatever sample.precision says: the Lipschitz probe's torch.func.jvp does not run under CPU
-    # autocast, and bf16 rounding would enter the finite differences (`ddmbench precision-check --trajectories`)
+    # float32 whatever sample.precision says: bf16 rounding would enter the finite differences (`ddmbench
+    # precision-check --trajectories`), and every measure of the stage is taken at one precision
     fp32 = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"precision": "32-true"})})
     field = build_policy_field(fp32, paths, spec, device)
     clusters = load_clusters(paths)
@@ -82,7 +88,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         t_all, xs, ws = states.result()
         grid = list(range(0, len(t_all), EVALS_PER_STEP[cfg.sample.solver]))
         lip = lipschitz_along(field, xs[:, grid], t_all[grid], ws[:, grid], torch.tensor(seeds),
-                              iterations=a.power_iterations, batch_size=cfg.sample.batch_size, device=device)  # (n, G)
+                              iterations=a.power_iterations, batch_size=lipschitz_rows(cfg, device), device=device)  # (n, G)
         del xs
         advance(1)
         # 3. amplification of initial-noise perturbations: the sampler again, same seeds, same routing draws

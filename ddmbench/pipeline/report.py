@@ -129,7 +129,7 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   "over the traced seeds with the same routing draws replayed, mean with its interval. "
                   "Lipschitz: top singular value of the combined "
                   "field's Jacobian ∂v/∂x at the solver grid's states, routing weights held at the state's "
-                  f"({cfg.analysis.power_iterations} power iterations with torch.func jvp/vjp, a lower bound), "
+                  f"({cfg.analysis.power_iterations} power iterations on JᵀJ, a lower bound), "
                   "averaged over t, mean over seeds. "
                   "Convergence: RMS per pixel between the samples at the configured steps and at "
                   f"{cfg.analysis.reference_factor}× as many; order: slope of log error over the step ladder "
