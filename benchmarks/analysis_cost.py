@@ -83,16 +83,22 @@ def passes(params: Path, policy: str) -> dict[str, float]:
     return seconds
 
 
-def lipschitz_batches(params: Path, policy: str, batches: list[int], seeds_n: int) -> dict[str, Any]:
-    """Seconds of the Lipschitz pass on the first ``seeds_n`` seeds at each rows-per-call in ``batches`` (the
-    stage uses sample.batch_size), and whether the values are bit-identical to the first batch size's."""
+def traced(params: Path, policy: str, seeds_n: int) -> tuple[Any, Any, list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cfg, field, seeds, t (S,), states (n, S, C, H, W), weights (n, S, K)) of one traced sampling pass of
+    ``policy`` on the first ``seeds_n`` seeds, every evaluation's state recorded."""
     cfg, paths = load_config(params), Paths(Path.cwd())
     spec, seeds = parse_policy(policy), sample_seeds(cfg)[:seeds_n]
     field = build_policy_field(cfg, paths, spec, sampling_device(cfg))
     states = States()
     generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver, batch_size=cfg.sample.batch_size,
              observers=[states], cluster=oracle_clusters(cfg, paths, spec, seeds))
-    t, xs, ws = states.result()
+    return (cfg, field, seeds, *states.result())
+
+
+def lipschitz_batches(params: Path, policy: str, batches: list[int], seeds_n: int) -> dict[str, Any]:
+    """Seconds of the Lipschitz pass on the first ``seeds_n`` seeds at each rows-per-call in ``batches`` (the
+    stage uses sample.batch_size), and whether the values are bit-identical to the first batch size's."""
+    cfg, field, seeds, t, xs, ws = traced(params, policy, seeds_n)
     out, seconds = {}, {}
     for b in batches:
         start = time.perf_counter()
@@ -135,13 +141,7 @@ def lipschitz_child(params: Path, policy: str, method: str, rows: int, seeds_n: 
         stability.local_lipschitz = forward_mode_lipschitz  # lipschitz_along looks it up at call time
     elif method != "reverse":
         raise SystemExit(f"--lipschitz-methods: unknown method '{method}' (forward or reverse)")
-    cfg, paths = load_config(params), Paths(Path.cwd())
-    spec, seeds = parse_policy(policy), sample_seeds(cfg)[:seeds_n]
-    field = build_policy_field(cfg, paths, spec, sampling_device(cfg))
-    states = States()
-    generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver, batch_size=cfg.sample.batch_size,
-             observers=[states], cluster=oracle_clusters(cfg, paths, spec, seeds))
-    t, xs, ws = states.result()
+    cfg, field, seeds, t, xs, ws = traced(params, policy, seeds_n)
     grid = list(range(0, len(t), EVALS_PER_STEP[cfg.sample.solver]))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
