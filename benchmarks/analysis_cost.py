@@ -5,7 +5,7 @@ run (the run's trained models; nothing under outputs/ or metrics/ is written).
         --save reports/analysis-cost.json
 
 Passes, as ``ddmbench/pipeline/analyze.py`` runs them on the first ``analysis.n`` seeds: the traced pass with
-the routing-jump probe, the Lipschitz power iteration (``analysis.power_iterations`` jvp + vjp at every solver
+the routing-jump probe, the Lipschitz power iteration (``analysis.power_iterations`` iterations at every solver
 grid state), the amplification (one sampler pass per eps), the convergence ladder and reference
 (``reference_factor`` x NFE), and the p* alignment over the training set. ``--lipschitz-batches 250,64,32``
 times only the Lipschitz pass at several rows per call instead. ``--lipschitz-methods

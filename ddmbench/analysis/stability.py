@@ -79,7 +79,7 @@ def local_lipschitz(field: Field, x: torch.Tensor, t: torch.Tensor, w: torch.Ten
     the same J u, but on the CPU its convolution and group-norm formulas also run on the parameters' zero
     tangents (3 convolutions per layer where the primal has 1): at 32 rows per call the forward-mode pass
     took 38.8 s where this one takes 25.6 s (full policy, K = 8, 320 states, 1 thread); the values agree to
-    7e-7 relative (``benchmarks/analysis_cost.py --lipschitz-methods``, reports/lipschitz-methods-amd-epyc.json).
+    9e-7 relative (``benchmarks/analysis_cost.py --lipschitz-methods``, reports/lipschitz-methods-amd-epyc.json).
     """
     if iterations < 1:
         raise ValueError(f"the power iteration needs at least one iteration, got {iterations}")

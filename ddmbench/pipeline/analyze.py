@@ -56,7 +56,7 @@ def _nanmean(a: torch.Tensor) -> float | None:
     return float(valid.double().mean()) if valid.numel() else None
 
 
-def lipschitz_rows(cfg: Config, device: torch.device) -> int:
+def lipschitz_rows(cfg: Config, device: torch.device | str) -> int:
     """Rows per Lipschitz power-iteration call: ``CPU_LIPSCHITZ_ROWS`` on the CPU (where the kept graphs must
     stay small), the sampling batch on an accelerator."""
     return CPU_LIPSCHITZ_ROWS if torch.device(device).type == "cpu" else cfg.sample.batch_size
