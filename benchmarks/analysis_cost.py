@@ -158,8 +158,10 @@ def lipschitz_methods(params: Path, policy: str, configs: list[str], seeds_n: in
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     for r in range(rounds):
         for config in configs:
-            method, rows = config.split("@")
-            out = subprocess.run([sys.executable, __file__, "--policy", policy, "--child", policy, method, rows,
+            method, _, rows = config.partition("@")
+            if not rows.isdigit():
+                raise SystemExit(f"--lipschitz-methods: '{config}' is not method@rows (e.g. reverse@32)")
+            out = subprocess.run([sys.executable, __file__, "--policy", policy, "--child", method, rows,
                                   "--seeds", str(seeds_n), "--params", str(params),
                                   "--threads", str(torch.get_num_threads())], capture_output=True, text=True)
             if out.returncode:
@@ -193,14 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="intra-op threads (default: torch's; 1 as in `repro --jobs 2`)")
     p.add_argument("--seeds", type=int, default=16, help="seeds for --lipschitz-batches and --lipschitz-methods")
     p.add_argument("--save", type=Path)
-    p.add_argument("--child", nargs=3, metavar=("POLICY", "METHOD", "ROWS"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=2, metavar=("METHOD", "ROWS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     keep_freed_memory()  # as the `ddmbench` command does for the analyze stage
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        policy, method, rows = args.child
-        print(json.dumps(lipschitz_child(args.params, policy, method, int(rows), args.seeds)))
+        method, rows = args.child
+        print(json.dumps(lipschitz_child(args.params, args.policy[0], method, int(rows), args.seeds)))
         return 0
     if args.lipschitz_methods:
         configs = args.lipschitz_methods.split(",")
