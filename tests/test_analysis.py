@@ -421,10 +421,11 @@ class ConvExpert(torch.nn.Module):
 
     def __init__(self, seed: int) -> None:
         super().__init__()
-        torch.manual_seed(seed)
-        self.conv1 = torch.nn.Conv2d(LIP_SHAPE[0], 4, 3, padding=1)
-        self.norm = torch.nn.GroupNorm(2, 4)
-        self.conv2 = torch.nn.Conv2d(4, LIP_SHAPE[0], 3, padding=1)
+        with torch.random.fork_rng():                   # seeded weights, the global stream left as it was
+            torch.manual_seed(seed)
+            self.conv1 = torch.nn.Conv2d(LIP_SHAPE[0], 4, 3, padding=1)
+            self.norm = torch.nn.GroupNorm(2, 4)
+            self.conv2 = torch.nn.Conv2d(4, LIP_SHAPE[0], 3, padding=1)
         self.double().requires_grad_(False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
