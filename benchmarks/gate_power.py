@@ -156,22 +156,35 @@ def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float,
     return ok, "\n".join(tail)
 
 
+# How a run is judged "as another machine": a float path no baseline was made on, so `compare` gates the
+# contrasts alone, at the tolerances and signs measured across training seeds and float paths.
+ANOTHER_MACHINE = {"vendor": "another vendor"}
+
+
+def judge(metrics: Path, baseline: dict[str, Any], mode: str) -> dict[str, Any]:
+    """``compare``'s findings for one mode: 'same path' (determinism and contrasts) or 'other machine'."""
+    try:
+        result = regression.compare(metrics, baseline, **(ANOTHER_MACHINE if mode == "other machine" else {}))
+    except ArtifactError as exc:  # e.g. a fault that changes the evaluator's weights: compare refuses the run
+        return {"verdict": "refused", "caught": True, "failing_contrasts": [], "values_beyond_drift": None,
+                "largest_move": None, "detail": str(exc)}
+    moves = [abs(r.current - r.baseline) / r.tolerance for r in result.contrasts if r.current is not None and r.tolerance]
+    return {"verdict": result.verdict, "caught": result.verdict == "regression",
+            "failing_contrasts": [f"{r.name} ({r.why})" for r in result.failed_contrasts],
+            "values_beyond_drift": len(result.beyond) if result.values_gated else None,
+            "largest_move": round(max(moves), 3) if moves else None, "detail": result.summary()}
+
+
 def row_for(m: Mutation | None, metrics: Path | None, baseline: dict[str, Any], failure: str = "") -> dict[str, Any]:
-    """One table row: what the gate said about the run (or that the pipeline itself failed)."""
+    """One table row: what the gate said about the run in both modes (or that the pipeline itself failed).
+    ``largest_move``: the largest |Δ contrast| over its tolerance in that mode (above 1 a contrast fails)."""
     row: dict[str, Any] = {"mutation": m.name if m else "none (control)", "layer": m.layer if m else "",
                            "what": m.what if m else "HEAD as committed"}
     if metrics is None:
-        return {**row, "verdict": "pipeline failed", "caught": m is not None, "failing_contrasts": [],
-                "values_beyond_drift": None, "detail": failure}
-    try:
-        result = regression.compare(metrics, baseline)
-    except ArtifactError as exc:  # e.g. a fault that changes the evaluator's weights: compare refuses the run
-        return {**row, "verdict": "refused", "caught": m is not None, "failing_contrasts": [],
-                "values_beyond_drift": None, "detail": str(exc)}
-    failing = [f"{r.name} ({r.why})" for r in result.failed_contrasts]
-    return {**row, "verdict": result.verdict, "caught": result.verdict == "regression",
-            "failing_contrasts": failing, "values_beyond_drift": len(result.beyond),
-            "detail": result.summary()}
+        failed = {"verdict": "pipeline failed", "caught": m is not None, "failing_contrasts": [],
+                  "values_beyond_drift": None, "largest_move": None, "detail": failure}
+        return {**row, **failed, "other_machine": failed}
+    return {**row, **judge(metrics, baseline, "same path"), "other_machine": judge(metrics, baseline, "other machine")}
 
 
 def drift_stats(first: Path, second: Path) -> dict[str, Any]:
@@ -193,14 +206,17 @@ def drift_stats(first: Path, second: Path) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]], header: str) -> str:
-    """The table written between the markers: mutation -> verdict and the metrics that caught it."""
-    lines = [header, "", "| mutation | layer | commit | verdict | caught by headline contrasts | values beyond drift |",
-             "|---|---|---|---|---|---|"]
+    """The table written between the markers: mutation -> what caught it on the same float path (determinism and
+    contrasts) and as another machine (contrasts alone, cross-path tolerances)."""
+    lines = [header, "", "| mutation | layer | commit | same path: verdict | contrasts failing | values beyond drift | "
+             "other machine: verdict | contrasts failing | largest move / tolerance |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        contrasts = "; ".join(r["failing_contrasts"]) or "none"
+        other = r.get("other_machine") or {}
         beyond = "—" if r["values_beyond_drift"] is None else str(r["values_beyond_drift"])
+        move = "—" if other.get("largest_move") is None else f"{other['largest_move']:g}"
         lines.append(f"| `{r['mutation']}`: {r['what']} | {r['layer']} | {r.get('commit', '?')} | {r['verdict']} | "
-                     f"{contrasts} | {beyond} |")
+                     f"{'; '.join(r['failing_contrasts']) or 'none'} | {beyond} | {other.get('verdict', 'not run')} | "
+                     f"{'; '.join(other.get('failing_contrasts', [])) or 'none'} | {move} |")
     return "\n".join(lines)
 
 
@@ -253,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row_for(m, copy / "metrics" if ok else None, baseline, tail))
             rows[-1].update(minutes=round((time.time() - t0) / 60, 1), commit=commit)
             print(f"{rows[-1]['mutation']}: {rows[-1]['verdict']} ({rows[-1]['minutes']} min)", flush=True)
-            if m is None and rows[0]["verdict"] not in ("exact", "drift"):
-                print(f"control run is '{rows[0]['verdict']}': refresh the baseline first ({rows[0]['detail']})")
+            if m is None and (rows[0]["verdict"] not in ("exact", "drift")
+                              or rows[0]["other_machine"]["verdict"] != "other-machine"):
+                print(f"control run is '{rows[0]['verdict']}' ('{rows[0]['other_machine']['verdict']}' as another "
+                      f"machine): refresh the baseline first ({rows[0]['detail']})")
                 return 1
             if not args.keep:
                 shutil.rmtree(copy, ignore_errors=True)
@@ -273,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
               "regression.")
     write_table(args.repo / "reports/baseline/README.md", markdown(rows, header))
     missed = [r["mutation"] for r in rows if r["mutation"] != "none (control)" and not r["caught"]]
+    missed_other = [r["mutation"] for r in rows if r["mutation"] != "none (control)" and not r["other_machine"]["caught"]]
+    if missed_other:
+        print(f"as another machine, not caught: {', '.join(missed_other)}")
     print("every mutation caught" if not missed else f"not caught: {', '.join(missed)}")
     return 1 if missed else 0
 

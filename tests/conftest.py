@@ -286,3 +286,32 @@ def no_system_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name, spec in list(DATASETS.items()):
         monkeypatch.setitem(DATASETS, name, replace(spec, system_dir=None))
+
+
+# ----------------------------------------------------------------------------------------------
+# a finished pipeline run and its baseline, for the regression gate's tests
+# ----------------------------------------------------------------------------------------------
+
+GATE_POLICIES = ["monolith", "full", "top-1", "threshold-0.3"]
+
+
+@pytest.fixture(scope="session")
+def gate_run(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The tiny project run through the stages the gate reads, from untrained models (torch seed 0): prepare,
+    cluster, features, then sample, evaluate and analyze for every policy of GATE_POLICIES, contrast, and
+    ``ddmbench baseline`` writing ``baseline.json`` from that run. Tests copy it before changing anything."""
+    from ddmbench.pipeline import cluster, features, prepare
+
+    project = make_project(tmp_path_factory.mktemp("gate") / "repo", policies=GATE_POLICIES)
+    cfg, paths = project.config(), project.paths
+    prepare.run(cfg, paths)
+    cluster.run(cfg, paths)
+    save_untrained_models(cfg, paths, monolith=True, evaluator=True)
+    features.run(cfg, paths)
+    for label in GATE_POLICIES:
+        for stage in ("sample", "evaluate", "analyze"):
+            invoke(project.root, stage, "--policy", label)
+    invoke(project.root, "contrast")
+    invoke(project.root, "baseline", "--why", "the test suite's run", "--current", str(paths.root / "metrics"),
+           "--out", str(project.root / "baseline.json"))
+    return project

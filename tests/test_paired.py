@@ -62,3 +62,29 @@ def test_separation_ladder_halves_down_or_checks_the_requested_sizes() -> None:
     assert ladder(10, None, 125) == [10] and ladder(1000, [500, 100, 500], 125) == [100, 500]
     with pytest.raises(ArtifactError, match="outside 2..1000"):
         ladder(1000, [2000], 125)
+
+
+def test_differences_at_float_noise_are_ties_not_signs() -> None:
+    """A policy that equals the reference on half the seeds (nucleus or threshold with K = 2): ±1e-7 on those
+    seeds, as another float path gives, moves neither frac_lower, nor the Wilcoxon p, nor the median; without the
+    tie rule it did (the noise's signs were counted)."""
+    rng = np.random.default_rng(3)
+    ref = rng.lognormal(size=24) + 5.0
+    policy = ref.copy()
+    policy[12:] += rng.normal(0.3, 0.5, size=12)                 # differs on half the seeds, equals on the rest
+    clean = paired_mean_delta(policy, ref)
+    for trial in range(20):
+        noisy = policy.copy()
+        noisy[:12] += rng.choice([-1e-7, 1e-7], size=12)
+        r = paired_mean_delta(noisy, ref)
+        assert (r["frac_lower"], r["wilcoxon_p"], r["median_delta"]) == \
+               (clean["frac_lower"], clean["wilcoxon_p"], clean["median_delta"]), trial
+        assert r["estimate"] == pytest.approx(clean["estimate"], abs=1e-7)
+    d = noisy - ref
+    assert (d[:12] < 0).any() and (d[:12] > 0).any()              # the noise itself has both signs
+    assert clean["frac_lower"] == float((d[12:] < 0).sum()) / 24
+    # a real difference just above the drift allowance still counts
+    above = ref * (1 - 3e-3)
+    assert paired_mean_delta(above, ref)["frac_lower"] == 1.0
+    assert paired_mean_delta(ref * (1 - 1e-3), ref)["frac_lower"] == 0.0
+    assert clean["tie_tolerance"] == pytest.approx(1e-9 + 2e-3 * max(np.abs(policy).mean(), np.abs(ref).mean()))

@@ -1,62 +1,107 @@
-"""`ddmbench compare` / `baseline` / `spread` on synthetic metrics folders: determinism (exact / drift), the
-headline contrasts (sign and tolerance), constants reported apart, old baselines refused, exit codes."""
+"""`ddmbench compare` / `baseline` / `spread` on the pipeline's own files: a tiny run's metrics/ (sample, evaluate,
+analyze and contrast stages) and the baseline `ddmbench baseline` wrote from it (conftest ``gate_run``). Every
+headline family is gated for every policy; determinism (exact / drift), contrasts (sign and tolerance), constants
+reported apart, output versions, float paths, old baselines refused, exit codes."""
 
 from __future__ import annotations
 
 import json
-import math
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from conftest import GATE_POLICIES, Project, invoke, run_cli
 from typer.testing import CliRunner
 
 from ddmbench.cli import app
 from ddmbench.errors import ArtifactError
+from ddmbench.evaluation import contrast_record
+from ddmbench.evaluation.contrast_record import Difference
+from ddmbench.io import load_tensors, save_tensors
 from ddmbench.tools import float_paths, regression
 from ddmbench.tools import spread as spread_tool
 
-TOP1_FID = (-8.0, -11.0, -5.0)     # top-1 − full: delta and its paired 95% interval (excludes 0: sign guarded)
+pytestmark = pytest.mark.slow   # the shared pipeline run (about 30 s, once per worker)
 
 
-def _contrast(delta: float, lo: float, hi: float, n: int = 64) -> dict:
-    return {"delta": delta, "delta_ci95": [lo, hi], "n": n, "verdict": "lower" if hi < 0 else "higher" if lo > 0
-            else "not separable"}
+# ---------------------------------------------------------------------------------------------
+# copies of the pipeline's run, and edits of its files
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def run(gate_run: Project, tmp_path: Path) -> Path:
+    """A private copy of the run's metrics folder."""
+    return Path(shutil.copytree(gate_run.root / "metrics", tmp_path / "metrics"))
 
 
-def _metrics(root: Path, *, fid: float = 40.0, top1_fid: tuple[float, float, float] = TOP1_FID, n: int = 300,
-             scale: float = 1.0, wall: float = 3.0) -> Path:
-    """A metrics folder like the pipeline's: evaluate/ and sample/ for full and top-1, analyze/full.json and
-    contrast.json. ``scale`` multiplies every non-constant value (float drift when close to 1)."""
-    d = root / "metrics"
-    for sub in ("evaluate", "sample", "analyze"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    for policy, f, kid in (("full", fid, 2.0), ("top-1", fid + top1_fid[0], 3.0)):
-        (d / "evaluate" / f"{policy}.json").write_text(json.dumps(
-            {"policy": policy, "fid": f * scale, "kid": kid * scale, "kid_ci95": [(kid - 0.2) * scale, (kid + 0.2) * scale],
-             "n_fake": n, "bootstrap": 200, "cost": {"wall_time_s": wall, "expert_evals_per_image": 20.0}}))
-        (d / "sample" / f"{policy}.json").write_text(json.dumps(
-            {"n": n, "nfe_per_sample": 10, "wall_time_s": wall, "images_per_s": 100 / wall,
-             "expert_evals_by_expert": [1.0 * scale, 2.0 * scale]}))
-    (d / "analyze" / "full.json").write_text(json.dumps(
-        {"n": 16, "amplification": {"eps_0.1": {"mean": 1.2 * scale}}, "convergence": {"steps": [4, 8]}}))
-    (d / "contrast.json").write_text(json.dumps({"reference": "full", "contrasts": {"top-1": {
-        "fid": {**_contrast(*(v * scale for v in top1_fid), n=n), "bootstrap": 200},
-        "amplification": {"eps_0.1": _contrast(0.01 * scale, -0.02 * scale, 0.04 * scale, n=16)},
-        "convergence_error": _contrast(0.3 * scale, 0.1 * scale, 0.5 * scale, n=16)}}}))
-    return d
+@pytest.fixture
+def base(gate_run: Project) -> dict[str, Any]:
+    """The baseline `ddmbench baseline` wrote from the run (a fresh copy per test)."""
+    path = gate_run.root / "baseline.json"
+    return regression.check_baseline(json.loads(path.read_text()), path)
 
 
-def _baseline(tmp_path: Path, **kw: object) -> dict:
-    return regression.make_baseline(_metrics(tmp_path / "base", **kw), why="t", git_commit="x", profile="p")
+def copy_run(gate_run: Project, dest: Path) -> Path:
+    return Path(shutil.copytree(gate_run.root / "metrics", dest))
 
 
-def test_flatten_names_file_and_key(tmp_path: Path) -> None:
-    flat = regression.flatten_metrics(_metrics(tmp_path))
-    assert flat["evaluate/full.json:fid"] == 40.0
-    assert flat["evaluate/full.json:cost.wall_time_s"] == 3.0
-    assert flat["sample/full.json:expert_evals_by_expert.1"] == 2.0
+def edit(path: Path, change: Callable[[dict], None]) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def scale_values(metrics: Path, factor: float) -> None:
+    """Every number the gate calls a value (not a constant, not a timing) times ``factor``, in every file."""
+    def walk(node: Any, prefix: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{prefix}{k}.") for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{prefix}{i}.") for i, v in enumerate(node)]
+        if isinstance(node, float) and regression.kind_of(prefix.rstrip(".")) == "value":
+            return node * factor
+        return node
+    for path in metrics.rglob("*.json"):
+        path.write_text(json.dumps(walk(json.loads(path.read_text()), f"{path.relative_to(metrics).as_posix()}:")))
+
+
+def set_contrast(metrics: Path, policy: str, family: str, estimate: float, half: float) -> None:
+    """Move one difference of contrast.json (``family`` as in contrast.json: fid, kid, lipschitz, ...)."""
+    def change(doc: dict) -> None:
+        doc["contrasts"][policy][family].update(estimate=estimate, ci95=[estimate - half, estimate + half])
+    edit(metrics / "contrast.json", change)
+
+
+def guarded(base: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A contrast of the run whose sign the baseline guards (the run has several: top-1 and monolith against
+    full differ in Lipschitz and convergence error by far more than their intervals)."""
+    name, entry = next((n, e) for n, e in sorted(base["contrasts"].items()) if e["sign"] and "lipschitz" in n)
+    return name, entry
+
+
+def stamp(metrics: Path, digest: str, files: tuple[str, ...] | None = None) -> None:
+    """Rewrite the evaluator digest that every (or each listed) metrics file names."""
+    for path in metrics.rglob("*.json"):
+        if files is None or path.relative_to(metrics).as_posix() in files:
+            doc = json.loads(path.read_text())
+            if isinstance(doc, dict) and doc.get("evaluator_sha256"):
+                path.write_text(json.dumps({**doc, "evaluator_sha256": digest}))
+
+
+# ---------------------------------------------------------------------------------------------
+# what is gated
+# ---------------------------------------------------------------------------------------------
+
+def test_flatten_names_file_and_key(run: Path) -> None:
+    flat = regression.flatten_metrics(run)
+    evaluate = json.loads((run / "evaluate" / "full.json").read_text())
+    assert flat["evaluate/full.json:fid"] == evaluate["fid"]
+    assert flat["contrast.json:contrasts.top-1.lipschitz.ci95.1"] == \
+        json.loads((run / "contrast.json").read_text())["contrasts"]["top-1"]["lipschitz"]["ci95"][1]
     assert "evaluate/full.json:policy" not in flat  # strings are not metrics
 
 
@@ -69,227 +114,239 @@ def test_kinds_timings_constants_values() -> None:
                      "contrast.json:contrasts.top-1.fid.n", "analyze/full.json:convergence.steps.0",
                      "experts/expert-0.json:steps"):
         assert regression.kind_of(constant) == "constant", constant
-    for value in ("evaluate/full.json:fid", "contrast.json:contrasts.top-1.fid.delta", "router.json:heldout.acc_t0",
+    for value in ("evaluate/full.json:fid", "contrast.json:contrasts.top-1.fid.estimate", "router.json:heldout.acc_t0",
                   "sample/full.json:expert_evals_by_expert.0", "evaluate/full.json:cost.expert_evals_per_image"):
         assert regression.kind_of(value) == "value", value
 
 
-def test_headline_contrasts_from_contrast_json_and_kid(tmp_path: Path) -> None:
-    c = regression.headline_contrasts(_metrics(tmp_path))
-    assert set(c) == {"top-1 − full: fid", "top-1 − full: amplification eps_0.1", "top-1 − full: convergence_error",
-                      "top-1 − full: kid"}
-    assert c["top-1 − full: fid"] == regression.Contrast(*TOP1_FID)
-    kid = c["top-1 − full: kid"]                 # 3 − 2, unpaired half-width √(0.2² + 0.2²)
-    assert kid.value == pytest.approx(1.0) and kid.high - kid.value == pytest.approx(0.2 * math.sqrt(2))
+def test_every_family_is_a_headline_contrast_for_every_policy(gate_run: Project, run: Path) -> None:
+    c = regression.headline_contrasts(run)
+    eps = [f"eps_{e:g}" for e in gate_run.config().analysis.eps]
+    families = ["fid", "kid", *(f"amplification {e}" for e in eps), "convergence_error", "lipschitz"]
+    assert set(c) == {f"{p} − full: {f}" for p in GATE_POLICIES if p != "full" for f in families}
+    doc = json.loads((run / "contrast.json").read_text())
+    kid = doc["contrasts"]["top-1"]["kid"]                 # the paired ΔKID of contrast.json, not two marginals
+    assert c["top-1 − full: kid"].estimate == kid["estimate"] and list(c["top-1 − full: kid"].ci95) == kid["ci95"]
+    assert c["top-1 − full: amplification eps_1"].estimate == doc["contrasts"]["top-1"]["amplification"]["eps_1"]["estimate"]
+
+
+def test_the_baseline_ddmbench_wrote_gates_every_family_and_refuses_one_without(base: dict[str, Any], tmp_path: Path) -> None:
+    assert base["output_version"] == regression.OUTPUT_VERSION and regression.missing_families(base) == []
+    assert {n.partition(": ")[2].split(" ")[0] for n in base["contrasts"]} == set(contrast_record.FAMILIES)
+    assert all(set(e) >= {"value", "ci95", "tolerance", "sign", "other_path", "tie_tolerance"}
+               for e in base["contrasts"].values())
+    lacking = {**base, "contrasts": {n: e for n, e in base["contrasts"].items() if not n.endswith(": lipschitz")}}
+    with pytest.raises(ArtifactError, match=r"gates no monolith: lipschitz contrast \(3 families missing\)"):
+        regression.check_baseline(lacking, "ci.json")
+    # a baseline of an older output version (made before every family was gated) is still read
+    assert regression.check_baseline({**lacking, "output_version": 0}, "old.json")
+
+
+def test_a_contrast_file_that_is_not_the_record_is_a_one_line_error(run: Path) -> None:
+    edit(run / "contrast.json", lambda d: d["contrasts"]["top-1"]["fid"].pop("ci95"))
+    with pytest.raises(ArtifactError, match=r"contrast.json: contrasts.top-1.fid.ci95: Field required; re-run"):
+        regression.headline_contrasts(run)
 
 
 def test_contrast_tolerance_never_exceeds_the_effect_it_guards() -> None:
-    assert regression.contrast_tolerance(regression.Contrast(-8.0, -11.0, -5.0)) == (3.0, -1)   # half-width
-    assert regression.contrast_tolerance(regression.Contrast(1.0, 0.1, 3.9)) == (1.0, 1)        # capped at |effect|
-    assert regression.contrast_tolerance(regression.Contrast(0.01, -0.02, 0.04)) == (pytest.approx(0.03), 0)
-    assert regression.contrast_tolerance(regression.Contrast(-8.0, -11.0, -5.0), spread_range=0.5) == (1.0, -1)
-    # a zero measured spread still leaves room for float drift
-    assert regression.contrast_tolerance(regression.Contrast(-8.0, -11.0, -5.0), 0.0, 1e-3) == (pytest.approx(0.011), -1)
+    def d(value: float, low: float, high: float, tie: float = 0.0) -> Difference:
+        return Difference(estimate=value, ci95=(low, high), estimand="e", p_value=0.5, verdict="v", n=8,
+                          tie_tolerance=tie)
+    assert regression.contrast_tolerance(d(-8.0, -11.0, -5.0)) == (3.0, -1)   # half-width
+    assert regression.contrast_tolerance(d(1.0, 0.1, 3.9)) == (1.0, 1)        # capped at |effect|
+    assert regression.contrast_tolerance(d(0.01, -0.02, 0.04)) == (pytest.approx(0.03), 0)
+    assert regression.contrast_tolerance(d(-8.0, -11.0, -5.0), spread_range=0.5) == (1.0, -1)
+    assert regression.contrast_tolerance(d(-8.0, -11.0, -5.0), 0.0, 1e-3) == (pytest.approx(0.011), -1)
+    # an interval that excludes 0 only by float noise guards no sign
+    assert regression.contrast_tolerance(d(2e-7, 1e-7, 3e-7, tie=1e-5)) == (1e-5, 0)
     rng = np.random.default_rng(0)
     for _ in range(500):
         value, half, spread_range = rng.normal(0, 5), rng.exponential(3), rng.choice([None, rng.exponential(3)])
-        c = regression.Contrast(value, value - half, value + half)
+        c = d(value, value - half, value + half)
         tol, sign = regression.contrast_tolerance(c, spread_range)
         assert tol >= 0 and (sign == 0 or tol <= abs(value))
-        assert sign == (1 if c.low > 0 else -1 if c.high < 0 else 0)
+        assert sign == (1 if c.ci95[0] > 0 else -1 if c.ci95[1] < 0 else 0)
 
 
-def test_same_folder_is_exact(tmp_path: Path) -> None:
-    base = _baseline(tmp_path)
-    assert base["format"] == regression.FORMAT
+# ---------------------------------------------------------------------------------------------
+# determinism and contrasts on the same float path
+# ---------------------------------------------------------------------------------------------
+
+def test_same_run_is_exact_and_timings_are_not_compared(run: Path, base: dict[str, Any]) -> None:
     assert "evaluate/full.json:fid" in base["values"] and "sample/full.json:n" in base["constants"]
     assert not any(k.endswith("wall_time_s") for k in [*base["values"], *base["constants"]])
-    assert base["contrasts"]["top-1 − full: fid"]["sign"] == -1
-    result = regression.compare(_metrics(tmp_path / "run", wall=99.0), base)   # timings never compared
+    edit(run / "sample" / "full.json", lambda d: d.update(wall_time_s=d["wall_time_s"] + 99.0))
+    result = regression.compare(run, base)
     assert result.verdict == "exact" and result.exact == result.n_values == len(base["values"])
-    assert result.summary().startswith(f"exact: all {result.n_values} values reproduce bit for bit; 4 of 4")
+    n = len(base["contrasts"])
+    assert result.summary().startswith(f"exact: all {result.n_values} values reproduce bit for bit; {n} of {n} headline")
+    assert "amplification, convergence_error, fid, kid, lipschitz; same-path tolerances" in result.summary()
 
 
-def test_float_drift_is_drift_and_more_is_regression(tmp_path: Path) -> None:
-    base = _baseline(tmp_path)
-    drifted = regression.compare(_metrics(tmp_path / "drift", scale=1 + 0.5 * regression.DRIFT_REL), base)
-    assert drifted.verdict == "drift" and not drifted.beyond and drifted.drifted
-    assert drifted.summary().startswith("drift: ") and "4 of 4 headline contrasts hold" in drifted.summary()
-    moved = regression.compare(_metrics(tmp_path / "moved", scale=1.01), base)
+def test_float_drift_is_drift_and_more_is_regression(gate_run: Project, base: dict[str, Any], tmp_path: Path) -> None:
+    drifted_dir = copy_run(gate_run, tmp_path / "drift")
+    scale_values(drifted_dir, 1 + 0.5 * regression.DRIFT_REL)
+    drifted = regression.compare(drifted_dir, base)
+    assert drifted.verdict == "drift" and not drifted.beyond and drifted.drifted and not drifted.failed_contrasts
+    assert drifted.summary().startswith("drift: ")
+    moved_dir = copy_run(gate_run, tmp_path / "moved")
+    scale_values(moved_dir, 1.01)
+    moved = regression.compare(moved_dir, base)
     assert moved.verdict == "regression" and moved.beyond and not moved.failed_contrasts
-    assert "values beyond float drift" in moved.summary() and "4 of 4 headline contrasts hold" in moved.summary()
+    assert "values beyond float drift" in moved.summary() and "OUTPUT_VERSION" in moved.summary()
 
 
-def test_drift_is_judged_on_the_scale_of_the_estimate() -> None:
-    values = {"contrast.json:contrasts.m.fid.delta": 21.0, "contrast.json:contrasts.m.fid.delta_ci95.0": -0.09,
-              "contrast.json:contrasts.m.fid.delta_ci95.1": 47.0, "contrast.json:contrasts.m.lipschitz.wilcoxon_p": 0.9,
-              "contrast.json:contrasts.m.lipschitz.delta": -0.16, "evaluate/full.json:fid": 40.0,
-              "evaluate/full.json:recall": 0.26, "evaluate/full.json:kid_ci95.0": 2.2, "evaluate/full.json:kid_ci95.1": 2.6}
+def test_drift_is_judged_on_the_scale_of_the_estimate(run: Path) -> None:
+    values = {k: v for k, v in regression.flatten_metrics(run).items() if regression.kind_of(k) == "value"}
     scales = regression.sibling_scales(values)
-    assert scales["contrast.json:contrasts.m.fid.delta_ci95.0"] == 47.0          # an interval bound near 0
-    assert scales["contrast.json:contrasts.m.lipschitz.delta"] == 0.16           # a p-value lends no scale
-    assert scales["contrast.json:contrasts.m.lipschitz.wilcoxon_p"] == 0.9
-    assert scales["evaluate/full.json:recall"] == 0.26                           # top-level numbers: their own
-    assert scales["evaluate/full.json:kid_ci95.0"] == 2.6
+    lip = "contrast.json:contrasts.top-1.lipschitz."
+    assert scales[lip + "ci95.0"] == max(abs(values[lip + k]) for k in ("estimate", "ci95.0", "ci95.1", "median_delta",
+                                                                          "tie_tolerance"))
+    assert scales[lip + "wilcoxon_p"] == values[lip + "wilcoxon_p"]          # a p-value lends and borrows no scale
+    assert scales[lip + "p_value"] == values[lip + "p_value"]
+    assert scales[lip + "frac_lower"] == values[lip + "frac_lower"]
+    assert scales["evaluate/full.json:fid"] == abs(values["evaluate/full.json:fid"])   # top-level: its own
 
 
-def test_sign_flip_of_a_headline_contrast_is_a_regression(tmp_path: Path) -> None:
-    base = _baseline(tmp_path)
-    flipped = regression.compare(_metrics(tmp_path / "flip", top1_fid=(0.5, -2.5, 3.5)), base)   # top-1 ≈ full now
+def test_sign_flip_or_shrink_of_a_headline_contrast_is_a_regression(run: Path, base: dict[str, Any]) -> None:
+    name, entry = guarded(base)
+    policy = name.partition(" − ")[0]
+    set_contrast(run, policy, "lipschitz", -entry["value"], abs(entry["value"]) / 4)
+    flipped = regression.compare(run, base)
     assert flipped.verdict == "regression"
-    assert [(r.name, r.why) for r in flipped.failed_contrasts] == [("top-1 − full: fid", "sign flipped")]
-    assert "top-1 − full: fid sign flipped" in flipped.summary()
-    # same sign, but half the effect: outside the tolerance (the baseline's half-width, 3)
-    shrunk = regression.compare(_metrics(tmp_path / "shrunk", top1_fid=(-4.0, -7.0, -1.0)), base)
-    assert [(r.name, r.why) for r in shrunk.failed_contrasts] == [("top-1 − full: fid", "outside tolerance")]
-    # a not-separable contrast guards no sign: within its half-width either side passes
-    row = next(r for r in flipped.contrasts if r.name == "top-1 − full: amplification eps_0.1")
-    assert row.sign == 0 and row.passed
+    assert [(r.name, r.why) for r in flipped.failed_contrasts] == [(name, "sign flipped")]
+    assert f"{name} sign flipped" in flipped.summary()
+    set_contrast(run, policy, "lipschitz", entry["value"] + 1.5 * entry["tolerance"] * entry["sign"], 0.0)
+    grown = regression.compare(run, base)
+    assert [(r.name, r.why) for r in grown.failed_contrasts] == [(name, "outside tolerance")]
+    # a contrast that guards no sign passes within its tolerance on either side
+    free = next(r for r in grown.contrasts if r.sign == 0 and r.name.startswith("top-1"))
+    assert free.passed
 
 
-def test_missing_contrast_or_value_is_a_regression(tmp_path: Path) -> None:
-    base = _baseline(tmp_path)
-    run = _metrics(tmp_path / "run")
+def test_missing_contrast_file_or_value_is_a_regression(run: Path, base: dict[str, Any]) -> None:
     (run / "contrast.json").unlink()
     result = regression.compare(run, base)
     assert result.verdict == "regression" and {r.why for r in result.failed_contrasts} == {"missing"}
-    assert ("contrast.json:contrasts.top-1.fid.delta", -8.0, None) in result.beyond
+    assert len(result.failed_contrasts) == len(base["contrasts"])
+    assert any(name.startswith("contrast.json:") and cur is None for name, _, cur in result.beyond)
 
 
-def test_a_changed_constant_is_reported_as_a_constant(tmp_path: Path) -> None:
-    base = _baseline(tmp_path)
-    run = _metrics(tmp_path / "run")
-    sample = json.loads((run / "sample" / "full.json").read_text())
-    (run / "sample" / "full.json").write_text(json.dumps({**sample, "n": 500}))
+def test_a_changed_constant_is_reported_as_a_constant(run: Path, base: dict[str, Any]) -> None:
+    n = json.loads((run / "sample" / "full.json").read_text())["n"]
+    edit(run / "sample" / "full.json", lambda d: d.update(n=n + 500))
     result = regression.compare(run, base)
-    assert result.constants_changed == [("sample/full.json:n", 300.0, 500.0)]
+    assert result.constants_changed == [("sample/full.json:n", float(n), float(n + 500))]
     assert result.verdict == "exact" and result.n_values == len(base["values"])   # not a gated metric
     assert "1 of" in result.summary() and "config constants differ" in result.summary()
 
 
-def test_old_or_malformed_baseline_is_a_one_line_error(tmp_path: Path) -> None:
+def test_old_or_malformed_baseline_is_a_one_line_error(base: dict[str, Any]) -> None:
     old = {"why": "w", "git_commit": "x", "profile": "p", "metrics": {"a:b": {"value": 1, "abs_tol": 0, "rel_tol": 0}}}
     with pytest.raises(ArtifactError, match=r"ci.json is an old-format baseline .*ddmbench baseline --why"):
         regression.check_baseline(old, "ci.json")
     with pytest.raises(ArtifactError, match="malformed"):
-        regression.check_baseline({**_baseline(tmp_path), "contrasts": {"x": {"value": 1}}}, "ci.json")
+        regression.check_baseline({**base, "contrasts": {"x": {"value": 1}}}, "ci.json")
 
 
-def test_spread_of_values_and_contrasts(tmp_path: Path) -> None:
-    runs = {f"seed{i}": _metrics(tmp_path / f"s{i}", fid=fid, top1_fid=(d, d - 3, d + 3), wall=w)
-            for i, (fid, d, w) in enumerate([(40.0, -8.0, 3.0), (44.0, -6.0, 5.0), (42.0, -7.0, 4.0)])}
-    out = spread_tool.spread(runs)
-    fid = out["metrics"]["evaluate/full.json:fid"]
-    assert (fid["n"], fid["mean"], fid["min"], fid["max"], fid["range"]) == (3, 42.0, 40.0, 44.0, 4.0)
-    assert fid["std"] == pytest.approx(2.0) and fid["kind"] == "value" and fid["tolerance"] is None
-    c = out["metrics"]["contrast top-1 − full: fid"]
-    assert c["kind"] == "contrast" and c["range"] == 2.0 and c["tolerance"] == regression.SPREAD_MULTIPLE * 2.0
-    assert not any(k.endswith("wall_time_s") for k in out["metrics"])
-    base = regression.make_baseline(runs["seed0"], why="t", git_commit="x", profile="p", spread=out)
-    entry = base["contrasts"]["top-1 − full: fid"]
-    assert entry["basis"] == "spread" and entry["tolerance"] == min(regression.SPREAD_MULTIPLE * 2.0, 8.0)
-    with pytest.raises(ArtifactError, match="at least 2 runs"):
-        spread_tool.spread({"only": runs["seed0"]})
+# ---------------------------------------------------------------------------------------------
+# ties at float noise
+# ---------------------------------------------------------------------------------------------
+
+def test_noise_on_a_policy_that_equals_full_on_some_seeds_moves_no_sign(gate_run: Project, tmp_path: Path) -> None:
+    """threshold-0.3 takes both experts wherever the untrained router is unsure, so it equals full on every seed;
+    make it differ on half the seeds, run the contrast stage, freeze that; then add ±1e-7 to the other half, as
+    another float path would, and run the stage again: frac_lower, the Wilcoxon p and the gate's verdict hold."""
+    root = Path(shutil.copytree(gate_run.root, tmp_path / "repo"))
+    project = Project(root, gate_run.raw)
+    path = project.paths.analysis_values("threshold-0.3")
+    values = load_tensors(path, "analyze")
+    half = len(values["seeds"]) // 2
+    for key in ("amplification", "error_at_nfe", "lipschitz"):
+        values[key][..., half:] *= 1.25                     # a real difference on the second half of the seeds
+    save_tensors(path, values)
+    invoke(root, "contrast")
+    invoke(root, "baseline", "--why", "t", "--current", str(root / "metrics"), "--out", str(root / "tie.json"))
+    before = json.loads((root / "metrics" / "contrast.json").read_text())["contrasts"]["threshold-0.3"]
+    rng = np.random.default_rng(0)
+    for key in ("amplification", "error_at_nfe", "lipschitz"):
+        noise = torch.from_numpy(rng.choice([-1e-7, 1e-7], size=values[key][..., :half].shape)).float()
+        values[key][..., :half] += noise
+    save_tensors(path, values)
+    invoke(root, "contrast")
+    after = json.loads((root / "metrics" / "contrast.json").read_text())["contrasts"]["threshold-0.3"]
+    for family in ("convergence_error", "lipschitz"):
+        assert before[family]["frac_lower"] == 0                # higher on half the seeds, tied on the rest
+        for stat in ("frac_lower", "wilcoxon_p", "median_delta"):
+            assert after[family][stat] == before[family][stat], (family, stat)
+    for eps, d in after["amplification"].items():
+        assert (d["frac_lower"], d["wilcoxon_p"]) == (before["amplification"][eps]["frac_lower"],
+                                                      before["amplification"][eps]["wilcoxon_p"])
+    result = regression.compare(root / "metrics", json.loads((root / "tie.json").read_text()))
+    assert result.verdict in ("exact", "drift") and not result.failed_contrasts, result.summary()
 
 
-def test_cli_baseline_and_compare_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    _metrics(tmp_path)
-    Path("params.yaml").write_text((Path(__file__).resolve().parents[1] / "params" / "ci.yaml").read_text())
-    runner = CliRunner(env={"COLUMNS": "200"})
-    made = runner.invoke(app, ["baseline", "--why", "first baseline", "--out", "bl.json"])
-    assert made.exit_code == 0, made.output
-    assert "4 headline contrasts (3 with a guarded sign)" in made.output
-    assert json.loads(Path("bl.json").read_text())["why"] == "first baseline"
-    exact = runner.invoke(app, ["compare", "metrics", "bl.json"])
-    assert exact.exit_code == 0 and exact.output.strip().splitlines()[-1].startswith("exact: ")
-    folder = Path("baselines")                 # a folder: other JSON beside the baseline is not a baseline
-    folder.mkdir()
-    Path("bl.json").rename(folder / "bl.json")
-    (folder / "drift.json").write_text(json.dumps({"values": 2000, "bit_identical": 915}))
-    (folder / "spread.json").write_text(json.dumps({"metrics": {}}))
-    in_folder = runner.invoke(app, ["compare", "metrics", "baselines"])
-    assert in_folder.exit_code == 0 and in_folder.output.strip().splitlines()[-1].startswith("exact: "), in_folder.output
-    (folder / "bl.json").rename("bl.json")
-    _metrics(tmp_path, scale=1 + 0.5 * regression.DRIFT_REL)
-    drift = runner.invoke(app, ["compare", "metrics", "bl.json"])
-    assert drift.exit_code == 0 and drift.output.strip().splitlines()[-1].startswith("drift: ")
-    _metrics(tmp_path, top1_fid=(0.5, -2.5, 3.5))
-    flipped = runner.invoke(app, ["compare", "metrics", "bl.json", "--failures-only"])
-    assert flipped.exit_code == 1 and flipped.output.strip().splitlines()[-1].startswith("regression: ")
-    assert "sign flipped" in flipped.output and "convergence_error" not in flipped.output.split("regression:")[0]
-    missing = runner.invoke(app, ["compare", "metrics", "nope.json"])
-    assert missing.exit_code == 2 and "nope.json" in missing.output
-    Path("old.json").write_text(json.dumps({"why": "w", "metrics": {}}))
-    old = runner.invoke(app, ["compare", "metrics", "old.json"])
-    assert old.exit_code == 2 and "old-format baseline" in old.output and "Traceback" not in old.output
+# ---------------------------------------------------------------------------------------------
+# output versions and float paths
+# ---------------------------------------------------------------------------------------------
+
+def test_a_baseline_of_another_output_version_gates_its_contrasts_alone(gate_run: Project, base: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    old = {**base, "output_version": regression.OUTPUT_VERSION - 1}
+    moved = copy_run(gate_run, tmp_path / "moved")
+    scale_values(moved, 1.01)
+    result = regression.compare(moved, old)
+    assert result.verdict == "stale-baseline" and result.beyond and not result.failed_contrasts
+    assert result.summary().startswith("stale-baseline: ") and "not gated (baseline at output version 0" in result.summary()
+    assert "cross-path tolerances" in result.summary()
+    name, entry = guarded(base)
+    set_contrast(moved, name.partition(" − ")[0], "lipschitz", -entry["value"], 0.0)
+    assert regression.compare(moved, old).verdict == "regression"     # its contrasts still gate
+    del old["output_version"]                                          # made before baselines recorded one
+    assert regression.output_version(old) == 0 and regression.compare(moved, old).stale
 
 
-def test_cli_spread_writes_json_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    for i, fid in enumerate((40.0, 41.0)):
-        _metrics(tmp_path / f"run{i}", fid=fid)
-    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["spread", "run0/metrics", "run1/metrics", "--out", "s.json"])
-    assert result.exit_code == 0, result.output
-    data = json.loads(Path("s.json").read_text())
-    assert data["runs"] == ["run0/metrics", "run1/metrics"]
-    assert data["metrics"]["evaluate/full.json:fid"]["range"] == pytest.approx(1.0)
-    assert "contrast top-1 − full: fid" in result.output and "wrote s.json" in result.output
+def _on_machine(base: dict[str, Any], machine: dict[str, Any], run: Path) -> dict[str, Any]:
+    """``base`` as if made on ``machine`` with evaluator aaaa…, and ``run`` moved beyond drift and measured with
+    evaluator bbbb…: what another float path gives."""
+    scale_values(run, 1.01)
+    stamp(run, "b" * 64)
+    return {**base, "machine": machine, "evaluator_sha256": "a" * 64}
 
 
-def _stamp(metrics: Path, digest: str, files: tuple[str, ...] = ("evaluate/full.json", "evaluate/top-1.json")) -> None:
-    for name in files:
-        path = metrics / name
-        path.write_text(json.dumps({**json.loads(path.read_text()), "evaluator_sha256": digest}))
-
-
-def test_compare_refuses_another_evaluator(tmp_path: Path) -> None:
-    base_dir = _metrics(tmp_path / "base")
-    _stamp(base_dir, "a" * 64)
-    base = regression.make_baseline(base_dir, why="t", git_commit="x", profile="p")
-    assert base["evaluator_sha256"] == "a" * 64
-    same = _metrics(tmp_path / "same")
-    _stamp(same, "a" * 64)
-    assert regression.compare(same, base).verdict == "exact"
-    other = _metrics(tmp_path / "other")
-    _stamp(other, "b" * 64)
-    with pytest.raises(ArtifactError, match=r"evaluator bbbbbbbbbbbb.*baseline with aaaaaaaaaaaa"):
-        regression.compare(other, base)
-    mixed = _metrics(tmp_path / "mixed")
-    _stamp(mixed, "a" * 64, ("evaluate/full.json",))
-    _stamp(mixed, "b" * 64, ("evaluate/top-1.json",))
+def test_compare_refuses_another_evaluator_on_the_same_path(run: Path, base: dict[str, Any]) -> None:
+    assert base["evaluator_sha256"] == regression.evaluator_digest(run)
+    stamp(run, "b" * 64)
+    with pytest.raises(ArtifactError, match=r"evaluator bbbbbbbbbbbb.*baseline with " + base["evaluator_sha256"][:12]):
+        regression.compare(run, base)
+    stamp(run, "a" * 64, ("evaluate/full.json",))
     with pytest.raises(ArtifactError, match="a" * 64 + "|" + "b" * 64):
-        regression.evaluator_digest(mixed)
+        regression.evaluator_digest(run)
 
 
-def _baseline_and_moved(tmp_path: Path, machine: dict[str, Any]) -> tuple[dict[str, Any], Path]:
-    """A baseline made on ``machine`` with evaluator aaaa…, and a run whose every value moved beyond drift (its
-    contrasts hold) measured with evaluator bbbb…: what another float path gives."""
-    base_dir = _metrics(tmp_path / "base")
-    _stamp(base_dir, "a" * 64)
-    base = {**regression.make_baseline(base_dir, why="t", git_commit="x", profile="p"), "machine": machine}
-    moved = _metrics(tmp_path / "moved", scale=1.1)
-    _stamp(moved, "b" * 64)
-    return base, moved
-
-
-def test_baseline_of_another_float_path_gates_the_contrasts_alone(tmp_path: Path) -> None:
-    """Another vector ISA trains another evaluator from the same seed (measured: AVX2 vs AVX-512, README of
-    reports/baseline): (a) is not gated, the contrasts are; the same ISA with another digest is still refused."""
-    base, moved = _baseline_and_moved(tmp_path, {"isa": "avx2", "cpu": "c", "torch": "t"})
-    result = regression.compare(moved, base, isa="avx512", vendor="intel")
+def test_baseline_of_another_float_path_gates_the_contrasts_alone(run: Path, base: dict[str, Any]) -> None:
+    """Another vector ISA trains other models from the same seed (reports/baseline/README.md): (a) is not gated,
+    the contrasts are, at their other-path tolerances; the same ISA with another digest is still refused."""
+    other = _on_machine(base, {"isa": "avx2", "cpu": "c", "torch": "t"}, run)
+    result = regression.compare(run, other, isa="avx512", vendor="intel")
     assert result.verdict == "other-machine" and result.beyond and not result.failed_contrasts
     assert result.summary().startswith("other-machine: ") and "avx2, this machine intel avx512" in result.summary()
-    flipped = _metrics(tmp_path / "flipped", top1_fid=(0.5, -2.5, 3.5))
-    _stamp(flipped, "b" * 64)
-    assert regression.compare(flipped, base, isa="avx512").verdict == "regression"
-    (moved / "analyze" / "full.json").unlink()               # a missing value is a regression on any machine
-    assert regression.compare(moved, base, isa="avx512").verdict == "regression"
+    expected = [e["other_path"]["tolerance"] for _, e in sorted(other["contrasts"].items())]
+    assert [r.tolerance for r in result.contrasts] == expected
+    name, entry = guarded(base)
+    set_contrast(run, name.partition(" − ")[0], "lipschitz", -entry["value"], 0.0)
+    assert regression.compare(run, other, isa="avx512").verdict == "regression"
     with pytest.raises(ArtifactError, match="evaluator bbbbbbbbbbbb"):
-        regression.compare(flipped, base, isa="avx2")
+        regression.compare(run, other, isa="avx2")
 
 
-def test_compare_picks_the_baseline_of_this_float_path(tmp_path: Path) -> None:
+def test_a_missing_value_is_a_regression_on_any_machine(run: Path, base: dict[str, Any]) -> None:
+    other = _on_machine(base, {"isa": "avx2", "cpu": "c", "torch": "t"}, run)
+    (run / "analyze" / "full.json").unlink()
+    assert regression.compare(run, other, isa="avx512").verdict == "regression"
+
+
+def test_compare_picks_the_baseline_of_this_float_path() -> None:
     docs = {name: {"machine": {"isa": isa}} for name, isa in (("ci-avx2.json", "avx2"), ("ci-avx512.json", "avx512"))}
     assert float_paths.choose_baseline(docs, isa="avx512")[0] == "ci-avx512.json"
     assert float_paths.choose_baseline(docs, isa="avx2")[0] == "ci-avx2.json"
@@ -299,7 +356,7 @@ def test_compare_picks_the_baseline_of_this_float_path(tmp_path: Path) -> None:
         float_paths.choose_baseline({})
 
 
-def test_another_cpu_vendor_is_another_float_path(tmp_path: Path) -> None:
+def test_another_cpu_vendor_is_another_float_path(run: Path, base: dict[str, Any]) -> None:
     """An AMD EPYC and an Intel Xeon, both AVX-512 at 2 threads, trained other evaluators from the same seed
     (reports/baseline/README.md): the vendor is part of the float path, so a run on the other vendor is
     judged on (b) alone instead of refused for its evaluator, and each vendor finds its own baseline."""
@@ -313,40 +370,120 @@ def test_another_cpu_vendor_is_another_float_path(tmp_path: Path) -> None:
     assert float_paths.baseline_name(float_paths.path_of({"machine": amd})) == "ci-amd-avx512.json"
     assert float_paths.baseline_name(float_paths.path_of({"machine": {"isa": "aarch64", "cpu": "Neoverse"}})) == \
         "ci-aarch64.json"
-    base, moved = _baseline_and_moved(tmp_path, intel)
-    result = regression.compare(moved, base, isa="avx512", threads=2, vendor="amd")
+    other = _on_machine(base, intel, run)
+    result = regression.compare(run, other, isa="avx512", threads=2, vendor="amd")
     assert result.verdict == "other-machine" and not result.failed_contrasts
     assert "intel avx512 with 2 threads, this machine amd avx512 with 2 threads" in result.summary()
     with pytest.raises(ArtifactError, match="evaluator bbbbbbbbbbbb"):
-        regression.compare(moved, base, isa="avx512", threads=2, vendor="intel")
+        regression.compare(run, other, isa="avx512", threads=2, vendor="intel")
 
 
-def test_cli_compare_reads_a_folder_of_baselines_and_skips_spread_files(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    _metrics(tmp_path)
-    folder = tmp_path / "baselines"
-    folder.mkdir()
-    doc = regression.make_baseline(tmp_path / "metrics", why="t", git_commit="x", profile="p")
-    (folder / float_paths.baseline_name(float_paths.path_of(doc))).write_text(json.dumps(doc))
-    (folder / "spread-ci.json").write_text(json.dumps({"runs": [], "metrics": {}}))
-    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["compare", "metrics", "baselines"])
-    assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1].startswith("exact: ")
-
-
-def test_another_thread_count_is_another_float_path(tmp_path: Path) -> None:
+def test_another_thread_count_is_another_float_path(run: Path, base: dict[str, Any]) -> None:
     """1 vs 2 intra-op threads trained another evaluator from the same seed (reports/baseline/README.md): a run
     with another thread count than its baseline's gets (b) alone and a hint, not an evaluator refusal."""
-    base, moved = _baseline_and_moved(tmp_path, {"isa": "avx512", "cpu": "c", "torch": "t", "threads": 2})
-    result = regression.compare(moved, base, isa="avx512", threads=1, vendor="intel")
+    other = _on_machine(base, {"isa": "avx512", "cpu": "c", "torch": "t", "threads": 2}, run)
+    result = regression.compare(run, other, isa="avx512", threads=1, vendor="intel")
     assert result.verdict == "other-machine" and not result.failed_contrasts
     assert "avx512 with 2 threads, this machine intel avx512 with 1 thread; OMP_NUM_THREADS=2" in result.summary()
     with pytest.raises(ArtifactError, match="evaluator bbbbbbbbbbbb"):
-        regression.compare(moved, base, isa="avx512", threads=2)
+        regression.compare(run, other, isa="avx512", threads=2)
     docs = {"t1.json": {"machine": {"isa": "avx512", "threads": 1}}, "t2.json": {"machine": {"isa": "avx512", "threads": 2}},
             "avx2.json": {"machine": {"isa": "avx2", "threads": 2}}}
     assert float_paths.choose_baseline(docs, isa="avx512", threads=2)[0] == "t2.json"
     assert float_paths.choose_baseline(docs, isa="avx512", threads=1)[0] == "t1.json"
     assert float_paths.choose_baseline(docs, isa="avx512", threads=4)[0] == "t1.json"     # same ISA, (b) alone
     assert float_paths.choose_baseline(docs, isa="avx2", threads=1)[0] == "avx2.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# spread: the other-path tolerances
+# ---------------------------------------------------------------------------------------------
+
+def test_spread_sets_the_other_path_tolerance_and_guards_a_sign_only_all_runs_share(gate_run: Project,
+                                                                                  tmp_path: Path) -> None:
+    """Three runs whose top-1 − full Lipschitz differs (as training seeds and float paths make it): the spread's
+    range sets the other-path tolerance; a sign that one run does not share is not guarded from another path."""
+    runs = {f"s{i}": copy_run(gate_run, tmp_path / f"s{i}") for i in range(3)}
+    lip = json.loads((runs["s0"] / "contrast.json").read_text())["contrasts"]["top-1"]["lipschitz"]
+    value, half = lip["estimate"], (lip["ci95"][1] - lip["ci95"][0]) / 2
+    assert lip["ci95"][0] > 0                                       # guarded on the run's own path
+    set_contrast(runs["s1"], "top-1", "lipschitz", value * 1.2, half)
+    set_contrast(runs["s2"], "top-1", "lipschitz", value * 0.9, half)
+    edit(runs["s2"] / "sample" / "full.json", lambda d: d.update(wall_time_s=d["wall_time_s"] + 5))
+    out = spread_tool.spread(runs)
+    c = out["metrics"]["contrast top-1 − full: lipschitz"]
+    assert c["kind"] == "contrast" and c["range"] == pytest.approx(0.3 * value) and c["n"] == 3
+    assert c["tolerance"] == pytest.approx(regression.SPREAD_MULTIPLE * 0.3 * value)
+    assert not any(k.endswith("wall_time_s") for k in out["metrics"])
+    base = regression.make_baseline(runs["s0"], why="t", git_commit="x", profile="p", spread=out)
+    entry = base["contrasts"]["top-1 − full: lipschitz"]
+    assert entry["basis"] == "spread" and entry["other_path"]["basis"] == "spread" and entry["sign"] == 1
+    assert entry["other_path"] == {"tolerance": pytest.approx(min(regression.SPREAD_MULTIPLE * 0.3 * value, value)),
+                                   "sign": 1, "basis": "spread"}
+    set_contrast(runs["s2"], "top-1", "lipschitz", -0.5 * value, half)       # one run of the spread disagrees
+    entry = regression.make_baseline(runs["s0"], why="t", git_commit="x", profile="p",
+                                     spread=spread_tool.spread(runs))["contrasts"]["top-1 − full: lipschitz"]
+    assert entry["sign"] == 1 and entry["other_path"]["sign"] == 0
+    assert entry["other_path"]["tolerance"] == pytest.approx(regression.SPREAD_MULTIPLE * 1.7 * value)
+    with pytest.raises(ArtifactError, match="at least 2 runs"):
+        spread_tool.spread({"only": runs["s0"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI
+# ---------------------------------------------------------------------------------------------
+
+def test_cli_baseline_and_compare_exit_codes(gate_run: Project, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(gate_run.root, tmp_path / "repo"))
+    made = run_cli(root, "baseline", "--why", "first baseline", "--out", "bl.json")
+    assert made.exit_code == 0, made.output
+    contrasts = json.loads((root / "bl.json").read_text())["contrasts"]
+    n, guarded_n = len(contrasts), sum(1 for e in contrasts.values() if e["sign"])
+    assert f"{n} headline contrasts ({guarded_n} with a guarded sign)" in made.output and guarded_n > 0
+    runner = CliRunner(env={"COLUMNS": "200"})
+
+    def compare(*args: str) -> Any:
+        import os
+        old = Path.cwd()
+        os.chdir(root)
+        try:
+            return runner.invoke(app, ["compare", *args])
+        finally:
+            os.chdir(old)
+    exact = compare("metrics", "bl.json")
+    assert exact.exit_code == 0 and exact.output.strip().splitlines()[-1].startswith("exact: "), exact.output
+    folder = root / "baselines"                 # a folder: other JSON beside the baseline is not a baseline
+    folder.mkdir()
+    (root / "bl.json").rename(folder / "bl.json")
+    (folder / "drift.json").write_text(json.dumps({"values": 2000, "bit_identical": 915}))
+    (folder / "spread.json").write_text(json.dumps({"metrics": {}}))
+    in_folder = compare("metrics", "baselines")
+    assert in_folder.exit_code == 0 and in_folder.output.strip().splitlines()[-1].startswith("exact: "), in_folder.output
+    (folder / "bl.json").rename(root / "bl.json")
+    scale_values(root / "metrics", 1 + 0.5 * regression.DRIFT_REL)
+    drift = compare("metrics", "bl.json")
+    assert drift.exit_code == 0 and drift.output.strip().splitlines()[-1].startswith("drift: ")
+    name, entry = guarded(json.loads((root / "bl.json").read_text()))
+    set_contrast(root / "metrics", name.partition(" − ")[0], "lipschitz", -entry["value"], 0.0)
+    flipped = compare("metrics", "bl.json", "--failures-only")
+    assert flipped.exit_code == 1 and flipped.output.strip().splitlines()[-1].startswith("regression: ")
+    assert "sign flipped" in flipped.output and "convergence_error" not in flipped.output.split("regression:")[0]
+    missing = compare("metrics", "nope.json")
+    assert missing.exit_code == 2 and "nope.json" in missing.output
+    (root / "old.json").write_text(json.dumps({"why": "w", "metrics": {}}))
+    old = compare("metrics", "old.json")
+    assert old.exit_code == 2 and "old-format baseline" in old.output and "Traceback" not in old.output
+
+
+def test_cli_spread_writes_json_and_table(gate_run: Project, tmp_path: Path) -> None:
+    for i in range(2):
+        copy_run(gate_run, tmp_path / f"run{i}" / "metrics")
+    scale_values(tmp_path / "run1" / "metrics", 1.01)
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(
+        app, ["spread", str(tmp_path / "run0/metrics"), str(tmp_path / "run1/metrics"), "--out", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["runs"] == [str(tmp_path / "run0/metrics"), str(tmp_path / "run1/metrics")]
+    fid = json.loads((tmp_path / "run0/metrics/evaluate/full.json").read_text())["fid"]
+    assert data["metrics"]["evaluate/full.json:fid"]["range"] == pytest.approx(0.01 * fid)
+    assert "contrast top-1 − full: lipschitz" in data["metrics"] and "18 contrasts" in result.output

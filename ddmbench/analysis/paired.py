@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from ddmbench.evaluation.float_noise import tie_tolerance, without_ties
 from ddmbench.evaluation.intervals import verdict
 
 METHOD = "paired t: mean per-seed difference +- t(n-1) SE; two-sided paired t test"
@@ -37,8 +38,14 @@ def paired_mean_delta(a: np.ndarray, b: np.ndarray, *, level: float = 0.95,
     Wilcoxon signed-rank p-value as a check that needs no normality, the fraction of rows with a < b and the
     median difference. The interval covers sampling noise given one set of trained models; tests/test_coverage.py
     measures its coverage on skewed per-seed differences (t beat the percentile and BCa bootstrap there: at
-    n = 24-64 seeds both undercover skewed means)."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = 24-64 seeds both undercover skewed means).
+
+    A row whose |a − b| is within float drift of max(|a|, |b|) (:func:`ddmbench.evaluation.float_noise.tie_tolerance`)
+    is a tie: it counts as neither lower nor higher in ``frac_lower``, the Wilcoxon test drops it and the median
+    takes it as 0, so a policy that equals the reference on some seeds gives the same signs on every float path.
+    ``tie_tolerance`` is the same allowance for the mean: the drift allowance of the rows' mean scale."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d = a - b
     if len(d) < 2:
         raise ValueError(f"a paired contrast needs at least 2 rows, got {len(d)}")
     if np.all(d == d[0]):
@@ -47,7 +54,9 @@ def paired_mean_delta(a: np.ndarray, b: np.ndarray, *, level: float = 0.95,
         test = stats.ttest_1samp(d, 0.0)
         ci = test.confidence_interval(confidence_level=level)
         interval, p_value = (float(ci.low), float(ci.high)), float(test.pvalue)
-    wilcoxon_p = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    signed = without_ties(d, tie_tolerance(a, b))
+    wilcoxon_p = float(stats.wilcoxon(signed).pvalue) if np.any(signed != 0) else 1.0
     return {"estimate": float(d.mean()), "ci95": list(interval), "estimand": estimand, "p_value": p_value,
             "p_value_method": METHOD, "verdict": verdict(interval), "wilcoxon_p": wilcoxon_p,
-            "median_delta": float(np.median(d)), "frac_lower": float((d < 0).mean()), "n": int(len(d))}
+            "median_delta": float(np.median(signed)), "frac_lower": float((signed < 0).mean()), "n": int(len(d)),
+            "tie_tolerance": float(tie_tolerance(np.abs(a).mean(), np.abs(b).mean()))}

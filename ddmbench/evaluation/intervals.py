@@ -30,6 +30,7 @@ import torch
 from scipy import stats
 
 from ddmbench.evaluation.fid import RealGaussians
+from ddmbench.evaluation.float_noise import tie_tolerance
 from ddmbench.evaluation.kid import RealKernel
 
 INTERVAL_METHOD = ("grouped jackknife: G groups of generated and real rows left out together, "
@@ -119,7 +120,8 @@ def intervals_from(fid_v: torch.Tensor, kid_v: torch.Tensor, *, n: int, m: int, 
 def paired_quality(real: RealSet, fake_a: torch.Tensor, fake_b: torch.Tensor, labels: tuple[str, str] = ("a", "b"),
                    level: float = 0.95) -> dict[str, dict[str, Any]]:
     """FID_inf(a) − FID_inf(b) and KID(a) − KID(b) of two row-aligned generated sets (N, d) (row i from the
-    same seed), each with estimate, 95% interval, estimand, two-sided p-value and verdict.
+    same seed), each with estimate, 95% interval, estimand, two-sided p-value and verdict, and the float drift
+    allowance of the two values (``tie_tolerance``): a difference no larger is a tie.
 
     The same groups of seeds (and of real rows) are left out of both sets, so the jackknife sees the pairing.
     """
@@ -143,5 +145,6 @@ def paired_from(values_a: tuple[torch.Tensor, torch.Tensor], values_b: tuple[tor
         interval = jk.interval(centre, level)
         out[name] = {"estimate": centre, "ci95": interval, "se": jk.se, "estimand": estimand,
                      "p_value": jk.p_value(centre), "p_value_method": P_VALUE_METHOD, "verdict": verdict(interval),
-                     "plug_in_delta": jk.point, "n": n, "jackknife_groups": jk.df + 1}
+                     "plug_in_delta": jk.point, "n": n, "jackknife_groups": jk.df + 1,
+                     "tie_tolerance": float(tie_tolerance(float(da.mean()), float(db.mean())))}
     return out

@@ -14,9 +14,11 @@ Every difference D holds ``estimate``, ``ci95`` (95% interval), ``estimand`` (wh
 difference of the unbiased KIDs, both with jackknife t intervals and t-test p-values over groups of seeds
 (``plug_in_delta`` is the difference of the plug-in values at N); per-seed differences carry a paired t interval
 of the mean and a paired t-test p-value, plus ``wilcoxon_p`` (signed-rank check), ``frac_lower`` and
-``median_delta``. Nothing here draws random numbers. All intervals cover
-sampling noise given one set of trained models. Quality files measured with another evaluator than the real
-features (SHA-256 of its weights) are refused.
+``median_delta``, which count a per-seed difference within float drift as a tie. Every difference carries
+``tie_tolerance``, the float drift allowance of the compared values. The record is
+:mod:`ddmbench.evaluation.contrast_record`, which the regression gate reads. Nothing here draws random
+numbers. All intervals cover sampling noise given one set of trained models. Quality files measured with
+another evaluator than the real features (SHA-256 of its weights) are refused.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ddmbench.analysis.paired import align_by_seed, paired_mean_delta
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import console, show_table
 from ddmbench.errors import ArtifactError, ConfigError
+from ddmbench.evaluation import contrast_record
 from ddmbench.evaluation.features import load_real_features
 from ddmbench.evaluation.identity import check_same_evaluator
 from ddmbench.evaluation.intervals import RealSet, paired_quality
@@ -127,6 +130,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
             **paired_scores(real, quality[label], quality[REFERENCE], label=label),
             **paired_values(values[label], values[REFERENCE], label=label),
         }
+    contrast_record.validate(metrics, paths.contrast_metrics)   # the record the regression gate reads
     write_json(paths.contrast_metrics, metrics)
     mirror(cfg, paths, "contrast", "contrast", {"evaluate.groups": cfg.evaluate.groups,
            "policies": config_to_dict(cfg)["policies"]},

@@ -7,25 +7,31 @@ CI runs one profile at one seed, so its noise model is not seed-to-seed spread b
     change of machine or thread count (``drift``): ``|Δ| ≤ DRIFT_ABS + DRIFT_REL·scale``, where scale is
     the largest |baseline| among the value and its siblings (the numbers of the same JSON object or
     list), so that an interval bound or a difference near 0 is judged on the scale of its estimate.
-(b) **Scientific regression.** Each headline paired contrast, policy − full for every policy (FID, with
-    its paired bootstrap interval, amplification per ε, convergence error, Lipschitz from
-    ``metrics/contrast.json``; KID from ``metrics/evaluate/``), must keep the sign its baseline
-    interval established and stay within its tolerance (:func:`contrast_tolerance`).
+(b) **Scientific regression.** Every headline paired contrast of ``metrics/contrast.json``, policy − full for
+    every policy in ΔFID_inf, the paired ΔKID, Δamplification per ε, Δconvergence error and ΔLipschitz (the
+    record: :mod:`ddmbench.evaluation.contrast_record`), must keep the sign its baseline established and stay
+    within its tolerance (:func:`contrast_tolerance`; from another float path :func:`other_path_tolerance`).
+    A difference within float drift of the compared values is a tie and guards no sign.
 
 Config constants (n, steps, counts: functions of the params alone) are compared apart and reported as
 "constants": a changed constant means a changed profile, not a changed result, and is not a gated metric.
-Timings measure the machine and are never compared. ``compare`` ends in one verdict: ``exact`` (exit 0),
-``drift`` (exit 0) or ``regression`` (exit 1: a value beyond drift or missing, or a contrast failing).
+Timings measure the machine and are never compared. ``compare`` ends in one verdict: ``exact`` / ``drift``
+(exit 0), ``other-machine`` / ``stale-baseline`` ((b) alone, exit 0 when every contrast holds) or
+``regression`` (exit 1: a gated value beyond drift or missing, or a contrast failing).
 
 **Float paths.** A baseline records the machine it was made on (:func:`ddmbench.hardware.machine_fingerprint`).
-CPUs with another vector ISA (AVX2 vs AVX-512) run other oneDNN/ATen kernels, and another intra-op thread
-count splits the reductions differently, so the same seed trains a slightly different evaluator and every
-model drifts beyond (a) (both measured: reports/baseline/README.md), and so did an AMD and an Intel CPU with
-the same AVX-512 flags. A float path is the CPU vendor, the ISA and the thread count
-(:mod:`ddmbench.tools.float_paths`; a part a baseline did not record matches any). ``compare`` therefore takes one baseline per
-float path and judges (a) against the one made on this path. When none was, it says so and judges (b) alone
-(verdict ``other-machine``, exit 0 when every contrast holds). A run on the same path with another
-evaluator digest is another evaluator: refused in one line.
+CPUs with another vector ISA (AVX2 vs AVX-512) run other oneDNN/ATen kernels, another CPU vendor other MKL and
+oneDNN kernels, and another intra-op thread count splits the reductions differently, so the same seed trains
+slightly different models and every later number drifts beyond (a). A float path is the CPU vendor, the ISA and
+the thread count (:mod:`ddmbench.tools.float_paths`; a part a baseline did not record matches any). ``compare``
+takes one baseline per float path and judges (a) against the one made on this path. When none was, it says so
+and judges (b) alone (verdict ``other-machine``) at the tolerances measured across training seeds and float
+paths (``ddmbench spread``). A run on the same path with another evaluator digest is another evaluator:
+refused in one line.
+
+**Output versions.** Outputs change on purpose (a new estimator, a fixed bug). Every such change bumps
+:data:`OUTPUT_VERSION`, and a baseline records the version it was made at. A baseline of another version
+gates its contrasts alone, as from another float path (verdict ``stale-baseline``), until it is refreshed.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from ddmbench.errors import ArtifactError
+from ddmbench.evaluation import contrast_record
+from ddmbench.evaluation.contrast_record import Difference
+from ddmbench.evaluation.float_noise import DRIFT_ABS, DRIFT_REL
 from ddmbench.evaluation.identity import check_same_evaluator
 from ddmbench.hardware import machine_fingerprint
 from ddmbench.tools.float_paths import path_of, same_path, this_path
@@ -45,12 +54,9 @@ from ddmbench.tools.float_paths import path_of, same_path, this_path
 FORMAT = 2
 REFERENCE = "full"
 
-# Float drift allowed by (a), as a fraction of each value's sibling scale. Measured on the tiny synthetic
-# pipeline, same seed, the whole pipeline (training included) with 1 vs 2 torch threads: at most 4.3e-4 of
-# the scale (reports/baseline/README.md); DRIFT_REL is ~5x that. The CI profile trains longer: re-measure
-# there and pass the result to `ddmbench baseline --drift-rel`.
-DRIFT_REL = 2e-3
-DRIFT_ABS = 1e-9
+# The version of the pipeline's outputs. Bump it with every deliberate change of any number under metrics/.
+#   1: ties at float noise in the per-seed contrasts (frac_lower, Wilcoxon p, median) and their tie_tolerance.
+OUTPUT_VERSION = 1
 
 # Timings, and counters of how a run was executed rather than what it computed: never compared.
 TIMINGS = ("*wall_time_s", "*images_per_s", "*_seconds", "*:train_*", "*:resumed_from_step", "*:world_size")
@@ -62,7 +68,7 @@ CONSTANTS = (
     "analyze/*:n", "analyze/*:convergence.steps.*", "analyze/*:convergence.reference_steps", "analyze/*:lipschitz.delta",
     "analyze/*:disagreement.by_quantile.*.quantile",
     "expert_accuracy.json:n", "expert_accuracy.json:seed", "expert_accuracy.json:t.*", "expert_accuracy.json:rows.*.t",
-    "contrast.json:*.n", "contrast.json:*.bootstrap", "contrast.json:*.level",
+    "contrast.json:*.n", "contrast.json:*.bootstrap", "contrast.json:*.level", "contrast.json:*.jackknife_groups",
     "*:expert_gflops_per_eval", "*:router_gflops_per_eval",
     "*:steps", "*:params", "*:k", "*:pca_dim", "*:num_features", "*:seed",
 )
@@ -103,14 +109,16 @@ def _walk(node: Any, prefix: str, out: dict[str, float]) -> None:
 def sibling_scales(values: dict[str, float]) -> dict[str, float]:
     """{name: the scale its drift is judged on}: the largest |value| among ``name`` and its siblings, the
     estimates of the same nested JSON object (list items join the object holding the list), e.g.
-    ``contrast.json:contrasts.top-1.fid.delta_ci95.0`` with ``...fid.delta`` and ``...fid.delta_ci95.1``.
-    A file's top-level numbers are unrelated quantities and keep their own |value|; p-values and fractions
-    (``*_p``, ``frac_*``) live on [0, 1] and neither lend nor borrow a scale."""
+    ``contrast.json:contrasts.top-1.fid.ci95.0`` with ``...fid.estimate`` and ``...fid.ci95.1``. ``values`` are
+    the gated values only (constants such as a contrast's ``n`` are no estimates). A file's top-level numbers are
+    unrelated quantities and keep their own |value|; p-values and fractions (``p_value``, ``*_p``, ``frac_*``)
+    live on [0, 1] and neither lend nor borrow a scale."""
     def parent(name: str) -> str | None:
         head, _, last = name.rpartition(".")
         if last.isdigit() and "." in head.partition(":")[2]:
             head, _, last = head.rpartition(".")
-        own = last.endswith("_p") or last.startswith("frac_") or ":" not in head or not head.partition(":")[2]
+        own = (last == "p_value" or last.endswith("_p") or last.startswith("frac_")
+               or ":" not in head or not head.partition(":")[2])
         return None if own else head
     largest: dict[str, float] = {}
     for name, v in values.items():
@@ -128,63 +136,47 @@ def kind_of(metric: str) -> str:
     return "value"
 
 
-@dataclass(frozen=True)
-class Contrast:
-    """One paired contrast policy − full: point estimate and the 95% interval it was reported with."""
-
-    value: float
-    low: float
-    high: float
-
-
-def headline_contrasts(metrics_dir: Path) -> dict[str, Contrast]:
-    """{name: Contrast} for every policy against ``full``: "<policy> − full: fid | kid | amplification eps_<e> |
-    convergence_error | lipschitz". FID and the analyses come from contrast.json (paired by seed); KID from the
-    two policies' evaluate files, its interval the unpaired one, half-width √(h_p² + h_full²)."""
-    metrics_dir = Path(metrics_dir)
-    out: dict[str, Contrast] = {}
-    path = metrics_dir / "contrast.json"
-    doc = _read(path) if path.exists() else {}
-    for policy, c in sorted((doc.get("contrasts") or {}).items()):
-        entries = [("fid", c.get("fid")), ("convergence_error", c.get("convergence_error")),
-                   ("lipschitz", c.get("lipschitz"))]
-        entries += [(f"amplification {eps}", v) for eps, v in sorted((c.get("amplification") or {}).items())]
-        for what, v in entries:
-            if isinstance(v, dict) and _number(v.get("delta")) and len(v.get("delta_ci95") or []) == 2:
-                out[f"{policy} − {REFERENCE}: {what}"] = Contrast(float(v["delta"]), *map(float, v["delta_ci95"]))
-    ref_path = metrics_dir / "evaluate" / f"{REFERENCE}.json"
-    ref = _read(ref_path) if ref_path.exists() else {}
-    for p in sorted((metrics_dir / "evaluate").glob("*.json")) if ref else []:
-        if p.stem == REFERENCE:
-            continue
-        e = _read(p)
-        if all(_number(d.get("kid")) and len(d.get("kid_ci95") or []) == 2 for d in (e, ref)):
-            h = math.hypot((e["kid_ci95"][1] - e["kid_ci95"][0]) / 2, (ref["kid_ci95"][1] - ref["kid_ci95"][0]) / 2)
-            delta = float(e["kid"]) - float(ref["kid"])
-            out[f"{p.stem} − {REFERENCE}: kid"] = Contrast(delta, delta - h, delta + h)
-    return out
+def headline_contrasts(metrics_dir: Path) -> dict[str, Difference]:
+    """{"<policy> − full: <family>": Difference} from ``metrics/contrast.json`` (:mod:`ddmbench.evaluation.contrast_record`):
+    ΔFID_inf, the paired ΔKID, Δamplification per ε, Δconvergence error and ΔLipschitz for every policy. No file,
+    no contrasts; a file that does not match the record is a one-line ArtifactError."""
+    path = Path(metrics_dir) / "contrast.json"
+    return contrast_record.headline(contrast_record.validate(_read(path), path)) if path.exists() else {}
 
 
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
-
-
-def contrast_tolerance(c: Contrast, spread_range: float | None = None,
+def contrast_tolerance(d: Difference, spread_range: float | None = None,
                        drift_rel: float = DRIFT_REL) -> tuple[float, int]:
-    """(tolerance, guarded sign) of a baseline contrast.
+    """(tolerance, guarded sign) of a baseline contrast on its own float path.
 
     The tolerance is SPREAD_MULTIPLE x its measured run-to-run range when one is given, else the half-width
     of its baseline interval (the sampling noise given the trained models), and never below the float drift
-    (``drift_rel`` x the largest of |estimate| and |bounds|). When the interval excludes 0 the sign is
-    guarded (+1 or -1) and the tolerance is capped at |effect|, so no tolerance exceeds the effect it
-    guards; otherwise the sign is 0 (not established, not guarded).
+    (``drift_rel`` x the largest of |estimate| and |bounds|, and the difference's own tie tolerance). When the
+    interval excludes 0 by more than the tie tolerance the sign is guarded (+1 or -1) and the tolerance is
+    capped at |effect|, so no tolerance exceeds the effect it guards; otherwise the sign is 0.
     """
-    tol = SPREAD_MULTIPLE * spread_range if spread_range is not None else (c.high - c.low) / 2
-    tol = max(tol, drift_rel * max(abs(c.value), abs(c.low), abs(c.high)))
-    sign = 1 if c.low > 0 else -1 if c.high < 0 else 0
+    low, high = d.ci95
+    tol = SPREAD_MULTIPLE * spread_range if spread_range is not None else (high - low) / 2
+    tol = max(tol, drift_rel * max(abs(d.estimate), abs(low), abs(high)), d.tie_tolerance)
+    sign = d.sign
     if sign:
-        tol = min(tol, abs(c.value))
+        tol = min(tol, abs(d.estimate))
     return max(tol, 0.0), sign
+
+
+def other_path_tolerance(d: Difference, spread: dict[str, Any] | None,
+                         drift_rel: float = DRIFT_REL) -> tuple[float, int, str]:
+    """(tolerance, guarded sign, basis) of a baseline contrast judged from another float path, where the trained
+    models themselves differ. With a spread (the contrast's values over training seeds and float paths): the
+    tolerance is SPREAD_MULTIPLE x its range, and the sign is guarded only where the interval guards it and every
+    run of the spread has that sign beyond the tie tolerance. Without one: the same-path rule, basis 'ci95'."""
+    if spread is None:
+        return (*contrast_tolerance(d, None, drift_rel), "ci95")
+    tol = max(SPREAD_MULTIPLE * float(spread["range"]), drift_rel * abs(d.estimate), d.tie_tolerance)
+    held = d.sign and all(v * d.sign > d.tie_tolerance for v in spread["values"])
+    sign = d.sign if held else 0
+    if sign:
+        tol = min(tol, abs(d.estimate))
+    return tol, sign, "spread"
 
 
 def evaluator_digest(metrics_dir: Path) -> str | None:
@@ -200,26 +192,45 @@ def evaluator_digest(metrics_dir: Path) -> str | None:
 
 def make_baseline(metrics_dir: Path, *, why: str, git_commit: str, profile: str,
                   spread: dict[str, Any] | None = None, drift_rel: float = DRIFT_REL) -> dict[str, Any]:
-    """The baseline document (format 2): values and constants of the run, and its headline contrasts with
-    tolerance and guarded sign. ``spread``: a `ddmbench spread` document whose contrast ranges set the
-    tolerances (metric names ``contrast <name>``); ``drift_rel``: the float drift (a) allows, of the scale."""
+    """The baseline document: the code's output version, the run's values and constants, and its headline
+    contrasts, each with its same-path tolerance and guarded sign and those used from another float path
+    (``other_path``). ``spread``: a `ddmbench spread` document (runs over training seeds and float paths) whose
+    contrast ranges set the tolerances (metric names ``contrast <name>``); ``drift_rel``: the float drift (a)
+    allows, of the scale."""
     flat = flatten_metrics(metrics_dir)
-    ranges = {name: m["range"] for name, m in (spread or {}).get("metrics", {}).items()}
+    measured = {name: m for name, m in (spread or {}).get("metrics", {}).items() if m.get("kind") == "contrast"}
     contrasts = {}
-    for name, c in headline_contrasts(metrics_dir).items():
-        tol, sign = contrast_tolerance(c, ranges.get(f"contrast {name}"), drift_rel)
-        contrasts[name] = {"value": c.value, "ci95": [c.low, c.high], "tolerance": tol, "sign": sign,
-                           "basis": "spread" if f"contrast {name}" in ranges else "ci95"}
-    return {"format": FORMAT, "why": why, "git_commit": git_commit, "profile": profile,
-            "machine": machine_fingerprint(), "evaluator_sha256": evaluator_digest(metrics_dir),
+    for name, d in headline_contrasts(metrics_dir).items():
+        m = measured.get(f"contrast {name}")
+        tol, sign = contrast_tolerance(d, None if m is None else float(m["range"]), drift_rel)
+        other_tol, other_sign, other_basis = other_path_tolerance(d, m, drift_rel)
+        contrasts[name] = {"value": d.estimate, "ci95": list(d.ci95), "tie_tolerance": d.tie_tolerance,
+                           "tolerance": tol, "sign": sign, "basis": "spread" if m else "ci95",
+                           "other_path": {"tolerance": other_tol, "sign": other_sign, "basis": other_basis}}
+    return {"format": FORMAT, "output_version": OUTPUT_VERSION, "why": why, "git_commit": git_commit,
+            "profile": profile, "machine": machine_fingerprint(), "evaluator_sha256": evaluator_digest(metrics_dir),
             "drift": {"abs": DRIFT_ABS, "rel": drift_rel},
+            "spread_runs": (spread or {}).get("runs"),
             "values": {k: v for k, v in sorted(flat.items()) if kind_of(k) == "value"},
             "constants": {k: v for k, v in sorted(flat.items()) if kind_of(k) == "constant"},
             "contrasts": contrasts}
 
 
+def output_version(doc: dict[str, Any]) -> int:
+    """The output version a baseline was made at (0: made before baselines recorded one)."""
+    return int(doc.get("output_version", 0))
+
+
+def missing_families(doc: dict[str, Any]) -> list[str]:
+    """"<policy>: <family>" for every headline family a baseline's contrasts lack, over the policies it names."""
+    policies = {name.partition(" − ")[0] for name in doc["contrasts"]}
+    have = {(name.partition(" − ")[0], name.partition(": ")[2].split(" ")[0]) for name in doc["contrasts"]}
+    return [f"{p}: {f}" for p in sorted(policies) for f in contrast_record.FAMILIES if (p, f) not in have]
+
+
 def check_baseline(doc: Any, path: Path | str) -> dict[str, Any]:
-    """``doc`` if it is a format-2 baseline; else a one-line ArtifactError saying how to regenerate it."""
+    """``doc`` if it is a format-2 baseline; else a one-line ArtifactError saying how to regenerate it. A baseline
+    at the code's output version must hold every headline family for every policy it names."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         old = isinstance(doc, dict) and "metrics" in doc and "format" not in doc
         raise ArtifactError(f"{path} is {'an old-format baseline (per-metric tolerances)' if old else 'not a baseline'}"
@@ -231,12 +242,18 @@ def check_baseline(doc: Any, path: Path | str) -> dict[str, Any]:
                 raise TypeError(section)
         for name, e in doc["contrasts"].items():
             float(e["value"]), float(e["tolerance"]), int(e["sign"])
+            if "other_path" in e:
+                float(e["other_path"]["tolerance"]), int(e["other_path"]["sign"])
         for section in ("values", "constants"):
             for v in doc[section].values():
                 float(v)
+        output_version(doc)
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path} is a malformed baseline ({exc!r}); regenerate it with "
                             "`ddmbench baseline --why '...'`") from exc
+    if output_version(doc) == OUTPUT_VERSION and (lacking := missing_families(doc)):
+        raise ArtifactError(f"{path} gates no {lacking[0]} contrast ({len(lacking)} families missing); regenerate it "
+                            "with `ddmbench baseline --why '...'` from a run whose contrast stage ran")
     return doc
 
 
@@ -266,7 +283,9 @@ class ContrastRow:
 
 @dataclass
 class GateResult:
-    """What `compare` found. ``beyond``: value rows (name, baseline, current or None) outside the drift."""
+    """What `compare` found. ``beyond``: value rows (name, baseline, current or None) outside the drift.
+    ``other_machine``: why the values were not gated, when the baseline was made on another float path;
+    ``stale``: the same, when it was made at another output version."""
 
     n_values: int
     exact: int
@@ -277,7 +296,12 @@ class GateResult:
     contrasts: list[ContrastRow] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     drift_rel: float = DRIFT_REL
-    other_machine: str | None = None   # set when the baseline was made on another float path: (a) not gated
+    other_machine: str | None = None
+    stale: str | None = None
+
+    @property
+    def values_gated(self) -> bool:
+        return not (self.other_machine or self.stale)
 
     @property
     def failed_contrasts(self) -> list[ContrastRow]:
@@ -289,8 +313,10 @@ class GateResult:
 
     @property
     def verdict(self) -> str:
-        if self.failed_contrasts or self.missing or (self.beyond and not self.other_machine):
+        if self.failed_contrasts or (self.beyond and self.values_gated) or (self.missing and not self.stale):
             return "regression"
+        if self.stale:
+            return "stale-baseline"
         if self.other_machine:
             return "other-machine"
         return "drift" if self.drifted else "exact"
@@ -298,16 +324,19 @@ class GateResult:
     def summary(self) -> str:
         """The one summary line: verdict, then what (a) and (b) found."""
         held = len(self.contrasts) - len(self.failed_contrasts)
-        science = f"{held} of {len(self.contrasts)} headline contrasts hold"
+        families = sorted({r.name.partition(": ")[2].split(" ")[0] for r in self.contrasts})
+        science = (f"{held} of {len(self.contrasts)} headline contrasts hold" +
+                   (f" ({', '.join(families)}; {'cross-path' if not self.values_gated else 'same-path'} tolerances)"
+                    if self.contrasts else ""))
         if self.failed_contrasts:
-            science += " (failing: " + ", ".join(f"{r.name} {r.why}" for r in self.failed_contrasts[:3]) + \
-                       (", …" if len(self.failed_contrasts) > 3 else "") + ")"
+            science += "; failing: " + ", ".join(f"{r.name} {r.why}" for r in self.failed_contrasts[:3]) + \
+                       (", …" if len(self.failed_contrasts) > 3 else "")
         constants = (f"; {len(self.constants_changed)} of {self.n_constants} config constants differ "
                      "(another profile?)" if self.constants_changed else "")
-        if self.other_machine:
+        if not self.values_gated:
+            why = self.stale or f"baseline from another float path: {self.other_machine}"
             values = (f"{self.exact + len(self.drifted)} of {self.n_values} values within float drift, not gated "
-                      f"(baseline from another float path: {self.other_machine})" +
-                      (f", {len(self.missing)} missing" if self.missing else ""))
+                      f"({why})" + (f", {len(self.missing)} missing" if self.missing else ""))
             return f"{self.verdict}: {values}; {science}{constants}"
         if self.verdict == "exact":
             return f"exact: all {self.n_values} values reproduce bit for bit; {science}{constants}"
@@ -315,22 +344,28 @@ class GateResult:
             return (f"drift: {len(self.drifted)} of {self.n_values} values differ, all within float drift "
                     f"(|Δ| ≤ {self.drift_rel:g} of the value's scale); {science}{constants}")
         values = (f"{len(self.beyond)} of {self.n_values} values beyond float drift (outputs changed: if on "
-                  "purpose, refresh the baseline with `ddmbench baseline --why`)" if self.beyond else
-                  "every value within float drift")
+                  "purpose, bump regression.OUTPUT_VERSION and refresh the baseline with `ddmbench baseline --why`)"
+                  if self.beyond else "every value within float drift")
         return f"regression: {values}; {science}{constants}"
 
 
 def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None,
             threads: int | None = None, vendor: str | None = None) -> GateResult:
     """Check a run's metrics folder, made on this machine (CPU ``vendor``, vector ISA ``isa`` and ``threads``
-    intra-op threads, default this process's), against a format-2 baseline (:func:`check_baseline` first). Made
-    on the same float path, its values must reproduce (a) and its contrasts hold (b); another evaluator digest
-    there is another evaluator, whose FID/KID live in another feature space: one-line ArtifactError naming both
-    digests. Made on another path, only (b) is gated."""
+    intra-op threads, default this process's), against a format-2 baseline (:func:`check_baseline` first).
+
+    Made on the same float path at the code's output version, its values must reproduce (a) and its contrasts
+    hold their same-path tolerances (b); another evaluator digest there is another evaluator, whose FID/KID live
+    in another feature space: one-line ArtifactError naming both digests. Made on another float path, or at
+    another output version (outputs changed on purpose since), only (b) is gated, at the tolerances and signs the
+    baseline holds for another path (``other_path``: from the spread over training seeds and float paths)."""
     here = this_path(isa, threads, vendor)
     other = not same_path(baseline, here)
+    made_at = output_version(baseline)
+    stale = (f"baseline at output version {made_at}, this code's is {OUTPUT_VERSION}: outputs changed on purpose "
+             "since; refresh it with `ddmbench baseline --why`") if made_at != OUTPUT_VERSION else None
     digest, base_digest = evaluator_digest(metrics_dir), baseline.get("evaluator_sha256")
-    if digest and base_digest and digest != base_digest and not other:
+    if digest and base_digest and digest != base_digest and not other and not stale:
         raise ArtifactError(f"{metrics_dir} was measured with evaluator {digest[:12]}… but the baseline with "
                             f"{base_digest[:12]}…; FID/KID of two evaluators live in different feature spaces: "
                             "fix evaluator.seed/net/steps to the baseline's, or regenerate the baseline")
@@ -347,7 +382,7 @@ def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None,
     values = {k: float(v) for k, v in both.items() if kind_of(k) == "value"}
     constants = {k: float(v) for k, v in both.items() if kind_of(k) == "constant"}
     result = GateResult(n_values=len(values), exact=0, n_constants=len(constants), drift_rel=float(drift["rel"]),
-                        other_machine=where if other else None)
+                        other_machine=where if other else None, stale=stale)
     scales = sibling_scales(values)
     for name, base in sorted(values.items()):
         cur = flat.get(name)
@@ -362,9 +397,10 @@ def compare(metrics_dir: Path, baseline: dict[str, Any], isa: str | None = None,
             result.constants_changed.append((name, float(base), flat.get(name)))
     current = headline_contrasts(metrics_dir)
     for name, e in sorted(baseline["contrasts"].items()):
+        rule = e.get("other_path", e) if not result.values_gated else e
         c = current.get(name)
-        result.contrasts.append(ContrastRow(name, float(e["value"]), None if c is None else c.value,
-                                            float(e["tolerance"]), int(e["sign"])))
+        result.contrasts.append(ContrastRow(name, float(e["value"]), None if c is None else c.estimate,
+                                            float(rule["tolerance"]), int(rule["sign"])))
     known = set(both)
     result.new = sorted(n for n in flat if kind_of(n) != "timing" and n not in known)
     return result

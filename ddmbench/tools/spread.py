@@ -25,7 +25,7 @@ def spread(runs: dict[str, Path]) -> dict[str, Any]:
     for label, d in runs.items():
         contrasts = headline_contrasts(d)
         flats[label] = {**{n: v for n, v in flatten_metrics(d).items() if kind_of(n) != "timing"},
-                        **{f"contrast {n}": c.value for n, c in contrasts.items()}}
+                        **{f"contrast {n}": c.estimate for n, c in contrasts.items()}}
     names = sorted(set.intersection(*(set(m) for m in flats.values())))
     metrics: dict[str, Any] = {}
     for name in names:
