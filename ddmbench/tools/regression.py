@@ -19,15 +19,11 @@ Timings measure the machine and are never compared. ``compare`` ends in one verd
 (exit 0), ``other-machine`` / ``stale-baseline`` ((b) alone, exit 0 when every contrast holds) or
 ``regression`` (exit 1: a gated value beyond drift or missing, or a contrast failing).
 
-**Float paths.** A baseline records the machine it was made on (:func:`ddmbench.hardware.machine_fingerprint`).
-CPUs with another vector ISA (AVX2 vs AVX-512) run other oneDNN/ATen kernels, another CPU vendor other MKL and
-oneDNN kernels, and another intra-op thread count splits the reductions differently, so the same seed trains
-slightly different models and every later number drifts beyond (a). A float path is the CPU vendor, the ISA and
-the thread count (:mod:`ddmbench.tools.float_paths`; a part a baseline did not record matches any). ``compare``
-takes one baseline per float path and judges (a) against the one made on this path. When none was, it says so
-and judges (b) alone (verdict ``other-machine``) at the tolerances measured across training seeds and float
-paths (``ddmbench spread``). A run on the same path with another evaluator digest is another evaluator:
-refused in one line.
+**Float paths.** A baseline records the machine it was made on. Another CPU vendor, vector ISA or intra-op thread
+count runs other kernels and sums, so the same seed trains slightly different models and every later number
+drifts beyond (a) (:mod:`ddmbench.tools.float_paths`). ``compare`` judges (a) against the baseline made on this
+path; when none was, it judges (b) alone (verdict ``other-machine``) at the tolerances measured across training
+seeds and float paths (``ddmbench spread``). On the same path another evaluator digest is refused in one line.
 
 **Output versions.** Outputs change on purpose (a new estimator, a fixed bug). Every such change bumps
 :data:`OUTPUT_VERSION`, and a baseline records the version it was made at. A baseline of another version
@@ -73,8 +69,7 @@ CONSTANTS = (
     "*:steps", "*:params", "*:k", "*:pca_dim", "*:num_features", "*:seed",
 )
 
-# Tolerances of contrasts derived from `ddmbench spread` (runs with the evaluator fixed): this many ranges.
-SPREAD_MULTIPLE = 2.0
+SPREAD_MULTIPLE = 2.0   # tolerances of contrasts from `ddmbench spread`: this many ranges
 
 
 def flatten_metrics(metrics_dir: Path) -> dict[str, float]:
@@ -283,9 +278,8 @@ class ContrastRow:
 
 @dataclass
 class GateResult:
-    """What `compare` found. ``beyond``: value rows (name, baseline, current or None) outside the drift.
-    ``other_machine``: why the values were not gated, when the baseline was made on another float path;
-    ``stale``: the same, when it was made at another output version."""
+    """What `compare` found. ``beyond``: value rows (name, baseline, current or None) outside the drift;
+    ``other_machine`` / ``stale``: why values were not gated (another float path / output version)."""
 
     n_values: int
     exact: int
