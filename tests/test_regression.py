@@ -487,3 +487,15 @@ def test_cli_spread_writes_json_and_table(gate_run: Project, tmp_path: Path) -> 
     fid = json.loads((tmp_path / "run0/metrics/evaluate/full.json").read_text())["fid"]
     assert data["metrics"]["evaluate/full.json:fid"]["range"] == pytest.approx(0.01 * fid)
     assert "contrast top-1 − full: lipschitz" in data["metrics"] and "18 contrasts" in result.output
+
+
+def test_a_baseline_file_is_a_run_of_the_spread(gate_run: Project) -> None:
+    """A baseline records its run's numbers, so a run made on another machine joins the spread through its
+    committed baseline: the same headline estimates as the metrics folder, policy names with dots included."""
+    folder = spread_tool.run_numbers(gate_run.root / "metrics")
+    recorded = spread_tool.run_numbers(gate_run.root / "baseline.json")
+    contrasts = {k: v for k, v in folder.items() if k.startswith("contrast ")}
+    assert "contrast threshold-0.3 − full: amplification eps_0.1" in contrasts
+    assert {k: v for k, v in recorded.items() if k.startswith("contrast ")} == contrasts
+    out = spread_tool.spread({"folder": gate_run.root / "metrics", "baseline": gate_run.root / "baseline.json"})
+    assert all(out["metrics"][k]["range"] == 0 for k in contrasts)

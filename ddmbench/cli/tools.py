@@ -301,7 +301,9 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
 
 
 @app.command()
-def spread(runs: Annotated[list[Path], typer.Argument(help="Metrics folders of runs of one profile (e.g. one per seed).")],
+def spread(runs: Annotated[list[Path], typer.Argument(
+               help="Runs of one profile (one per training seed or float path): metrics folders, or baseline files "
+                    "(the run each froze).")],
            out: Annotated[Path, typer.Option(help="Where to save the JSON.")] = Path("reports/baseline/spread.json"),
            all_metrics: Annotated[bool, typer.Option("--all", help="Also list values and constants, not only contrasts.")] = False
            ) -> None:
