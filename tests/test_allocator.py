@@ -41,6 +41,7 @@ def probe(setting: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_kept_memory_gives_the_same_bits_with_a_fraction_of_the_page_faults() -> None:
     default, kept = probe("default"), probe("")

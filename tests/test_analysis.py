@@ -184,6 +184,7 @@ def _sample_k_order(clock: int, nfe: int) -> float:
                        batch_size=64)["order"]
 
 
+@pytest.mark.slow
 def test_sample_k_order_is_measured_like_any_field_once_steps_resolve_the_clock() -> None:
     """Time-keyed draws make sample-k one ODE (piecewise constant in t over the clock's cells): with steps
     finer than the cells Euler converges to it at order 1. Draws renewed at every evaluation (a clock far finer

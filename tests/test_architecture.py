@@ -132,6 +132,7 @@ def test_modules_stay_small(module: str) -> None:
     assert lines <= MAX_MODULE_LINES, f"ddmbench/{module} has {lines} lines; split it (limit {MAX_MODULE_LINES})"
 
 
+@pytest.mark.slow
 def test_cli_import_is_light() -> None:
     code = ("import sys, ddmbench.cli; "
             "print(','.join(m for m in ('lightning', 'mlflow', 'torchmetrics', 'sklearn') if m in sys.modules))")

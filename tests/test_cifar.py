@@ -218,6 +218,7 @@ def test_unknown_dataset_lists_the_choices() -> None:
 # networks, cost, sampling, grids on 3x32x32
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", list(nets.VELOCITY_PRESETS))
 def test_velocity_nets_on_cifar_shape(preset: str) -> None:
     net = nets.build_velocity_net(preset, CIFAR_SHAPE)

@@ -194,6 +194,7 @@ def prepared(project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
     return project
 
 
+@pytest.mark.slow
 def test_training_bar_counts_steps_with_an_eta(prepared: Project) -> None:
     from conftest import run_cli
 
@@ -204,6 +205,7 @@ def test_training_bar_counts_steps_with_an_eta(prepared: Project) -> None:
     assert re.search(r"\d+:\d\d:\d\d • \d+:\d\d:\d\d", bar), bar       # elapsed • remaining (the ETA)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["--quiet", "CI=true"])
 def test_quiet_or_ci_prints_no_bar(prepared: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                                    how: str) -> None:

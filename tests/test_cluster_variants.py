@@ -118,6 +118,7 @@ def test_evaluator_features_need_the_evaluator(project: Project) -> None:
         cluster_stage.run(cfg, project.paths)
 
 
+@pytest.mark.slow
 def test_evaluator_embedding_two_stage_end_to_end(project: Project) -> None:
     project.update(cluster={"features": "evaluator", "method": "two-stage", "fine_k": 12, "pca_dim": 8},
                    evaluator={"steps": 30})
@@ -137,6 +138,7 @@ def test_evaluator_embedding_two_stage_end_to_end(project: Project) -> None:
         assert members.bincount(minlength=2).max() / len(members) >= 0.9
 
 
+@pytest.mark.slow
 def test_embedder_features_cluster_without_the_evaluator(project: Project) -> None:
     """features=embedder trains its own classifier (classifier-xs, the experiment seed) inside `cluster`: no
     evaluator is needed, the embedding is 64-d, its identity is recorded, families stay together, and a re-run

@@ -35,6 +35,7 @@ def test_gflops_per_image_adds_experts_and_router() -> None:
     assert gflops_per_image(20.0, 2e9, 10.0, 1e8) == pytest.approx(41.0)
 
 
+@pytest.mark.slow
 def test_bench_ratios_are_computed_from_interleaved_medians() -> None:
     result = bench.time_policies(num_experts=2, preset="unet-xs", batch=16, nfe_steps=1, repeats=2)
     assert set(result["median_s"]) == set(bench.BENCH_POLICIES)
@@ -45,6 +46,7 @@ def test_bench_ratios_are_computed_from_interleaved_medians() -> None:
     assert 0.0 < result["top1_max_expert_share"] < 1.0  # both experts get rows
 
 
+@pytest.mark.slow
 def test_bench_router_spreads_the_load() -> None:
     experts, router, monolith = bench.build_models(8, "unet-xs")
     field = bench.make_field("top-1", experts, router, monolith)

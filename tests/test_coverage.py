@@ -117,6 +117,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_exact_kid_matches_a_large_monte_carlo() -> None:
     """The moment formula of the population KID (what the coverage is measured against) is right."""
     from ddmbench.evaluation.kid import kid_unbiased
@@ -129,6 +130,7 @@ def test_exact_kid_matches_a_large_monte_carlo() -> None:
     assert kid_unbiased(real, fake) == pytest.approx(exact, rel=0.05)  # MC standard error ~1.5% here
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [300, 1000])
 def test_intervals_cover_their_estimands(n: int, one_thread: None) -> None:
     table = simulate(n)
@@ -138,6 +140,7 @@ def test_intervals_cover_their_estimands(n: int, one_thread: None) -> None:
     assert all(math.isfinite(w) and w > 0 for w in table["mean_width"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [24, 64])
 def test_per_seed_mean_difference_interval_covers_the_mean(n: int) -> None:
     """contrast's per-seed intervals (amplification, convergence error, Lipschitz) on skewed paired values:

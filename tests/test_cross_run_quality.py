@@ -17,6 +17,7 @@ sys.modules["cross_run_quality"] = cross
 spec.loader.exec_module(cross)
 
 
+@pytest.mark.slow
 def test_a_run_against_itself_and_against_another_sampler(project) -> None:
     from conftest import save_untrained_models
 

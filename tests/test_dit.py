@@ -86,6 +86,7 @@ def test_patch_must_divide_the_image() -> None:
         nets.DiT(patch=5)
 
 
+@pytest.mark.slow
 def test_a_few_steps_reduce_the_flow_loss(project: Project) -> None:
     cfg = project.config()
     prepare.run(cfg, project.paths)
@@ -110,6 +111,7 @@ def test_a_few_steps_reduce_the_flow_loss(project: Project) -> None:
     assert after < 0.8 * before
 
 
+@pytest.mark.slow
 def test_dit_expert_through_the_stage_round_trips(project: Project) -> None:
     project.update(expert={"net": "dit-xs", "steps": 10})
     cfg = project.config()

@@ -78,6 +78,7 @@ def _kill_mid_write(target: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize(("kind", "old"), [("tensors", False), ("json", True)],
                          ids=["tensors-no-output-yet", "json-over-old-output"])  # each child imports torch: ~5 s
+@pytest.mark.slow
 def test_writer_killed_mid_write_leaves_old_output_or_none(tmp_path: Path, kind: str, old: bool) -> None:
     folder = tmp_path / "metrics"
     target = folder / ("clusters.pt" if kind == "tensors" else "cluster.json")

@@ -42,6 +42,7 @@ def test_apply_edits_only_the_target_and_refuses_a_moved_target(tmp_path: Path) 
         gate_power.apply(tmp_path, m)                                   # already applied: target gone
 
 
+@pytest.mark.slow
 def test_top_k_mutation_keeps_the_smallest_probabilities(tmp_path: Path) -> None:
     """The harness on one cheap mutation: the mutated copy's top-1 picks the least likely expert."""
     m = next(m for m in gate_power.MUTATIONS if m.name == "top-k-smallest")

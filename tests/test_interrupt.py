@@ -145,6 +145,7 @@ def test_ddmbench_run_during_dvc_repro_is_refused(tmp_path: Path) -> None:
     assert not (project.root / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_dvc_repro_during_ddmbench_run_is_refused_by_dvc(tmp_path: Path) -> None:
     """`ddmbench run` holds DVC's repo lock from start to end, so DVC itself refuses a `dvc repro` meanwhile."""
     from ddmbench.pipeline import run as pipeline

@@ -57,6 +57,7 @@ def test_sample_bf16_follows_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> N
     assert parse_config({"sample": {"precision": "bf16-mixed"}}).sample.precision == "bf16-mixed"
 
 
+@pytest.mark.slow
 def test_bf16_field_wraps_every_network_and_samples_close_to_fp32(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     from ddmbench import hardware
     from ddmbench.models.checkpoints import save_weights
@@ -85,6 +86,7 @@ def test_bf16_field_wraps_every_network_and_samples_close_to_fp32(monkeypatch: p
     assert (images["bf16-mixed"] - images["32-true"]).abs().max() < 0.1
 
 
+@pytest.mark.slow
 def test_precision_check_pairs_bf16_with_fp32_and_writes_its_verdict(project, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the tiny project (trained evaluator, untrained experts): ΔFID/ΔKID intervals, the sampling half-widths
     and a verdict by the declared rule; nothing under outputs/samples or metrics is written."""
@@ -118,6 +120,7 @@ def test_precision_check_pairs_bf16_with_fp32_and_writes_its_verdict(project, mo
     assert refused.exit_code == 2 and "avx512_bf16" in refused.output and "Traceback" not in refused.output
 
 
+@pytest.mark.slow
 def test_precision_check_trajectories_pairs_every_per_seed_quantity_and_the_primary_contrast(
         project, monkeypatch: pytest.MonkeyPatch) -> None:
     """--trajectories on the tiny project (untrained experts): each analyze quantity paired bf16 − fp32 over
@@ -173,6 +176,7 @@ def test_precision_check_trajectories_pairs_every_per_seed_quantity_and_the_prim
     assert refused.exit_code == 2 and "--trajectories" in refused.output and "Traceback" not in refused.output
 
 
+@pytest.mark.slow
 def test_analyze_traces_in_float32_when_the_profile_samples_in_bf16(project, monkeypatch: pytest.MonkeyPatch) -> None:
     """sample.precision: bf16-mixed makes bf16 samples, but the analyze stage traces in float32: its per-seed
     values are exactly the float32 profile's."""

@@ -114,6 +114,7 @@ class _Blocks(html.parser.HTMLParser):
             self._open = None
 
 
+@pytest.mark.slow
 def test_report_opens_on_the_headline_with_contents_and_sourced_tables(synthetic: Project) -> None:
     report.run(synthetic.config(), synthetic.paths)
     page = _Blocks()
@@ -160,6 +161,7 @@ def test_headline_is_the_declared_primaries_and_nothing_else(synthetic: Project)
     assert cells[1][:5] == ["top-2 − full", "amplification@0.1", "-0.030 [-0.050, -0.010]", "0.004", "lower"]
 
 
+@pytest.mark.slow
 def test_report_without_contrast_says_so_at_the_top(synthetic: Project) -> None:
     synthetic.paths.contrast_metrics.unlink()
     report.run(synthetic.config(), synthetic.paths)
@@ -208,6 +210,7 @@ def test_named_tables_and_anchors() -> None:
     assert "*Source: metrics/x.json*" in text
 
 
+@pytest.mark.slow
 def test_report_run_links_its_tables_and_figures(synthetic: Project, tracking_uri: str) -> None:
     from mlflow.tracking import MlflowClient
 

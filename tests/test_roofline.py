@@ -22,6 +22,7 @@ def test_matmul_peak_is_flops_over_time(monkeypatch: pytest.MonkeyPatch) -> None
     assert rl.matmul_peak("fp32", size=256) == pytest.approx(2 * 256**3 / 0.5 / 1e9)
 
 
+@pytest.mark.slow
 def test_roofline_rows_on_tiny_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     result = rl.roofline(repeats=1, matmul_size=128, nets_to_time=("unet-xs",), chunk_rows=4, batch=4)
     peak = result["peak_gflops_per_s"]

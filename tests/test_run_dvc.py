@@ -190,6 +190,7 @@ def test_second_ddmbench_run_is_refused(dvc_project: Project) -> None:
     assert not (dvc_project.root / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_run_while_dvc_holds_its_lock_is_refused(dvc_project: Project) -> None:
     from dvc.repo import Repo
 

@@ -48,6 +48,7 @@ def test_looks_are_bonferroni_corrected_on_p_values() -> None:
     assert three["named_size"] is None and three["rows"][0]["frac_separating"] is None
 
 
+@pytest.mark.slow
 def test_the_separating_fraction_is_how_often_a_fresh_run_of_that_size_would_separate() -> None:
     strong = study(_t_differences(np.random.default_rng(1).normal(0.6, 1.0, 64)), [16, 64], 0.05, 200, seed=0)["m"]
     assert [r["verdict"] for r in strong["rows"]] == ["higher", "higher"] and strong["named_size"] == 16
@@ -57,6 +58,7 @@ def test_the_separating_fraction_is_how_often_a_fresh_run_of_that_size_would_sep
     assert null["rows"][0]["verdict"] == "not separable" and null["rows"][0]["frac_separating"] == 0.0
 
 
+@pytest.mark.slow
 def test_under_the_null_a_size_is_rarely_named() -> None:
     """Per-seed differences with mean 0: naming a size happens at most ~alpha of the time with the correction;
     'the first size whose 95% interval excludes 0' happens far more often."""

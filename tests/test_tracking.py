@@ -125,6 +125,7 @@ def test_concurrently_created_parents_converge_on_the_oldest(tracked: Project) -
     assert run.data.tags["mlflow.parentRunId"] == older
 
 
+@pytest.mark.slow
 def test_run_times_are_those_of_the_stage_work(tracked: Project) -> None:
     cfg = tracked.config()
     with stage_clock():

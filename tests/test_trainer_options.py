@@ -44,6 +44,7 @@ def test_train_commands_take_devices_and_nodes(project: Project, command: list[s
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_compiled_forward_keeps_weight_names_and_is_undone() -> None:
     """trainer.compile must not rename the saved weights (torch.compile(net) would prefix _orig_mod.)."""
     import copy

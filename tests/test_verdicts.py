@@ -52,6 +52,7 @@ def test_holm_controls_the_familywise_error_under_the_global_null() -> None:
     assert rejected_any <= 0.05 + 0.01 and unadjusted > 0.35      # 1 - 0.95^10 = 0.40 without adjustment
 
 
+@pytest.mark.slow
 def test_t_interval_known_answer_and_coverage() -> None:
     lo, hi = t_interval(np.array([1.0, 2.0, 3.0]))
     assert (lo, hi) == pytest.approx((2 - 4.302653 / np.sqrt(3), 2 + 4.302653 / np.sqrt(3)), rel=1e-6)
