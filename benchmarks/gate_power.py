@@ -12,6 +12,12 @@ Runs by hand or on a schedule, never in CI (one CI-profile run per mutation):
     python benchmarks/gate_power.py [--data-root data] [--only top-k-smallest] [--timeout-min 90] [--append]
     python benchmarks/gate_power.py --drift      # the float drift of 1 vs 2 threads on the profile
     python benchmarks/gate_power.py --drift-runs RUN_1T/metrics RUN_2T/metrics   # the same, from finished runs
+    python benchmarks/gate_power.py --false-alarms REFERENCE/metrics RUN... # clean runs judged as another machine
+
+``--false-alarms`` measures the other side of the gate: how often a clean run made on another machine fails.
+Each RUN (another training seed's metrics folder, or a committed baseline of another float path) is held out in
+turn and judged, as another machine, against a baseline made from REFERENCE with the spread of all the other
+runs; it writes reports/baseline/false-alarms.json.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import yaml
 from ddmbench.errors import ArtifactError, ConfigError
 from ddmbench.io import read_json, write_json, write_text
 from ddmbench.tools import float_paths, regression
+from ddmbench.tools import spread as spread_tool
 
 START, END = "<!-- gate-power:start -->", "<!-- gate-power:end -->"
 
@@ -205,6 +212,26 @@ def drift_stats(first: Path, second: Path) -> dict[str, Any]:
             "max_delta_over_scale": ratios[worst] if worst else 0.0, "worst": worst, "compare": verdict}
 
 
+def false_alarms(reference: Path, runs: dict[str, Path]) -> dict[str, Any]:
+    """Each of ``runs`` held out in turn and judged as a clean run from another machine: against a baseline made
+    from ``reference`` whose other-path tolerances come from the spread of ``reference`` and the other runs.
+    A failing contrast here is a false alarm: nothing is wrong with the held-out run."""
+    rows = []
+    for held, path in runs.items():
+        rest = {"reference": reference, **{k: v for k, v in runs.items() if k != held}}
+        base = regression.make_baseline(reference, why="held out", git_commit="", profile="",
+                                        spread=spread_tool.spread(rest))
+        numbers = spread_tool.run_numbers(path)
+        judged = [regression.ContrastRow(name, e["value"], numbers.get(f"contrast {name}"),
+                                         e["other_path"]["tolerance"], e["other_path"]["sign"])
+                  for name, e in sorted(base["contrasts"].items())]
+        rows.append({"held_out": held, "contrasts": len(judged),
+                     "guarded_signs": sum(1 for r in judged if r.sign),
+                     "failing": [f"{r.name} ({r.why})" for r in judged if not r.passed]})
+    return {"reference": str(reference), "runs": {k: str(v) for k, v in runs.items()}, "rows": rows,
+            "checked": sum(r["contrasts"] for r in rows), "false_alarms": sum(len(r["failing"]) for r in rows)}
+
+
 def markdown(rows: list[dict[str, Any]], header: str) -> str:
     """The table written between the markers: mutation -> what caught it on the same float path (determinism and
     contrasts) and as another machine (contrasts alone, cross-path tolerances)."""
@@ -247,7 +274,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead: run HEAD twice, 1 and 2 threads, and measure the float drift (drift.json)")
     ap.add_argument("--drift-runs", type=Path, nargs=2, metavar=("ONE_THREAD", "TWO_THREADS"),
                     help="instead: the drift between two finished same-seed runs' metrics folders (drift.json)")
+    ap.add_argument("--false-alarms", type=Path, nargs="+", metavar="RUN",
+                    help="instead: REFERENCE then other runs (metrics folders or baseline files), each held out and "
+                         "judged as another machine (false-alarms.json)")
     args = ap.parse_args(argv)
+    if args.false_alarms:
+        if len(args.false_alarms) < 3:
+            ap.error("--false-alarms needs REFERENCE and at least 2 other runs")
+        reference, *others = args.false_alarms
+        result = false_alarms(reference, {str(p): p for p in others})
+        write_json(args.repo / "reports/baseline/false-alarms.json", result)
+        print(json.dumps({k: result[k] for k in ("checked", "false_alarms")}), flush=True)
+        for row in result["rows"]:
+            print(f"{row['held_out']}: {len(row['failing'])} of {row['contrasts']} contrasts fail"
+                  + (f" ({'; '.join(row['failing'])})" if row["failing"] else ""))
+        return 1 if result["false_alarms"] else 0
     if args.drift_runs:
         return write_drift(args, drift_stats(*args.drift_runs))
     if args.drift:

@@ -150,3 +150,30 @@ def test_an_export_leaves_out_the_published_run_as_ci_does(tmp_path: Path) -> No
     gate_power.export_head(gate_power.head_archive(REPO), tmp_path / "copy")
     assert (tmp_path / "copy" / "dvc.yaml").is_file() and (tmp_path / "copy" / "params.yaml").is_file()
     assert not any((tmp_path / "copy" / path).exists() for path in gate_power.PUBLISHED_RUN)
+
+
+@pytest.mark.slow
+def test_false_alarms_hold_each_run_out_of_the_spread_it_is_judged_by(gate_run: Project, tmp_path: Path) -> None:
+    """Runs that differ as seeds and float paths do: each held out is judged against tolerances from the
+    others; one that moved twice as far as the rest spread is counted, and only that one."""
+    from test_regression import copy_run, set_contrast
+
+    reference = gate_run.root / "metrics"
+    lip = json.loads((reference / "contrast.json").read_text())["contrasts"]["top-1"]["lipschitz"]
+    value, half = lip["estimate"], (lip["ci95"][1] - lip["ci95"][0]) / 2
+    runs = {}
+    for name, factor in (("s1", 1.1), ("s2", 0.9), ("baseline", 1.0), ("far", 1.5)):
+        runs[name] = copy_run(gate_run, tmp_path / name)
+        set_contrast(runs[name], "top-1", "lipschitz", value * factor, half)
+    runs["baseline"] = gate_run.root / "baseline.json"                  # a committed baseline is a run too
+    result = gate_power.false_alarms(reference, runs)
+    failing = {r["held_out"]: r["failing"] for r in result["rows"]}
+    assert failing == {"s1": [], "s2": [], "baseline": [], "far": ["top-1 − full: lipschitz (outside tolerance)"]}
+    assert result["false_alarms"] == 1 and result["checked"] == 4 * len(regression_contrasts(gate_run))
+    assert gate_power.main(["--repo", str(tmp_path / "repo"), "--false-alarms", str(reference),
+                            str(runs["s1"]), str(runs["s2"])]) == 0
+    assert json.loads((tmp_path / "repo/reports/baseline/false-alarms.json").read_text())["false_alarms"] == 0
+
+
+def regression_contrasts(gate_run: Project) -> dict:
+    return json.loads((gate_run.root / "baseline.json").read_text())["contrasts"]
