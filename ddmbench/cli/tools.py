@@ -270,8 +270,9 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
              current: Annotated[Path, typer.Option(help="Metrics folder to freeze.")] = Path("metrics"),
              params: ParamsOption = Path("params.yaml"),
              spread_file: Annotated[Optional[Path], typer.Option(
-                 "--spread", help="A `ddmbench spread` JSON whose contrast ranges set the contrasts' tolerances "
-                                  "(default: each contrast's 95% half-width).")] = None,
+                 "--spread", help="A `ddmbench spread` JSON (runs over training seeds and float paths) whose contrast "
+                                  "ranges set the tolerances, those used from another machine above all (default: "
+                                  "each contrast's 95% half-width, which another machine's models may exceed).")] = None,
              drift_rel: Annotated[Optional[float], typer.Option(
                  min=0.0, max=0.01, help="Float drift the determinism check allows, as a fraction of each value's "
                                          "scale (default regression.DRIFT_REL; measured: reports/baseline/README.md).")] = None,
@@ -296,6 +297,10 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
         guarded = sum(1 for c in result["contrasts"].values() if c["sign"])
         console.print(f"wrote {target}: {len(result['values'])} values, {len(result['constants'])} constants, "
                       f"{len(result['contrasts'])} headline contrasts ({guarded} with a guarded sign)")
+        if spread_doc is None:
+            console.print("[yellow]no --spread: from another float path the contrasts are judged by their 95% "
+                          "half-widths, which another machine's trained models may exceed; measure the spread with "
+                          "`ddmbench spread` and pass it[/]")
 
     guard(body)
 
