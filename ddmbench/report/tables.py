@@ -152,8 +152,8 @@ def decomposition(results: Results) -> Table:
 
 
 def contrasts(data: dict[str, Any], eps_key: str) -> Table:
-    """Every policy minus full, paired by seed (metrics/contrast.json), as the contrast stage wrote it; reads
-    ``estimate``/``ci95`` (or the older ``delta``/``delta_ci95``). The report's Table 6 is :func:`verdicts`."""
+    """Every policy minus full, paired by seed (metrics/contrast.json, :mod:`ddmbench.evaluation.contrast_record`),
+    as the contrast stage wrote it. The report's Table 6 is :func:`verdicts`."""
     headers = ["policy − full", "ΔFID∞ [95% CI]", "FID", f"Δamplification ε={eps_value(eps_key)} [95% CI]",
                "amplification", "seeds with lower amp.", "p (amp.)", "Δconv. error [95% CI]", "conv. error",
                "ΔLipschitz [95% CI]"]
@@ -170,7 +170,7 @@ def contrasts(data: dict[str, Any], eps_key: str) -> Table:
 
 
 def _diff(d: dict[str, Any], digits: int = 2) -> str:
-    return fmt_ci(d.get("estimate", d.get("delta")), d.get("ci95", d.get("delta_ci95")), digits)
+    return fmt_ci(d["estimate"], d["ci95"], digits)
 
 
 def verdicts(judged: list[dict[str, Any]]) -> Table:
