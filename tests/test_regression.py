@@ -417,7 +417,8 @@ def test_spread_sets_the_other_path_tolerance_and_guards_a_sign_only_all_runs_sh
     assert not any(k.endswith("wall_time_s") for k in out["metrics"])
     base = regression.make_baseline(runs["s0"], why="t", git_commit="x", profile="p", spread=out)
     entry = base["contrasts"]["top-1 − full: lipschitz"]
-    assert entry["basis"] == "spread" and entry["other_path"]["basis"] == "spread" and entry["sign"] == 1
+    assert entry["basis"] == "ci95" and entry["tolerance"] == pytest.approx(min(half, value))   # same path: sampling
+    assert entry["other_path"]["basis"] == "spread" and entry["sign"] == 1
     assert entry["other_path"] == {"tolerance": pytest.approx(min(regression.SPREAD_MULTIPLE * 0.3 * value, value)),
                                    "sign": 1, "basis": "spread"}
     set_contrast(runs["s2"], "top-1", "lipschitz", -0.5 * value, half)       # one run of the spread disagrees

@@ -188,20 +188,20 @@ def evaluator_digest(metrics_dir: Path) -> str | None:
 def make_baseline(metrics_dir: Path, *, why: str, git_commit: str, profile: str,
                   spread: dict[str, Any] | None = None, drift_rel: float = DRIFT_REL) -> dict[str, Any]:
     """The baseline document: the code's output version, the run's values and constants, and its headline
-    contrasts, each with its same-path tolerance and guarded sign and those used from another float path
-    (``other_path``). ``spread``: a `ddmbench spread` document (runs over training seeds and float paths) whose
-    contrast ranges set the tolerances (metric names ``contrast <name>``); ``drift_rel``: the float drift (a)
-    allows, of the scale."""
+    contrasts, each with two tolerances and guarded signs. On the same float path the models are the same, so a
+    contrast may move by its sampling noise (:func:`contrast_tolerance`, the 95% half-width); from another path
+    (``other_path``) the models differ, so by the spread over training seeds and float paths
+    (:func:`other_path_tolerance`). ``spread``: a `ddmbench spread` document (contrasts named ``contrast <name>``);
+    ``drift_rel``: the float drift (a) allows, of the scale."""
     flat = flatten_metrics(metrics_dir)
     measured = {name: m for name, m in (spread or {}).get("metrics", {}).items() if m.get("kind") == "contrast"}
     contrasts = {}
     for name, d in headline_contrasts(metrics_dir).items():
-        m = measured.get(f"contrast {name}")
-        tol, sign = contrast_tolerance(d, None if m is None else float(m["range"]), drift_rel)
-        other_tol, other_sign, other_basis = other_path_tolerance(d, m, drift_rel)
+        tol, sign = contrast_tolerance(d, None, drift_rel)
+        other_tol, other_sign, basis = other_path_tolerance(d, measured.get(f"contrast {name}"), drift_rel)
         contrasts[name] = {"value": d.estimate, "ci95": list(d.ci95), "tie_tolerance": d.tie_tolerance,
-                           "tolerance": tol, "sign": sign, "basis": "spread" if m else "ci95",
-                           "other_path": {"tolerance": other_tol, "sign": other_sign, "basis": other_basis}}
+                           "tolerance": tol, "sign": sign, "basis": "ci95",
+                           "other_path": {"tolerance": other_tol, "sign": other_sign, "basis": basis}}
     return {"format": FORMAT, "output_version": OUTPUT_VERSION, "why": why, "git_commit": git_commit,
             "profile": profile, "machine": machine_fingerprint(), "evaluator_sha256": evaluator_digest(metrics_dir),
             "drift": {"abs": DRIFT_ABS, "rel": drift_rel},
