@@ -20,7 +20,8 @@ def save_weights(path: Path, net: nn.Module, meta: dict[str, Any]) -> None:
     save_tensors(path, {"state_dict": state, "meta": meta})
 
 
-def _load(path: Path, kind: str, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_checkpoint(path: Path, kind: str, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state dict, metadata) of a ``kind`` checkpoint; ArtifactError naming ``what`` re-makes it otherwise."""
     blob = load_tensors(path, what)
     meta = blob.get("meta") if isinstance(blob, dict) else None
     if not isinstance(meta, dict) or meta.get("kind") != kind or "state_dict" not in blob:
@@ -56,7 +57,7 @@ def load_velocity_net(path: Path, kind: str, what: str, expect: dict[str, Any] |
                       image_shape: ImageShape | None = None) -> nn.Module:
     """kind: 'expert' or 'monolith'; ``expect`` lists metadata the checkpoint must carry (e.g. num_experts);
     ``image_shape`` (C, H, W), if given, is the shape the network must have been trained on."""
-    state, meta = _load(path, kind, what)
+    state, meta = read_checkpoint(path, kind, what)
     for key, value in (expect or {}).items():
         if meta.get(key) != value:
             raise ArtifactError(f"{path} was trained with {key}={meta.get(key)} but the config needs {value}; "
@@ -95,7 +96,7 @@ def load_router(path: Path, what: str = "ddmbench train-router", image_shape: Im
                 calibrated: bool = True) -> nets.Router | TemperatureScaled:
     """The trained router; with ``calibrated`` (the default) its logits are divided by the stored temperature,
     if `train-router` fitted one (router.calibrate), so every field routes by the calibrated probabilities."""
-    state, meta = _load(path, "router", what)
+    state, meta = read_checkpoint(path, "router", what)
     shape = _image_shape(meta, path, what, image_shape)
     router = _restore(lambda: nets.build_router(meta["net"], int(meta["num_experts"]), shape), state, path, what)
     temp = router_temperature(meta, path, what)
@@ -104,6 +105,6 @@ def load_router(path: Path, what: str = "ddmbench train-router", image_shape: Im
 
 def load_classifier(path: Path, what: str = "ddmbench train-evaluator",
                     image_shape: ImageShape | None = None) -> nets.Classifier:
-    state, meta = _load(path, "evaluator", what)
+    state, meta = read_checkpoint(path, "evaluator", what)
     shape = _image_shape(meta, path, what, image_shape)
     return _restore(lambda: nets.build_classifier(meta["net"], int(meta["num_classes"]), shape), state, path, what)
