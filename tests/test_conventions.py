@@ -31,18 +31,26 @@ def harness_velocity(x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor) -> torc
 
 
 class DDPMExact(torch.nn.Module):
-    """The exact prediction of a model trained on x_n = √ᾱ_n x_0 + √(1 − ᾱ_n) ε at integer timesteps n."""
+    """The exact prediction of a model trained on x_n = √ᾱ_n x_0 + √(1 − ᾱ_n) ε at timesteps n: at the integer
+    timesteps only (``knots_only``, the known-answer tests), or also between them, where ᾱ is the one whose
+    log-SNR the schedule interpolates linearly between its integer timesteps."""
 
-    def __init__(self, abar: torch.Tensor, mu: torch.Tensor, prediction: str) -> None:
+    def __init__(self, abar: torch.Tensor, mu: torch.Tensor, prediction: str, knots_only: bool = True) -> None:
         super().__init__()
-        self.abar, self.mu, self.prediction = abar, mu, prediction
+        self.abar, self.mu, self.prediction, self.knots_only = abar, mu, prediction, knots_only
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        n = timestep.round().long()
-        assert torch.allclose(timestep, n.to(timestep.dtype), atol=1e-6), "evaluated off the integer timesteps"
         shape = (-1, *([1] * (x.dim() - 1)))
-        a = self.abar[n].sqrt().view(shape)
-        s = (1 - self.abar[n]).sqrt().view(shape)
+        if self.knots_only:
+            n = timestep.round().long()
+            assert torch.allclose(timestep, n.to(timestep.dtype), atol=1e-6), "evaluated off the integer timesteps"
+            abar = self.abar[n].to(x.dtype)
+        else:
+            lam = torch.log(self.abar) - torch.log1p(-self.abar)
+            n = timestep.floor().long().clamp(0, len(lam) - 2)
+            frac = timestep.double() - n.double()
+            abar = torch.sigmoid(lam[n] + frac * (lam[n + 1] - lam[n])).to(x.dtype)
+        a, s = abar.sqrt().view(shape), (1 - abar).sqrt().view(shape)
         var = a ** 2 * S ** 2 + s ** 2
         r = x - a * self.mu
         eps, x0 = s * r / var, self.mu + a * S ** 2 * r / var
@@ -164,3 +172,40 @@ def test_a_ddm_of_mixed_experts_samples_the_trajectory_of_its_all_velocity_twin(
     a = euler(RoutedField(mixed, router, full, image_shape=(1, 1, D)), x, ts)
     b = euler(RoutedField(twins, router, full, image_shape=(1, 1, D)), x, ts)
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_the_grid_of_a_narrower_range_evaluates_only_inside_it() -> None:
+    from ddmbench.sampling.flow import time_grid
+
+    assert torch.equal(time_grid(4), torch.linspace(1.0, 0.0, 5))                    # the harness's own range
+    lo, hi = LINEAR.covers()
+    ts = time_grid(5, t_range=(lo, hi))
+    assert len(ts) == 6 and float(ts[0]) == pytest.approx(hi) and float(ts[-2]) == pytest.approx(lo) and ts[-1] == 0
+    with pytest.raises(ValueError, match="not inside"):
+        time_grid(3, t_range=(0.5, 1.5))
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_sampling_a_ddpm_expert_stays_inside_its_range_and_counts_its_evaluations(solver: str) -> None:
+    """A Heun step's corrector at t = 0 would be outside a DDPM schedule's range: the last step is Euler's, the
+    count says so, and the mixed DDM still samples its all-velocity twin's images."""
+    from ddmbench.sampling.field import ModelField
+    from ddmbench.sampling.sampler import generate
+
+    mu = gaussian_mean(0)
+    lo, hi = LINEAR.covers()
+    seen: list[float] = []
+
+    class Watched(HarnessVelocity):
+        def forward(self, x: torch.Tensor, t: torch.Tensor, cond: object = None) -> torch.Tensor:
+            seen.extend(t.tolist())
+            return super().forward(x, t, cond)
+    expert = Watched(DDPMExact(LINEAR.alphas_cumprod, mu.float(), "epsilon", knots_only=False),
+                     ExpertSpec("epsilon", LINEAR))
+    twin = ModelField(lambda x, t: harness_velocity(x, t, mu.float()), image_shape=(1, 1, D))
+    field = ModelField(lambda x, t: expert(x, t), image_shape=(1, 1, D))
+    kw = {"nfe_steps": 4, "solver": solver, "batch_size": 8, "t_range": (lo, hi)}
+    a, b = generate(field, list(range(8)), **kw), generate(twin, list(range(8)), **kw)
+    assert min(seen) >= lo - 1e-6 and max(seen) <= hi + 1e-6
+    assert a.nfe_per_sample == {"euler": 4, "heun": 7}[solver] and a.expert_evals == [8 * a.nfe_per_sample]
+    torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-4)

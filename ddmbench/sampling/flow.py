@@ -35,9 +35,18 @@ def denoised(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tenso
     return x_t - _bcast(t, x_t) * v
 
 
-def time_grid(nfe_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Uniform grid from t = 1 (noise) to t = 0 (data): (nfe_steps + 1,)."""
-    return torch.linspace(1.0, 0.0, nfe_steps + 1, device=device)
+def time_grid(nfe_steps: int, device: torch.device | str = "cpu", t_range: tuple[float, float] = (0.0, 1.0)
+              ) -> torch.Tensor:
+    """The solver's grid from noise to data, (nfe_steps + 1,). Over the whole [0, 1]: uniform from t = 1 to 0.
+    Over a narrower range [lo, hi] (experts that serve only those times, such as a DDPM schedule's): uniform from
+    hi to lo in nfe_steps points, then t = 0, so every evaluation falls inside the range and the last step lands
+    on the data from lo."""
+    lo, hi = t_range
+    if (lo, hi) == (0.0, 1.0):
+        return torch.linspace(1.0, 0.0, nfe_steps + 1, device=device)
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"time range [{lo}, {hi}] is not inside [0, 1]")
+    return torch.cat([torch.linspace(hi, lo, nfe_steps, device=device), torch.zeros(1, device=device)])
 
 
 def sample_training_pair(x0: torch.Tensor, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)

@@ -44,7 +44,7 @@ class SampleResult:
 def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps: int, solver: str,
              batch_size: int, cluster: torch.Tensor | None = None, observers: Sequence[Observer] = (),
              progress: Callable[[int], None] | None = None, device: torch.device | str = "cpu",
-             noise: torch.Tensor | None = None) -> SampleResult:
+             noise: torch.Tensor | None = None, t_range: tuple[float, float] = (0.0, 1.0)) -> SampleResult:
     """Integrate the field from noise (t = 1) to data (t = 0) for every seed, in batches.
 
     Every evaluation's :class:`~ddmbench.sampling.field.Routing` record goes to the cost counter, the
@@ -53,10 +53,13 @@ def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps
     whatever the device, so a seed gives the same draws on every device; the noise has the field's
     ``image_shape`` (that of the networks); the images are returned on the CPU. ``noise`` (N, C, H, W)
     replaces the seeds' initial noise; the routing draws still come from the seeds and the times, so a
-    perturbed start, another step count or a second call replays the same routing randomness.
+    perturbed start, another step count or a second call replays the same routing randomness. ``t_range``: the
+    times every network of the field serves (:func:`~ddmbench.sampling.flow.time_grid`); below t = 1 the start
+    is the noise scaled to the state's noise level there, and a grid ending below the range ends in an Euler step.
     """
     solve = SOLVERS[solver]
-    ts = time_grid(nfe_steps, device)
+    ts = time_grid(nfe_steps, device, t_range)
+    start_scale, final_euler = t_range[1], t_range[0] > 0
     routed = isinstance(field, RoutedField)
     counting, spread = Counting(field.num_experts), Spread()
     watchers: list[Observer] = [counting, *([spread] if routed else []), *observers]
@@ -65,14 +68,17 @@ def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps
     for lo in range(0, len(seeds), batch_size):
         batch_seeds = seeds[lo:lo + batch_size]
         x = (noise_for(batch_seeds, field.image_shape) if noise is None else noise[lo:lo + batch_size]).to(device)
+        if start_scale != 1.0:
+            x = start_scale * x
         ctx = SampleContext.of(batch_seeds, None if cluster is None else cluster[lo:lo + batch_size])
         for watcher in watchers:
             watcher.start(len(batch_seeds))
-        out.append(solve(observed(field.route, ctx, watchers), x, ts).cpu())
+        out.append(solve(observed(field.route, ctx, watchers), x, ts, final_euler=final_euler).cpu())
         if progress is not None:
             progress(len(batch_seeds))
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return SampleResult(torch.cat(out), seconds, nfe_steps * EVALS_PER_STEP[solver], counting.expert_evals,
+    nfe = nfe_steps * EVALS_PER_STEP[solver] - (EVALS_PER_STEP[solver] - 1) * final_euler
+    return SampleResult(torch.cat(out), seconds, nfe, counting.expert_evals,
                         counting.router_evals, spread.result() if routed else None)
