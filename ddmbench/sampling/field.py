@@ -63,6 +63,28 @@ def evaluate_in_chunks(model: Model, x: torch.Tensor, t: torch.Tensor, chunk_row
     return torch.cat([model(x[i:i + chunk_rows], t[i:i + chunk_rows]) for i in range(0, x.shape[0], chunk_rows)])
 
 
+def dispatch(experts: Sequence[Model], x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, chunk_rows: int
+             ) -> tuple[torch.Tensor, tuple[tuple[int, torch.Tensor, torch.Tensor], ...]]:
+    """Sparse dispatch: (sum_j w_j expert_j(x, t), the (j, rows, v_j) of every expert that ran) for weights w (B, K)
+    and states x (B, ...) of any rank. Expert j runs only on the rows whose weight for it is nonzero (all rows:
+    on x itself); out of place, so the sum is differentiable in x."""
+    v = torch.zeros_like(x)
+    shape = (-1, *([1] * (x.dim() - 1)))
+    ran = []
+    for j, expert in enumerate(experts):
+        rows = (w[:, j] != 0).nonzero().flatten()                                # rows routed to expert j
+        if rows.numel() == 0:
+            continue
+        if rows.numel() == x.shape[0]:
+            v_j = evaluate_in_chunks(expert, x, t, chunk_rows)
+            v = v + w[:, j].view(shape).to(x.dtype) * v_j
+        else:
+            v_j = evaluate_in_chunks(expert, x[rows], t[rows], chunk_rows)       # (R, ...)
+            v = v.index_add(0, rows, w[rows, j].view(shape).to(x.dtype) * v_j)
+        ran.append((j, rows, v_j))
+    return v, tuple(ran)
+
+
 class ModelField:
     """One velocity model as a field (the monolith, or a single expert): a one-expert routing record.
 
@@ -140,16 +162,7 @@ class RoutedField:
         """sum_j w_j expert_j(x, t) for given weights w (B, K) (differentiable in x, so torch.func can take its
         Jacobian with the routing held fixed). Expert j runs only on the rows that weight it, as in sampling:
         a sparse policy's Jacobian then costs what its sampling step costs, not K experts on every row."""
-        v = torch.zeros_like(x)
-        shape = (-1, *([1] * (x.dim() - 1)))
-        for j, expert in enumerate(self.experts):
-            rows = (w[:, j] != 0).nonzero().flatten()
-            if rows.numel() == x.shape[0]:
-                v = v + w[:, j].view(shape).to(x.dtype) * evaluate_in_chunks(expert, x, t, self.chunk_rows)
-            elif rows.numel():
-                out = evaluate_in_chunks(expert, x[rows], t[rows], self.chunk_rows)
-                v = v.index_add(0, rows, w[rows, j].view(shape).to(x.dtype) * out)
-        return v
+        return dispatch(self.experts, x, t, w, self.chunk_rows)[0]
 
     @torch.no_grad()
     def expert_predictions(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -160,16 +173,8 @@ class RoutedField:
     def route(self, x: torch.Tensor, t: torch.Tensor, ctx: SampleContext | None = None) -> Routing:
         p = self.probabilities(x, t)                                             # (B, K)
         w = self.weights(p, t, ctx)                                              # (B, K)
-        v = torch.zeros_like(x)
-        dispatch = []
-        for j, expert in enumerate(self.experts):
-            rows = torch.nonzero(w[:, j] > 0).squeeze(1)                         # rows routed to expert j
-            if rows.numel() == 0:
-                continue
-            v_j = evaluate_in_chunks(expert, x[rows], t[rows], self.chunk_rows)  # (R, C, H, W)
-            v.index_add_(0, rows, w[rows, j].view(-1, 1, 1, 1).to(v.dtype) * v_j)
-            dispatch.append((j, rows, v_j))
-        return Routing(x, t, ctx, p, w, v, tuple(dispatch), x.shape[0] if self.policy.uses_router else 0)
+        v, ran = dispatch(self.experts, x, t, w, self.chunk_rows)
+        return Routing(x, t, ctx, p, w, v, ran, x.shape[0] if self.policy.uses_router else 0)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, ctx: SampleContext | None = None) -> torch.Tensor:
         return self.route(x, t, ctx).v
