@@ -161,8 +161,8 @@ class SampleConfig(Section):
         "32-true", description="Precision of the experts and router while sampling: bf16-mixed runs them under "
                                "autocast (the ODE state stays float32) on GPUs and on CPUs with native bf16 "
                                "(AVX512-BF16 or AMX); refused on other CPUs, where it runs emulated. The analyze "
-                               "stage traces in float32 whatever this says (bf16 rounding enters its finite "
-                               "differences: `ddmbench precision-check --trajectories`).")
+                               "stage traces in float32 whatever this says (bf16 rounding would enter its finite "
+                               "differences).")
     routing_clock: int = Field(100, ge=1, le=1_000_000, description=(
         "Cells of the routing clock over t in [0, 1]: every random routing draw (sample-k) is a pure function of "
         "(sample seed, cell of t) and constant over a cell of width 1/routing_clock. 100 is finer than every "
