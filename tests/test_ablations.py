@@ -173,7 +173,7 @@ def test_cli_collects_run_folders_into_the_grid(tmp_path: Path, project: Project
 
 @pytest.mark.parametrize(("policy", "published"), [("top-2", "ablations.json"), ("top-1", "ablations-secondary.json")])
 def test_the_published_grid_is_what_its_published_runs_give(policy: str, published: str) -> None:
-    """reports/ablations*.json (README "Ablations") re-collected from reports/ablation-runs/ by today's code."""
+    """reports/ablations*.json (docs/replication.md, "Ablations") re-collected from reports/ablation-runs/ by today's code."""
     runs = sorted((REPO_ROOT / "reports" / "ablation-runs").iterdir())
     assert len(runs) == 18
     cells = ab.grid([ab.row_from_run(run) for run in runs], policy, "kid")

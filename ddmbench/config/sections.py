@@ -246,7 +246,7 @@ class PrimaryHypothesis(Section):
 
 
 class ReportConfig(Section):
-    """Hypotheses declared before the run (DESIGN.md "Statistics"); every other contrast is Holm-adjusted."""
+    """Hypotheses declared before the run (docs/statistics.md); every other contrast is Holm-adjusted."""
 
     primary: list[PrimaryHypothesis] = Field([], description="Primary hypotheses, each judged at alpha (no "
                                              "adjustment within them); [] = the summary judges nothing.")
@@ -272,7 +272,7 @@ class TrackingConfig(Section):
     @field_validator("uri")
     @classmethod
     def _scheme(cls, v: str | None) -> str | None:
-        # A bare path would select MLflow's file store, which raises on MLflow >= 3.13 (ECOSYSTEM section 1).
+        # A bare path would select MLflow's file store, which raises on MLflow >= 3.13.
         scheme = v.split(":", 1)[0].split("+", 1)[0].lower() if v and ":" in v else None  # postgresql+psycopg2
         if v is not None and scheme not in TRACKING_SCHEMES:
             raise ValueError(f"must be a URI with one of the schemes {', '.join(TRACKING_SCHEMES)}, "

@@ -68,7 +68,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     seeds = sample_seeds(cfg)[:a.n]
     device = sampling_device(cfg)
     # float32 whatever sample.precision says: bf16 rounding would enter the finite differences (measured: the
-    # routing jump 3.4 -> 17-22, docs "Speed"), and every measure of the stage is taken at one precision
+    # routing jump 3.4 -> 17-22, docs/speed.md), and every measure of the stage is taken at one precision
     fp32 = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"precision": "32-true"})})
     field = build_policy_field(fp32, paths, spec, device)
     clusters = load_clusters(paths)
