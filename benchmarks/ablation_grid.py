@@ -1,7 +1,7 @@
 """The mechanism ablation grid of params/ablation.yaml, run cell by cell with ``ddmbench repro``.
 
-The README's route queues the 18 runs as DVC experiments (a subprocess per stage); this one exports HEAD once
-(``git archive``) into a working copy and runs every (K, clustering, seed) there in turn with ``ddmbench
+docs/replication.md's route queues the 18 runs as DVC experiments (a subprocess per stage); this one exports
+HEAD once (``git archive``) into a working copy and runs every (K, clustering, seed) there in turn with ``ddmbench
 repro`` (one process; DVC's run cache reuses the stages a run shares with the one before: data, evaluator,
 real features). After each run its params.yaml and metrics/ are copied to ``<out>/k<K>-<method>-s<seed>``;
 a run whose folder already holds metrics/contrast.json is skipped, so an interrupted grid resumes. Collect:

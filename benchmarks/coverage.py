@@ -1,5 +1,5 @@
 """The coverage table of every quality interval, by the simulation of tests/test_coverage.py (same code, same
-seeds), written to reports/coverage.json for the report and the closing note.
+seeds), written to reports/coverage.json (cited in docs/statistics.md).
 
     python benchmarks/coverage.py [--reps 200] [--out reports/coverage.json]
 """

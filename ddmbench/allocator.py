@@ -5,7 +5,7 @@ start, raised on the fly up to 32 MiB) with fresh ``mmap`` pages, and returns th
 kernel once 128 KiB of it is free (the trim threshold). Either way, the next activation of that size is
 page-faulted and zeroed again, at every layer of every call. The small nets here allocate and free a few MB
 per layer, so this costs more than the arithmetic in many of their element-wise ops. Measured on the 2-core
-AMD EPYC (``benchmarks/allocator.py``, ``reports/allocator-amd-epyc.json``): the unet-xs training step, the
+AMD EPYC (docs/speed.md): the unet-xs training step, the
 dense-policy Lipschitz pass and the 250-row forward all run faster, with bit-identical results, since only
 where a buffer lives changes (torch aligns every buffer to 64 bytes either way).
 

@@ -74,7 +74,7 @@ def test_cli_from_json_writes_the_report(project: Project) -> None:
     result = run_cli(project.root, "ablations", "--from-json", str(doc), columns=250)
     assert result.exit_code == 0, result.output
     assert "4 runs from" in result.output
-    md = (project.root / "reports" / "ablations.md").read_text()
+    md = (project.root / "runs" / "ablations.md").read_text()
     assert md.startswith("# Ablations") and "| k1-kmeans |" in md
     doc.write_text("{not json")
     bad = run_cli(project.root, "ablations", "--from-json", str(doc), columns=250)
@@ -100,7 +100,7 @@ def test_real_k1_run_is_collected(tmp_path: Path) -> None:
     fids = {p: json.loads((project.root / "metrics" / "evaluate" / f"{p}.json").read_text())["fid"]
             for p in ("full", "top-1")}
     assert fids["full"] == pytest.approx(fids["top-1"], rel=1e-9)
-    md = (project.root / "reports" / "ablations.md").read_text()
+    md = (project.root / "runs" / "ablations.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| workspace"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "1" and cells[3] == "kmeans"            # K, method
@@ -162,10 +162,10 @@ def test_cli_collects_run_folders_into_the_grid(tmp_path: Path, project: Project
     args = [a for r in runs for a in ("--from-runs", str(r))]
     result = run_cli(project.root, "ablations", *args, columns=250)
     assert result.exit_code == 0, result.output
-    out = json.loads((project.root / "reports" / "ablations.json").read_text())
+    out = json.loads((project.root / "runs" / "ablations.json").read_text())
     assert [(c["clustering"], c["r"]) for c in out["cells"]] == [("random", 1), ("two-stage on embedder", 3)]
-    assert (project.root / "reports" / "ablations-top-2-kid.png").exists()
-    md = (project.root / "reports" / "ablations.md").read_text()
+    assert (project.root / "runs" / "ablations-top-2-kid.png").exists()
+    md = (project.root / "runs" / "ablations.md").read_text()
     assert "| k2-two-stage-s1 |" in md and "FID full" in md and "FID uniform" not in md
     bad = run_cli(project.root, "ablations", "--from-runs", str(tmp_path / "nope"), columns=250)
     assert bad.exit_code == 2 and "nope/params.yaml is missing" in bad.output
@@ -173,7 +173,7 @@ def test_cli_collects_run_folders_into_the_grid(tmp_path: Path, project: Project
 
 @pytest.mark.parametrize(("policy", "published"), [("top-2", "ablations.json"), ("top-1", "ablations-secondary.json")])
 def test_the_published_grid_is_what_its_published_runs_give(policy: str, published: str) -> None:
-    """reports/ablations*.json (README "Ablations") re-collected from reports/ablation-runs/ by today's code."""
+    """reports/ablations*.json (docs/replication.md, "Ablations") re-collected from reports/ablation-runs/ by today's code."""
     runs = sorted((REPO_ROOT / "reports" / "ablation-runs").iterdir())
     assert len(runs) == 18
     cells = ab.grid([ab.row_from_run(run) for run in runs], policy, "kid")

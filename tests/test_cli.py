@@ -172,7 +172,7 @@ def test_expert_not_in_experts(runner: CliRunner, project: Project, monkeypatch:
 
 def test_no_args_shows_help(runner: CliRunner) -> None:
     result = runner.invoke(app, [])
-    assert result.exit_code == 2  # typer's no_args_is_help exits 2 (ECOSYSTEM section 6)
+    assert result.exit_code == 2  # typer's no_args_is_help exits 2
     assert "prepare" in result.output
 
 

@@ -1,4 +1,4 @@
-"""Coverage of every quality interval the pipeline reports, measured by simulation (issue 14 item 1).
+"""Coverage of every quality interval the pipeline reports, measured by simulation.
 
 Gaussian features (d = 64) with known population statistics: the real distribution N(0, S) and two
 generators that differ from it and from each other in mean and in covariance scale,

@@ -1,7 +1,7 @@
 """DDP on CPU (gloo, 2 processes) through the real CLI in a subprocess.
 
 Lightning's "ddp" launcher re-executes the current command for rank 1; inside pytest that command would be
-the pytest session itself (ECOSYSTEM section 3), so the CLI runs as `python -m ddmbench` in a child process.
+the pytest run itself, so the CLI runs as `python -m ddmbench` in a child process.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ if __name__ == "__main__":
 
 
 def test_ranks_draw_their_own_noise(project: Project) -> None:
-    """DESIGN: every rank gets the same seed, so per-rank noise needs seed + global_rank. Otherwise both ranks
+    """Every rank gets the same seed, so per-rank noise needs seed + global_rank. Otherwise both ranks
     train on identical (t, eps) draws and DDP halves the diversity of the noise it averages over."""
     project.update(trainer={"devices": 2})
     prepare.run(project.config(), project.paths)

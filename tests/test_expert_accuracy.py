@@ -1,4 +1,4 @@
-"""Per-expert accuracy (issue 5 item 5): known answers with analytic experts and an exact router, the stage on
+"""Per-expert accuracy: known answers with analytic experts and an exact router, the stage on
 the tiny project, and its config errors."""
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def weights(label: str, p: torch.Tensor, ctx: RoutingContext | None = None) -> t
 
 
 # ----------------------------------------------------------------------------------------------
-# the shared battery (STYLE habit 10)
+# the shared battery: every policy label through the same checks
 # ----------------------------------------------------------------------------------------------
 
 def test_battery_covers_the_registry() -> None:
@@ -82,7 +82,7 @@ class TestEveryPolicy:
 
 
 # ----------------------------------------------------------------------------------------------
-# identities (STYLE "The three contracts of sampling")
+# identities
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("label", [f"top-{K}", "threshold-0", "nucleus-p1-T1", f"sample-{K}"])
@@ -283,7 +283,7 @@ def test_check_rejects_k_above_K() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# the decomposition policies (issue 15 item 4)
+# the decomposition policies
 # ----------------------------------------------------------------------------------------------
 
 def test_tempered_one_is_full() -> None:

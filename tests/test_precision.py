@@ -121,62 +121,6 @@ def test_precision_check_pairs_bf16_with_fp32_and_writes_its_verdict(project, mo
 
 
 @pytest.mark.slow
-def test_precision_check_trajectories_pairs_every_per_seed_quantity_and_the_primary_contrast(
-        project, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--trajectories on the tiny project (untrained experts): each analyze quantity paired bf16 − fp32 over
-    analysis.n seeds with the fp32 half-width and the declared primary's contrast at both precisions; the fp32
-    side is deterministic (a second fp32 pass is identical) and bf16 moves it; --no-sampling alone is refused."""
-    import json
-
-    import numpy as np
-    from conftest import invoke, run_cli, save_untrained_models
-
-    from ddmbench import hardware
-    from ddmbench.pipeline import cluster, prepare
-    from ddmbench.pipeline.paths import Paths
-    from ddmbench.sampling.policies import parse_policy
-    from ddmbench.tools.precision_trajectories import per_seed_analyses
-
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
-    project.update(report={"primary": [{"policy": "top-1", "versus": "full", "metrics": ["kid", "amplification@0.1"]}]})
-    cfg = project.config()
-    for stage in (prepare, cluster):
-        stage.run(cfg, project.paths)
-    save_untrained_models(cfg, project.paths)
-    paths: Paths = project.paths
-    first, _ = per_seed_analyses(cfg, paths, parse_policy("full"), "32-true")
-    again, _ = per_seed_analyses(cfg, paths, parse_policy("full"), "32-true")
-    mixed, _ = per_seed_analyses(cfg, paths, parse_policy("full"), "bf16-mixed")
-    assert set(first) == {"amplification@0.1", "amplification@1", "routing_jump", "convergence_error"}
-    assert all(np.array_equal(first[q], again[q]) and first[q].shape == (cfg.analysis.n,) for q in first)
-    mixed_again, _ = per_seed_analyses(cfg, paths, parse_policy("full"), "bf16-mixed")
-    assert all(np.all(np.isfinite(mixed[q])) and np.array_equal(mixed[q], mixed_again[q]) for q in mixed)  # run to run
-    assert not np.array_equal(mixed["routing_jump"], first["routing_jump"])
-
-    out = invoke(project.root, "precision-check", "--no-sampling", "--trajectories", "--policy", "full",
-                 "--policy", "top-1", "--out", str(project.root / "p.json"))
-    doc = json.loads((project.root / "p.json").read_text())
-    assert "rows" not in doc                                  # the sampling check did not run
-    traj = doc["trajectories"]
-    assert [r["policy"] for r in traj["rows"]] == ["full", "top-1"]
-    full = traj["rows"][0]["quantities"]
-    for q, row in full.items():
-        lo, hi = row["delta"]["ci95"]
-        assert lo <= row["delta"]["estimate"] <= hi and row["fp32_half_width"] >= 0
-        assert row["inside"] == (max(abs(lo), abs(hi)) <= row["fp32_half_width"])
-        assert row["fp32_mean"] == pytest.approx(float(first[q].mean()))
-        assert row["delta"]["estimate"] == pytest.approx(float((mixed[q] - first[q]).mean()))
-    assert traj["inside"] == all(r["inside"] for row in traj["rows"] for r in row["quantities"].values())
-    [contrast] = traj["primary_contrasts"]                    # kid is a set statistic: the sampling check's
-    assert (contrast["metric"], contrast["policy"], contrast["versus"]) == ("amplification@0.1", "top-1", "full")
-    assert contrast["same_verdict"] == (contrast["by_precision"]["32-true"]["verdict"]
-                                        == contrast["by_precision"]["bf16-mixed"]["verdict"])
-    assert "trajectory analyses, paired by seed" in out and "top-1 − full, amplification@0.1" in out
-    refused = run_cli(project.root, "precision-check", "--no-sampling")
-    assert refused.exit_code == 2 and "--trajectories" in refused.output and "Traceback" not in refused.output
-
-
-@pytest.mark.slow
 def test_analyze_traces_in_float32_when_the_profile_samples_in_bf16(project, monkeypatch: pytest.MonkeyPatch) -> None:
     """sample.precision: bf16-mixed makes bf16 samples, but the analyze stage traces in float32: its per-seed
     values are exactly the float32 profile's."""

@@ -235,7 +235,7 @@ def test_collect_from_run_folders(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("profile", ["fashion-dit", "ci", "default"])
 def test_the_published_replications_are_what_their_published_runs_give(profile: str) -> None:
-    """reports/replication/<profile>.json (README) re-collected from reports/replication/<profile>/s* by today's
+    """reports/replication/<profile>.json (docs/replication.md) re-collected from reports/replication/<profile>/s* by today's
     code, with the profile's declared primaries."""
     from ddmbench.config.loading import load_config
     from ddmbench.report.summary import contrast_entries

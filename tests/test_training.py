@@ -104,7 +104,7 @@ def test_ema_of_a_short_run_is_close_to_the_trained_weights() -> None:
 
 @pytest.mark.slow
 def test_fixed_decay_ema_would_stay_near_init() -> None:
-    """The failure the warm-up prevents (DESIGN: 0.999^n keeps the initial weights): proves the test above can fail."""
+    """The failure the warm-up prevents (a fixed 0.999^n keeps the initial weights): proves the test above can fail."""
     from lightning.pytorch.callbacks import WeightAveraging
 
     module = _fit_regression(WeightAveraging(avg_fn=get_ema_avg_fn(0.999)))

@@ -7,7 +7,7 @@ prediction sum_j p_j v_j, the oracle expert (the image's own cluster) and the be
 cluster posterior p*(k | x_t) (``ddmbench.analysis.posterior``), also grouped by p*: the expert of the state's most
 probable cluster vs the rest, and the p*-weighted error sum_k p*_k e_k.
 
-Specialisation (issue 15): on each cluster's images, the error of the other experts vs that of the cluster's
+Specialisation: on each cluster's images, the error of the other experts vs that of the cluster's
 own expert, by t. Their ratio (others / own) is 1 when the experts are interchangeable, so switching experts
 costs nothing, and grows with specialisation; it does not depend on the router, so it can come out against
 the alignment explanation. Comparing experts on the same images keeps cluster difficulty out of it (an

@@ -1,7 +1,7 @@
 """Trajectory sensitivity: perturbation amplification of the sampler, the local Lipschitz constant of the
 combined field, and the routing jump.
 
-Amplification (DESIGN.md "Measurements"): perturb the initial noise z of each seed by eps * u with
+Amplification (docs/design.md, "Measurements"): perturb the initial noise z of each seed by eps * u with
 ||u|| = 1 (u drawn per seed), integrate the same policy with the same routing randomness (the routing draws
 are keyed by the seed and the time, not by the noise: the sampler is simply called again), and report
 ||x0(z + eps u) - x0(z)|| / eps. A smooth field gives a finite ratio that barely depends on eps; a routing
@@ -32,7 +32,7 @@ Field = ModelField | RoutedField
 CPU_LIPSCHITZ_ROWS = 32
 """Rows per ``local_lipschitz`` call on the CPU. Its graphs (the forward, and the backward with its own graph)
 are kept for all iterations: at 250 rows (``sample.batch_size``) the full K = 8 policy took 55.1 s and peaked
-at 9.9 GB, at 32 rows 25.6 s and 2.0 GB (1 thread; reports/lipschitz-methods-amd-epyc.json)."""
+at 9.9 GB, at 32 rows 25.6 s and 2.0 GB (1 thread, 2-core AMD EPYC; docs/speed.md)."""
 
 
 def unit_directions(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -79,7 +79,7 @@ def local_lipschitz(field: Field, x: torch.Tensor, t: torch.Tensor, w: torch.Ten
     the same J u, but on the CPU its convolution and group-norm formulas also run on the parameters' zero
     tangents (3 convolutions per layer where the primal has 1): at 32 rows per call the forward-mode pass
     took 38.8 s where this one takes 25.6 s (full policy, K = 8, 320 states, 1 thread); the values agree to
-    9e-7 relative (``benchmarks/analysis_cost.py --lipschitz-methods``, reports/lipschitz-methods-amd-epyc.json).
+    9e-7 relative (docs/speed.md).
     """
     if iterations < 1:
         raise ValueError(f"the power iteration needs at least one iteration, got {iterations}")

@@ -15,16 +15,12 @@ from ddmbench.errors import ConfigError
 @app.command("precision-check")
 def precision_check(policies: Annotated[Optional[list[str]], typer.Option(
                         "--policy", help="Policy label to check (repeat); default: every policy in params.yaml.")] = None,
-                    sampling: Annotated[bool, typer.Option(help="Check sampling (ΔFID_inf, ΔKID over sample.n).")] = True,
-                    trajectories: Annotated[bool, typer.Option(help="Also check the trajectory analyses' per-seed "
-                                                               "numbers over analysis.n seeds.")] = False,
-                    out: Annotated[Path, typer.Option(help="Where to save the JSON.")] = Path("reports/precision.json"),
+                    out: Annotated[Path, typer.Option(help="Where to save the JSON (runs/ is git-ignored).")] = Path(
+                        "runs/precision.json"),
                     params: ParamsOption = Path("params.yaml")) -> None:
     """Sample the trained models in float32 and in bf16-mixed from the same seeds; paired ΔFID_inf / ΔKID with
     95% intervals next to the fp32 sampling half-width, and the speed-up. Adopt bf16 only where every paired
-    interval lies inside that half-width and it samples faster (reports/precision.json). --trajectories: the
-    same comparison for the analyze stage's per-seed quantities (amplification, routing jump, convergence
-    error; the stage itself always traces in float32) and the declared primaries' contrasts at both precisions."""
+    interval lies inside that half-width and it samples faster. The analyze stage always traces in float32."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -32,7 +28,6 @@ def precision_check(policies: Annotated[Optional[list[str]], typer.Option(
     from ddmbench.io import write_json
     from ddmbench.sampling.policies import parse_policy
     from ddmbench.tools import precision_check as check
-    from ddmbench.tools import precision_trajectories as trajectory_check
 
     def body() -> None:
         cfg, paths = context(params)
@@ -43,17 +38,8 @@ def precision_check(policies: Annotated[Optional[list[str]], typer.Option(
             specs = [parse_policy(label) for label in labels]
         except ValueError as exc:
             raise ConfigError(f"--policy: {exc}") from None
-        if not (sampling or trajectories):
-            raise ConfigError("--no-sampling without --trajectories checks nothing: drop one of them")
-        result = check.run(cfg, paths, specs) if sampling else {}
-        if trajectories:
-            result["trajectories"] = trajectory_check.run(cfg, paths, specs)
+        result = check.run(cfg, paths, specs)
         write_json(out, result)
-        if trajectories:
-            _print_trajectories(result["trajectories"], cfg.analysis.n)
-        if not sampling:
-            console.print(f"wrote {out}", highlight=False)
-            return
         table = Table(title=f"bf16-mixed − fp32 sampling, paired by seed (N = {cfg.sample.n})")
         for col in ("policy", "FID_inf fp32", "ΔFID_inf [95%]", "± sampling", "ΔKID [95%]", "± sampling",
                     "pixels differing", "speed-up", "inside"):
@@ -73,27 +59,3 @@ def precision_check(policies: Annotated[Optional[list[str]], typer.Option(
                       highlight=False, soft_wrap=True)
 
     guard(body)
-
-
-def _print_trajectories(result: dict, n: int) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=f"bf16-mixed − fp32 trajectory analyses, paired by seed (n = {n})")
-    for col in ("policy", "quantity", "fp32 mean", "Δ bf16 − fp32 [95%]", "± fp32", "inside"):
-        table.add_column(col, justify="left" if col in ("policy", "quantity") else "right")
-    for r in result["rows"]:
-        for q, row in r["quantities"].items():
-            d = row["delta"]
-            table.add_row(escape(r["policy"]), q, f"{row['fp32_mean']:.4g}",
-                          f"{d['estimate']:+.3g} [{d['ci95'][0]:+.3g}, {d['ci95'][1]:+.3g}]", f"{row['fp32_half_width']:.3g}",
-                          "yes" if row["inside"] else "[red]no[/]")
-    console.print(table)
-    for c in result["primary_contrasts"]:
-        f, b = c["by_precision"]["32-true"], c["by_precision"]["bf16-mixed"]
-        console.print(f"{c['policy']} − {c['versus']}, {c['metric']}: fp32 {f['estimate']:+.4g} [{f['ci95'][0]:+.4g}, "
-                      f"{f['ci95'][1]:+.4g}] ({f['verdict']}), bf16 {b['estimate']:+.4g} [{b['ci95'][0]:+.4g}, "
-                      f"{b['ci95'][1]:+.4g}] ({b['verdict']})", highlight=False, soft_wrap=True)
-    console.print(f"trajectory analyses in bf16-mixed: {'inside' if result['inside'] else 'outside'} the fp32 "
-                  f"intervals, {result['speedup']:.2f}x the fp32 speed; rule: {result['rule']}",
-                  highlight=False, soft_wrap=True)

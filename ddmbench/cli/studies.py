@@ -18,7 +18,8 @@ def ablations(from_json: Annotated[Optional[Path], typer.Option(
               workspace: Annotated[bool, typer.Option(
                   help="Also list this workspace's metrics files as a row (the only row when there is no DVC "
                        "repository or no experiment).")] = False,
-              out: Annotated[Path, typer.Option(help="Markdown table to write.")] = Path("reports/ablations.md"),
+              out: Annotated[Path, typer.Option(help="Markdown table to write; the grid's JSON and figure go beside it "
+                                                 "(runs/ is git-ignored).")] = Path("runs/ablations.md"),
               from_runs: Annotated[Optional[list[Path]], typer.Option(
                   "--from-runs", help="Folders of finished runs (params.yaml + metrics/), e.g. one per grid cell "
                                       "and seed that each ran `ddmbench repro`; repeat the option.")] = None,

@@ -54,13 +54,10 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
               help="Largest rows per model call (sample.chunk_rows); default 64 on cpu, 0 (whole dispatch) on cuda.",
               min=0)] = None,
           dataset: Annotated[str, typer.Option(help=DATASET_OPTION_HELP)] = "mnist",
-          out: Annotated[Path, typer.Option(help="Where to save the JSON results.")] = Path("reports/bench.json"),
+          out: Annotated[Path, typer.Option(help="Where to save the JSON results (runs/ is git-ignored).")] = Path(
+              "runs/bench.json"),
           roofline: Annotated[bool, typer.Option(help="Also measure the matmul peaks (fp32, bf16) and every hot "
                                                  "path's GFLOP/s against them.")] = True,
-          ensemble: Annotated[bool, typer.Option(help="Also time the dense ensemble's K experts on the same rows: "
-                                                 "today's loop vs one vmapped call (stack_module_state).")] = True,
-          compile_probe: Annotated[bool, typer.Option(help="With --ensemble, also torch.compile (inductor) each "
-                                                      "expert: compile seconds and the calls it takes to pay.")] = False,
           ) -> None:
     """Sampling wall-time ratios of routing policies (Top-k vs Full vs monolith), peak memory, and the roofline."""
 
@@ -94,19 +91,11 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
             router_gflop = flops_per_image(b.BenchRouter(experts, 0, shape), image_shape=shape) / 1e9
             peaks["rows"] += [{**r, "rows": batch, "ms": timing["median_s"][r["path"].removeprefix("sampling ")] * 1e3}
                               for r in rl.sampling_rows(timing, expert_gflop, router_gflop, peaks["peak_gflops_per_s"])]
-        batching = None
-        if ensemble:
-            from ddmbench.tools import ensemble_batching
-
-            with err_console.status("dense ensemble") as status:
-                batching = ensemble_batching.measure(experts, net, chunk or 64, max(repeats, 5),
-                                                     with_compile=compile_probe, image_shape=shape,
-                                                     progress=status.update)
         result = {"setup": {"experts": experts, "net": net, "batch": batch, "nfe_steps": nfe_steps,
                             "repeats": repeats, "solver": "euler", "device": device, "chunk_rows": chunk,
                             "torch_threads": torch.get_num_threads(), "dataset": dataset,
                             "image_shape": list(shape)},
-                  **timing, "memory": memory, "roofline": peaks, "ensemble_batching": batching}
+                  **timing, "memory": memory, "roofline": peaks}
         write_json(out, result)
         table = Table(title=f"sampling cost, K={experts} {net} experts, batch {batch}, Euler x{nfe_steps}")
         for col in ("ratio", "measured", "target", "pass"):
@@ -121,8 +110,6 @@ def bench(experts: Annotated[int, typer.Option(help="Number of experts K.", min=
         console.print("median wall per pass (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timing["median_s"].items()))
         if peaks:
             _print_roofline(peaks)
-        if batching:
-            _print_batching(batching)
         console.print(f"wrote {out}")
 
     guard(body)
@@ -143,23 +130,6 @@ def _print_roofline(peaks: dict[str, Any]) -> None:
     console.print(table)
 
 
-def _print_batching(r: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"dense ensemble: {r['experts']} {r['net']} experts on the same {r['rows']} rows "
-                        f"({r['threads']} threads, median of {r['repeats']} interleaved)")
-    for col in ("variant", "ms/call", "vs loop", "max |Δv| vs loop"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for name, ms in r["ms"].items():
-        table.add_row(name, f"{ms:.1f}", f"{r['ratio_to_loop'][name]:.2f}x" if name in r["ratio_to_loop"] else "1",
-                      f"{r['max_abs_diff_from_loop'][name]:.1e}" if name in r["max_abs_diff_from_loop"] else "0")
-    console.print(table)
-    if "compile_seconds" in r:
-        pays = r["compile_pays_after_calls"]
-        console.print(f"compile: {r['compile_seconds']:.1f} s the first call; "
-                      + (f"pays for itself after {pays:.0f} calls" if pays else "never pays (not faster than the loop)"))
-
-
 @app.command("bench-train")
 def bench_train(net: Annotated[str, typer.Option(help="Velocity-net preset (unet-xs|s|m, dit-xs|s).")] = "unet-xs",
                 batch: Annotated[int, typer.Option(help="Images per optimizer step.", min=1)] = 128,
@@ -170,7 +140,8 @@ def bench_train(net: Annotated[str, typer.Option(help="Velocity-net preset (unet
                 precision: Annotated[str, typer.Option(help="32-true or bf16-mixed.")] = "32-true",
                 compile: Annotated[bool, typer.Option("--compile", help="torch.compile the net in both paths.")] = False,
                 dataset: Annotated[str, typer.Option(help=DATASET_OPTION_HELP)] = "mnist",
-                out: Annotated[Path, typer.Option(help="Where to save the JSON results.")] = Path("reports/bench-train.json"),
+                out: Annotated[Path, typer.Option(help="Where to save the JSON results (runs/ is git-ignored).")] = Path(
+                    "runs/bench-train.json"),
                 ) -> None:
     """Training throughput of one expert: our Lightning fit path vs a plain PyTorch loop (target ratio >= 0.95)."""
 

@@ -161,8 +161,8 @@ class SampleConfig(Section):
         "32-true", description="Precision of the experts and router while sampling: bf16-mixed runs them under "
                                "autocast (the ODE state stays float32) on GPUs and on CPUs with native bf16 "
                                "(AVX512-BF16 or AMX); refused on other CPUs, where it runs emulated. The analyze "
-                               "stage traces in float32 whatever this says (bf16 rounding enters its finite "
-                               "differences: `ddmbench precision-check --trajectories`).")
+                               "stage traces in float32 whatever this says (bf16 rounding would enter its finite "
+                               "differences).")
     routing_clock: int = Field(100, ge=1, le=1_000_000, description=(
         "Cells of the routing clock over t in [0, 1]: every random routing draw (sample-k) is a pure function of "
         "(sample seed, cell of t) and constant over a cell of width 1/routing_clock. 100 is finer than every "
@@ -246,7 +246,7 @@ class PrimaryHypothesis(Section):
 
 
 class ReportConfig(Section):
-    """Hypotheses declared before the run (DESIGN.md "Statistics"); every other contrast is Holm-adjusted."""
+    """Hypotheses declared before the run (docs/statistics.md); every other contrast is Holm-adjusted."""
 
     primary: list[PrimaryHypothesis] = Field([], description="Primary hypotheses, each judged at alpha (no "
                                              "adjustment within them); [] = the summary judges nothing.")
@@ -272,7 +272,7 @@ class TrackingConfig(Section):
     @field_validator("uri")
     @classmethod
     def _scheme(cls, v: str | None) -> str | None:
-        # A bare path would select MLflow's file store, which raises on MLflow >= 3.13 (ECOSYSTEM section 1).
+        # A bare path would select MLflow's file store, which raises on MLflow >= 3.13.
         scheme = v.split(":", 1)[0].split("+", 1)[0].lower() if v and ":" in v else None  # postgresql+psycopg2
         if v is not None and scheme not in TRACKING_SCHEMES:
             raise ValueError(f"must be a URI with one of the schemes {', '.join(TRACKING_SCHEMES)}, "

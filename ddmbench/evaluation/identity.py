@@ -1,5 +1,5 @@
 """Which feature space a quality number lives in: the evaluator is identified by the SHA-256 of its weights,
-and numbers measured with different evaluators are never compared (DESIGN.md, "Measurements")."""
+and numbers measured with different evaluators are never compared (docs/design.md, "Measurements")."""
 
 from __future__ import annotations
 

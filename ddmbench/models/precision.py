@@ -39,7 +39,7 @@ class Autocast(nn.Module):
     Holds its own copy of ``net`` with the linear and convolution weights already in ``dtype``
     (:func:`cast_lowered_weights`): the outputs equal plain autocast's bit for bit, without casting every
     weight at every call (1.02-1.06x for unet-xs, unet-s and dit-xs at the 64-row sampling chunk, measured
-    side by side by ``benchmarks/autocast_weights.py``).
+    side by side on the 2-core AMD EPYC).
     So later changes to ``net``'s parameters do not reach the wrapper: wrap a trained network, for inference.
     """
 

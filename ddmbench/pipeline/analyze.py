@@ -67,8 +67,8 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     ensure_writable(paths.analysis_metrics(spec.label), paths.curves(spec.label), paths.analysis_values(spec.label))
     seeds = sample_seeds(cfg)[:a.n]
     device = sampling_device(cfg)
-    # float32 whatever sample.precision says: bf16 rounding would enter the finite differences (`ddmbench
-    # precision-check --trajectories`), and every measure of the stage is taken at one precision
+    # float32 whatever sample.precision says: bf16 rounding would enter the finite differences (measured: the
+    # routing jump 3.4 -> 17-22, docs/speed.md), and every measure of the stage is taken at one precision
     fp32 = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"precision": "32-true"})})
     field = build_policy_field(fp32, paths, spec, device)
     clusters = load_clusters(paths)
@@ -155,7 +155,7 @@ def _routing_analyses(cfg: Config, paths: Paths, spec: PolicySpec, trace: dict[s
     return alignment, disagreement
 
 
-# --- alignment against the exact posterior p* (issue 15 item 3) -------------------------------------------
+# --- alignment against the exact posterior p* ---------------------------------------------------------------
 def _posterior_alignment(cfg: Config, paths: Paths, spec: PolicySpec, trace: dict[str, torch.Tensor],
                          p: torch.Tensor, w: torch.Tensor, curves: dict[str, list[Any]]) -> dict[str, Any]:
     """p*(k | x_t) of the training set at every traced probe state (n, S, K), against the policy's weights w and

@@ -4,7 +4,7 @@ A foreach group is the stages one ``foreach`` of dvc.yaml makes (``train-expert@
 ``evaluate@<policy>``, ``analyze@<policy>``): same command, one ``--expert``/``--policy`` value each, and
 no member reads another's outputs. On a small CPU, N processes of ``threads // N`` intra-op threads each
 use the cores better than one process of ``threads`` threads on these small nets (measured on 2 cores:
-README "Processes or threads"; ``benchmarks/repro_jobs.py`` times a whole pipeline both ways).
+docs/speed.md).
 
 DVC still decides everything: its plan, its staleness test, dvc.lock. When DVC reaches the first member of a
 group, every member that is stale and whose upstream stages DVC has already processed runs in the worker

@@ -5,7 +5,7 @@ How the runs look in ``mlflow ui`` (MLflow 3):
 - The experiment carries ``mlflow.experimentKind = custom_model_development``, MLflow's mark of a
   model-training experiment. (The 3.17 UI lets its GenAI / Model training switch override the tag: the
   switch comes from the URL's ``?workflowType=machine_learning``, then from the browser's memory, and
-  starts on GenAI; the README gives the link that opens the runs.)
+  starts on GenAI; docs/tracking.md gives the link that opens the runs.)
 - **Grouping: one parent run per pipeline configuration**, keyed by the digest of the resolved config
   (without the ``tracking`` section: where results are logged is not what produced them) and the git
   commit. Every stage run is nested under it (``mlflow.parentRunId``), so the runs table shows one

@@ -3,11 +3,10 @@
 For each policy, the run's trained models sample ``sample.n`` images from the same seeds twice, in float32
 and under ``sample.precision: bf16-mixed``, timed side by side. Quality is compared paired by seed in the
 run's evaluator space: ΔFID_inf and ΔKID (bf16 − fp32) with their jackknife 95% intervals, next to the
-half-width of the fp32 set's own FID_inf / KID interval (its sampling noise at this N). The adoption rule
-(issue 16): bf16 may replace fp32 in a profile only where every paired interval lies inside ± that sampling
-half-width (coded before the first measurement), and only if it pays, all policies together sampling faster
-(the issue's "where it pays", coded after the first measurement showed 0.83x). Writes
-reports/precision.json; nothing under outputs/ or metrics/ changes.
+half-width of the fp32 set's own FID_inf / KID interval (its sampling noise at this N). The adoption rule:
+bf16 may replace fp32 in a profile only where every paired interval lies inside ± that sampling half-width,
+and only if it pays: all policies together sample faster. Writes ``--out`` (default runs/precision.json,
+git-ignored); nothing under outputs/ or metrics/ changes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ seeds agree in sign.
 
 Scale-out stays on DVC: ``--run`` queues ``dvc exp run --queue -S seed=<s>`` per seed and starts
 ``dvc queue start --jobs N``; on a cluster each SLURM array task runs one ``dvc exp run -S
-seed=$SLURM_ARRAY_TASK_ID`` (README "Replication across training seeds"). ``--collect`` reads the finished
+seed=$SLURM_ARRAY_TASK_ID`` (docs/replication.md). ``--collect`` reads the finished
 experiments from ``dvc exp show --json`` (run here, or a saved file with ``--from-json``), or, with
 ``--from-runs``, finished runs in folders of their own (e.g. clones that each ran ``ddmbench repro`` with
 another ``seed``: no DVC queue, no interpreter per stage).

@@ -15,7 +15,7 @@ separate in the same direction: how often a fresh run of that size would. It nam
 size and every larger size on the ladder separate in the same direction.
 
 Its output plans the NEXT run. A profile whose results are reported must not take its size from the size
-that separated on those same results (DESIGN.md "Statistics"): write a cost or power rule in its header.
+that separated on those same results (docs/statistics.md): write a cost or power rule in its header.
 """
 
 from __future__ import annotations
