@@ -5,7 +5,7 @@ code moves): export HEAD into a temporary folder (``git archive``), apply the ed
 (``git init``, ``ddmbench repro`` with that copy's code on PYTHONPATH) and check its metrics against the baseline
 with this checkout's (unmutated) gate. A first run without any mutation is the control: it must come back
 ``exact`` or ``drift``, else the baseline is stale and no row means anything. Results go to
-reports/baseline/gate-power.json and to the table between the markers in reports/baseline/README.md.
+reports/baseline/gate-power.json and to the table between the markers in docs/regression-gate.md.
 
 Runs by hand or on a schedule, never in CI (one CI-profile run per mutation):
 
@@ -106,7 +106,7 @@ def head_archive(repo: Path) -> bytes:
     return subprocess.run(["git", "-C", str(repo), "archive", "HEAD"], check=True, capture_output=True).stdout
 
 
-# The committed default-profile run (README "Published results"), removed from every export as .ci/run does:
+# The committed default-profile run (reports/README.md), removed from every export as .ci/run does:
 # a run of another profile there would otherwise leave that run's files for its unlisted policies beside its own.
 PUBLISHED_RUN = ("dvc.lock", "metrics", "reports/plots", "reports/report.md")
 
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"Measured with `python benchmarks/gate_power.py` ({args.profile}, baseline {args.baseline}); "
               "each row names the commit it ran, after a control run of that commit; caught = `compare` says "
               "regression.")
-    write_table(args.repo / "reports/baseline/README.md", markdown(rows, header))
+    write_table(args.repo / "docs/regression-gate.md", markdown(rows, header))
     missed = [r["mutation"] for r in rows if r["mutation"] != "none (control)" and not r["caught"]]
     missed_other = [r["mutation"] for r in rows if r["mutation"] != "none (control)" and not r["other_machine"]["caught"]]
     if missed_other:

@@ -62,7 +62,7 @@ def vector_isa(flags: frozenset[str] | None = None) -> str:
 def machine_fingerprint() -> dict[str, str | int]:
     """What decides a same-seed run's floating-point results: the CPU's vector ISA, its model, torch's version
     and its intra-op thread count (1 vs 2 threads trained another evaluator from the same seed: measured in
-    reports/baseline/README.md)."""
+    docs/regression-gate.md)."""
     import torch
 
     return {"isa": vector_isa(), "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -325,7 +325,7 @@ def test_compare_refuses_another_evaluator_on_the_same_path(run: Path, base: dic
 
 
 def test_baseline_of_another_float_path_gates_the_contrasts_alone(run: Path, base: dict[str, Any]) -> None:
-    """Another vector ISA trains other models from the same seed (reports/baseline/README.md): (a) is not gated,
+    """Another vector ISA trains other models from the same seed (docs/regression-gate.md): (a) is not gated,
     the contrasts are, at their other-path tolerances; the same ISA with another digest is still refused."""
     other = _on_machine(base, {"isa": "avx2", "cpu": "c", "torch": "t"}, run)
     result = regression.compare(run, other, isa="avx512", vendor="intel")
@@ -358,7 +358,7 @@ def test_compare_picks_the_baseline_of_this_float_path() -> None:
 
 def test_another_cpu_vendor_is_another_float_path(run: Path, base: dict[str, Any]) -> None:
     """An AMD EPYC and an Intel Xeon, both AVX-512 at 2 threads, trained other evaluators from the same seed
-    (reports/baseline/README.md): the vendor is part of the float path, so a run on the other vendor is
+    (docs/regression-gate.md): the vendor is part of the float path, so a run on the other vendor is
     judged on (b) alone instead of refused for its evaluator, and each vendor finds its own baseline."""
     intel = {"isa": "avx512", "cpu": "Intel(R) Xeon(R) Processor", "threads": 2}
     amd = {"isa": "avx512", "cpu": "AMD EPYC", "threads": 2}
@@ -379,7 +379,7 @@ def test_another_cpu_vendor_is_another_float_path(run: Path, base: dict[str, Any
 
 
 def test_another_thread_count_is_another_float_path(run: Path, base: dict[str, Any]) -> None:
-    """1 vs 2 intra-op threads trained another evaluator from the same seed (reports/baseline/README.md): a run
+    """1 vs 2 intra-op threads trained another evaluator from the same seed (docs/regression-gate.md): a run
     with another thread count than its baseline's gets (b) alone and a hint, not an evaluator refusal."""
     other = _on_machine(base, {"isa": "avx512", "cpu": "c", "torch": "t", "threads": 2}, run)
     result = regression.compare(run, other, isa="avx512", threads=1, vendor="intel")

@@ -246,7 +246,7 @@ def baseline(why: Annotated[str, typer.Option(help="Why the baseline changes (re
                                   "each contrast's 95% half-width, which another machine's models may exceed).")] = None,
              drift_rel: Annotated[Optional[float], typer.Option(
                  min=0.0, max=0.01, help="Float drift the determinism check allows, as a fraction of each value's "
-                                         "scale (default regression.DRIFT_REL; measured: reports/baseline/README.md).")] = None,
+                                         "scale (default regression.DRIFT_REL; measured: docs/regression-gate.md).")] = None,
              out: Annotated[Optional[Path], typer.Option(
                  help="Baseline file to write (default reports/baseline/ci-<this CPU's vendor>-<ISA>.json).")] = None) -> None:
     """Freeze a run as the regression baseline: its values, its config constants, and its headline contrasts

@@ -14,7 +14,7 @@ A member that was not ready, or whose worker failed, is left to the normal in-pr
 
 Each stage's result depends on its inputs and seeds only, never on which process ran it or when; the one
 thing a worker changes is the number of intra-op threads, and another thread count is another float path
-(training diverges in the last bits and carries it into the weights: reports/baseline/README.md), so
+(training diverges in the last bits and carries it into the weights: docs/regression-gate.md), so
 ``--jobs 2`` on 2 cores is not bit-identical to ``--jobs 1``.
 """
 

@@ -3,7 +3,7 @@
 A same-seed run reproduces bit for bit only on the same float path: the CPU's vendor and vector ISA (AVX2 and
 AVX-512 run other oneDNN/ATen kernels, and an AMD and an Intel CPU with the same AVX-512 flags were measured
 to train another evaluator from the same seed: MKL and oneDNN dispatch by vendor too) and torch's intra-op
-thread count (reductions split differently); each is measured in reports/baseline/README.md. A baseline
+thread count (reductions split differently); each is measured in docs/regression-gate.md. A baseline
 records the machine it was made on (:func:`ddmbench.hardware.machine_fingerprint`); one that did not record its
 threads matches any count, and one whose CPU model names no known vendor matches any vendor.
 """
