@@ -481,13 +481,18 @@ def test_cli_spread_writes_json_and_table(gate_run: Project, tmp_path: Path) -> 
         copy_run(gate_run, tmp_path / f"run{i}" / "metrics")
     scale_values(tmp_path / "run1" / "metrics", 1.01)
     result = CliRunner(env={"COLUMNS": "200"}).invoke(
-        app, ["spread", str(tmp_path / "run0/metrics"), str(tmp_path / "run1/metrics"), "--out", str(tmp_path / "s.json")])
+        app, ["spread", str(tmp_path / "run0/metrics"), str(tmp_path / "run1/metrics"), "--out", str(tmp_path / "s.json"),
+              "--all"])
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["runs"] == [str(tmp_path / "run0/metrics"), str(tmp_path / "run1/metrics")]
     fid = json.loads((tmp_path / "run0/metrics/evaluate/full.json").read_text())["fid"]
     assert data["metrics"]["evaluate/full.json:fid"]["range"] == pytest.approx(0.01 * fid)
     assert "contrast top-1 − full: lipschitz" in data["metrics"] and "18 contrasts" in result.output
+    contrasts_only = CliRunner(env={"COLUMNS": "200"}).invoke(
+        app, ["spread", str(tmp_path / "run0/metrics"), str(tmp_path / "run1/metrics"), "--out", str(tmp_path / "c.json")])
+    assert contrasts_only.exit_code == 0
+    assert {m["kind"] for m in json.loads((tmp_path / "c.json").read_text())["metrics"].values()} == {"contrast"}
 
 
 def test_a_baseline_file_is_a_run_of_the_spread(gate_run: Project) -> None:

@@ -281,7 +281,8 @@ def spread(runs: Annotated[list[Path], typer.Argument(
                help="Runs of one profile (one per training seed or float path): metrics folders, or baseline files "
                     "(the run each froze).")],
            out: Annotated[Path, typer.Option(help="Where to save the JSON.")] = Path("reports/baseline/spread.json"),
-           all_metrics: Annotated[bool, typer.Option("--all", help="Also list values and constants, not only contrasts.")] = False
+           all_metrics: Annotated[bool, typer.Option(
+               "--all", help="Also list and save values and constants, not only the headline contrasts.")] = False
            ) -> None:
     """Run-to-run spread (mean, std, min, max, max-min) of the headline contrasts (and with --all of every
     number), with the tolerance `ddmbench baseline --spread` would set from it."""
@@ -292,6 +293,8 @@ def spread(runs: Annotated[list[Path], typer.Argument(
 
     def body() -> None:
         result = spread_tool.spread({str(d): d for d in runs})
+        if not all_metrics:
+            result["metrics"] = {n: m for n, m in result["metrics"].items() if m["kind"] == "contrast"}
         write_json(out, result)
         table = Table(title=f"spread over {len(runs)} runs")
         for col in ("number", "kind", "mean", "std", "min", "max", "max-min", "tolerance"):

@@ -160,13 +160,14 @@ def contrast_tolerance(d: Difference, spread_range: float | None = None,
 
 def other_path_tolerance(d: Difference, spread: dict[str, Any] | None,
                          drift_rel: float = DRIFT_REL) -> tuple[float, int, str]:
-    """(tolerance, guarded sign, basis) of a baseline contrast judged from another float path, where the trained
-    models themselves differ. With a spread (the contrast's values over training seeds and float paths): the
-    tolerance is SPREAD_MULTIPLE x its range, and the sign is guarded only where the interval guards it and every
-    run of the spread has that sign beyond the tie tolerance. Without one: the same-path rule, basis 'ci95'."""
+    """(tolerance, guarded sign, basis) of a contrast judged from another float path (other trained models). With
+    a spread (its values over training seeds and float paths): SPREAD_MULTIPLE x its range, never below the
+    interval's half-width; the sign guarded only where the interval guards it and every run of the spread has
+    it beyond the tie tolerance. Without one: the same-path rule, basis 'ci95'."""
     if spread is None:
         return (*contrast_tolerance(d, None, drift_rel), "ci95")
-    tol = max(SPREAD_MULTIPLE * float(spread["range"]), drift_rel * abs(d.estimate), d.tie_tolerance)
+    low, high = d.ci95
+    tol = max(SPREAD_MULTIPLE * float(spread["range"]), (high - low) / 2, drift_rel * abs(d.estimate), d.tie_tolerance)
     held = d.sign and all(v * d.sign > d.tie_tolerance for v in spread["values"])
     sign = d.sign if held else 0
     if sign:
@@ -212,8 +213,7 @@ def make_baseline(metrics_dir: Path, *, why: str, git_commit: str, profile: str,
 
 
 def output_version(doc: dict[str, Any]) -> int:
-    """The output version a baseline was made at (0: made before baselines recorded one)."""
-    return int(doc.get("output_version", 0))
+    return int(doc.get("output_version", 0))   # 0: made before baselines recorded one
 
 
 def missing_families(doc: dict[str, Any]) -> list[str]:
