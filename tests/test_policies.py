@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddmbench.sampling.policies import POLICIES, RoutingContext, make_policy, parse_policy
+from ddmbench.sampling.policies import REGISTRY, RoutingContext, make_policy, parse_policy
 
 K = 4
 B = 64
@@ -45,7 +45,7 @@ def weights(label: str, p: torch.Tensor, ctx: RoutingContext | None = None) -> t
 
 def test_battery_covers_the_registry() -> None:
     names = {parse_policy(label).name for label in LABELS}
-    assert names == set(POLICIES) - {"monolith"}
+    assert names == set(REGISTRY) - {"monolith"}
 
 
 @pytest.mark.parametrize("label", LABELS)
@@ -332,3 +332,35 @@ def test_decomposition_labels_parse_and_validate() -> None:
         parse_policy("tempered")
     with pytest.raises(ValueError, match=r"k <= number of experts \(4\)"):
         parse_policy("posterior-top-5").check(K)
+
+
+def test_a_registered_policy_reaches_the_parser_the_cli_and_the_docs_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a policy is one record plus its function: the parser, the CLI's options and the docs' table all
+    derive from the registry, and the table in docs/sampling.md is the registry's."""
+    from pathlib import Path
+
+    from ddmbench.sampling import policies
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "sampling.md").read_text()
+    assert policies.policy_table() in docs
+
+    def bottom_k(p: torch.Tensor, ctx: RoutingContext, *, k: int) -> torch.Tensor:
+        return policies.top_k(-p + 1.0, ctx, k=k)
+    toy = policies.PolicyDef("bottom", bottom_k, "bottom-{k}", ("k",), weights="keep the k smallest p (a toy)")
+    monkeypatch.setitem(policies.REGISTRY, "bottom", toy)
+    spec = parse_policy("bottom-2")
+    assert (spec.name, spec.params, spec.label) == ("bottom", {"k": 2.0}, "bottom-2")
+    assert make_policy("bottom", k=2) == spec and spec.weights(router_probs(), context()).shape == (B, K)
+    assert "| `bottom-<k>` | keep the k smallest p (a toy) |" in policies.policy_table()
+    assert "bottom-<k>" in policies.label_forms()
+    import sys
+
+    cli_app = sys.modules["ddmbench.cli.app"] if "ddmbench.cli.app" in sys.modules else None
+    if cli_app is None:
+        import ddmbench.cli  # noqa: F401  (registers the commands)
+        cli_app = sys.modules["ddmbench.cli.app"]
+    option = cli_app._param_option("k")                       # the option --k of every policy command
+    assert "bottom" in option.help and option.default == "--k"
+    from ddmbench.config import parse_config
+    cfg = parse_config({"cluster": {"k": 4}})
+    assert cli_app.policy_option(cfg, "bottom", 2, None, None, None) == spec       # --policy bottom --k 2

@@ -18,17 +18,23 @@ from ddmbench.config import Config, load_config, with_trainer
 from ddmbench.console import err_console, set_quiet
 from ddmbench.errors import ConfigError, DDMBenchError
 from ddmbench.pipeline.paths import Paths
-from ddmbench.sampling.policies import LABEL_FORMS, POLICIES, PolicySpec, make_policy
+from ddmbench.sampling.policies import PARAMS, REGISTRY, PolicySpec, label_forms, make_policy
 
 app = typer.Typer(help="Benchmark harness for Decentralized Diffusion Models (DDMs) on MNIST.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="Params file. Outputs go under the current folder (the repo root).")]
-PolicyOption = Annotated[str, typer.Option("--policy", help=f"Policy label or name: {LABEL_FORMS}.")]
-KOption = Annotated[Optional[int], typer.Option("--k", help="k for --policy top / sample.")]
-TauOption = Annotated[Optional[float], typer.Option("--tau", help="tau for --policy threshold.")]
-PMassOption = Annotated[Optional[float], typer.Option("--p", help="Probability mass for --policy nucleus.")]
-TempOption = Annotated[Optional[float], typer.Option("--temperature", help="Temperature for --policy nucleus.")]
+def _param_option(name: str) -> Any:
+    """The CLI option of a policy parameter, its flag and help derived from the policy registry."""
+    takes = " / ".join(d.name for d in REGISTRY.values() if name in d.params)
+    return typer.Option(PARAMS[name].option, help=f"{name} ({PARAMS[name].must}) for --policy {takes}.")
+
+
+PolicyOption = Annotated[str, typer.Option("--policy", help=f"Policy label or name: {label_forms()}.")]
+KOption = Annotated[Optional[int], _param_option("k")]
+TauOption = Annotated[Optional[float], _param_option("tau")]
+PMassOption = Annotated[Optional[float], _param_option("p_mass")]
+TempOption = Annotated[Optional[float], _param_option("temperature")]
 DevicesOption = Annotated[Optional[int], typer.Option("--devices", help="Devices (processes) per node; overrides "
                                                       "trainer.devices. batch_size stays per device.")]
 NodesOption = Annotated[Optional[int], typer.Option("--num-nodes", help="Nodes; overrides trainer.num_nodes.")]
@@ -57,7 +63,7 @@ def policy_option(cfg: Config, policy: str, k: int | None, tau: float | None, p:
     extra = {"k": k, "tau": tau, "p_mass": p, "temperature": temperature}
     try:
         if any(v is not None for v in extra.values()):
-            if policy not in POLICIES:
+            if policy not in REGISTRY:
                 raise ValueError(f"'{policy}' is a label; give a label alone (--policy top-2) or a policy name "
                                  "with its parameters (--policy top --k 2)")
             spec = make_policy(policy, **{key: v for key, v in extra.items() if v is not None})

@@ -117,6 +117,87 @@ def oracle(p: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class Param:
+    """A policy parameter: the keyword its function takes, its CLI option (whose name errors use), how a label form
+    spells it, whether it is an integer, and its range (``ok`` with the phrase an error gives)."""
+
+    name: str
+    option: str
+    form: str
+    integer: bool
+    ok: Callable[[float], bool]
+    must: str
+
+
+PARAMS: dict[str, Param] = {p.name: p for p in (
+    Param("k", "--k", "k", True, lambda v: v >= 1 and v == int(v), "a positive integer"),
+    Param("tau", "--tau", "tau", False, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    Param("p_mass", "--p", "mass", False, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    Param("temperature", "--temperature", "temperature", False, lambda v: v > 0.0, "> 0"),
+)}
+
+
+@dataclass(frozen=True)
+class PolicyDef:
+    """One routing policy: its function (None: the monolith, which has no experts), its label with ``{param}``
+    fields (its only spelling), its parameters (keys of :data:`PARAMS`), what the field must give it, and the line
+    the docs' policy table shows. Adding a policy is one record in :data:`REGISTRY` plus its function."""
+
+    name: str
+    fn: Policy | None
+    label: str
+    params: tuple[str, ...] = ()
+    uses_router: bool = True
+    uses_posterior: bool = False
+    weights: str = ""
+
+    def pattern(self) -> re.Pattern[str]:
+        """The regex of the label, one group per parameter."""
+        out, last = "", 0
+        for m in re.finditer(r"\{(\w+)\}", self.label):
+            out += re.escape(self.label[last:m.start()]) + (r"(\d+)" if PARAMS[m[1]].integer else _NUM)
+            last = m.end()
+        return re.compile(out + re.escape(self.label[last:]))
+
+    def form(self) -> str:
+        """The label as the docs and errors spell it: ``top-<k>``."""
+        return re.sub(r"\{(\w+)\}", lambda m: f"<{PARAMS[m[1]].form}>", self.label)
+
+
+_NUM = r"(\d+(?:\.\d*)?(?:e[+-]?\d+)?)"
+REGISTRY: dict[str, PolicyDef] = {d.name: d for d in (
+    PolicyDef("monolith", None, "monolith", uses_router=False, weights="the dense baseline model (no experts)"),
+    PolicyDef("oracle", oracle, "oracle", uses_router=False,
+              weights="one-hot on the cluster the sample was drawn for (cluster sizes as prior)"),
+    PolicyDef("full", full, "full", weights="w = p (router-weighted ensemble of all experts)"),
+    PolicyDef("uniform", uniform, "uniform", uses_router=False, weights="w = 1/K"),
+    PolicyDef("top", top_k, "top-{k}", ("k",), weights="keep the k largest p, renormalise"),
+    PolicyDef("sample", sample_k, "sample-{k}", ("k",),
+              weights="draw k experts from p without replacement (seeded), renormalise"),
+    PolicyDef("threshold", threshold, "threshold-{tau}", ("tau",),
+              weights="keep p ≥ τ (at least the top-1), renormalise"),
+    PolicyDef("nucleus", nucleus, "nucleus-p{p_mass}-T{temperature}", ("p_mass", "temperature"),
+              weights="temperature T on p, keep the smallest set with mass ≥ p"),
+    PolicyDef("tempered", tempered, "tempered-{temperature}", ("temperature",),
+              weights="full with the router's logits divided by T: T → 0 is top-1, T = 1 is full"),
+    PolicyDef("posterior", full, "posterior", uses_posterior=True,
+              weights="the real experts routed by the exact cluster posterior p* of the training set instead of "
+                      "the router"),
+    PolicyDef("posterior-top", top_k, "posterior-top-{k}", ("k",), uses_posterior=True, weights="top-k of p*"),
+)}
+
+
+def policy_table() -> str:
+    """The docs' table of policies (docs/sampling.md), one row per record of :data:`REGISTRY`."""
+    return "\n".join(["| label | weights |", "|---|---|",
+                      *(f"| `{d.form()}` | {d.weights} |" for d in REGISTRY.values())])
+
+
+def label_forms() -> str:
+    return ", ".join(d.form() for d in REGISTRY.values())
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     """A named routing policy with its parameters; ``label`` is its only spelling."""
 
@@ -124,39 +205,34 @@ class PolicySpec:
     params: dict[str, float] = field(default_factory=dict)
 
     @property
+    def definition(self) -> PolicyDef:
+        return REGISTRY[self.name]
+
+    @property
     def label(self) -> str:
-        if self.name in ("top", "sample"):
-            return f"{self.name}-{int(self.params['k'])}"
-        if self.name == "threshold":
-            return f"threshold-{_num(self.params['tau'])}"
-        if self.name == "nucleus":
-            return f"nucleus-p{_num(self.params['p_mass'])}-T{_num(self.params['temperature'])}"
-        if self.name == "posterior-top":
-            return f"posterior-top-{int(self.params['k'])}"
-        if self.name == "tempered":
-            return f"tempered-{_num(self.params['temperature'])}"
-        return self.name
+        return self.definition.label.format(**{k: int(v) if PARAMS[k].integer else _num(v)
+                                              for k, v in self.params.items()})
 
     @property
     def uses_experts(self) -> bool:
-        return self.name != "monolith"
+        return self.definition.fn is not None
 
     @property
     def uses_posterior(self) -> bool:
         """The decomposition policies route by the exact cluster posterior p* (``ddmbench.analysis.posterior``)
         in place of the trained router: whoever builds the field must give it the posterior router."""
-        return self.name in ("posterior", "posterior-top")
+        return self.definition.uses_posterior
 
     @property
     def uses_router(self) -> bool:
-        return self.name not in ("monolith", "oracle", "uniform")
+        return self.definition.uses_router
 
     def weights(self, p: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
         """(B, K) router probabilities -> (B, K) expert weights, rows summing to 1."""
-        if not self.uses_experts:
-            raise ValueError("the monolith policy has no expert weights")
-        fn = POLICIES[self.name]
-        kwargs = {k: (int(v) if k == "k" else v) for k, v in self.params.items()}
+        fn = self.definition.fn
+        if fn is None:
+            raise ValueError(f"the {self.name} policy has no expert weights")
+        kwargs = {k: (int(v) if PARAMS[k].integer else v) for k, v in self.params.items()}
         return fn(p, ctx, **kwargs)
 
     def check(self, num_experts: int) -> None:
@@ -171,53 +247,21 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
-POLICIES: dict[str, Policy | None] = {
-    "monolith": None,  # the dense baseline: no experts, no router
-    "oracle": oracle,
-    "full": full,
-    "uniform": uniform,
-    "top": top_k,
-    "sample": sample_k,
-    "threshold": threshold,
-    "nucleus": nucleus,
-    "tempered": tempered,
-    "posterior": full,         # w = p*: the field's router is the exact posterior (PolicySpec.uses_posterior)
-    "posterior-top": top_k,    # top-k of p*
-}
-
-_NUM = r"(\d+(?:\.\d*)?(?:e[+-]?\d+)?)"
-_PATTERNS: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [
-    ("top", re.compile(r"top-(\d+)"), ("k",)),
-    ("sample", re.compile(r"sample-(\d+)"), ("k",)),
-    ("threshold", re.compile(rf"threshold-{_NUM}"), ("tau",)),
-    ("nucleus", re.compile(rf"nucleus-p{_NUM}-T{_NUM}"), ("p_mass", "temperature")),
-    ("posterior-top", re.compile(r"posterior-top-(\d+)"), ("k",)),
-    ("tempered", re.compile(rf"tempered-{_NUM}"), ("temperature",)),
-]
-LABEL_FORMS = ("monolith, oracle, full, uniform, top-<k>, sample-<k>, threshold-<tau>, nucleus-p<mass>-T<temperature>, "
-               "tempered-<temperature>, posterior, posterior-top-<k>")
-
-
 def parse_policy(label: str) -> PolicySpec:
     """Parse a policy label (``top-2``, ``nucleus-p0.9-T0.5``); ValueError names the valid forms."""
     label = str(label).strip()
-    if label in ("monolith", "oracle", "full", "uniform", "posterior"):
-        return PolicySpec(label)
-    for name, pattern, keys in _PATTERNS:
-        m = pattern.fullmatch(label)
+    for d in REGISTRY.values():
+        m = d.pattern().fullmatch(label)
         if m:
-            params = {key: float(v) for key, v in zip(keys, m.groups())}
-            return make_policy(name, **params)
-    raise ValueError(f"unknown policy '{label}'; valid forms: {LABEL_FORMS}")
+            return make_policy(d.name, **{key: float(v) for key, v in zip(d.params, m.groups())})
+    raise ValueError(f"unknown policy '{label}'; valid forms: {label_forms()}")
 
 
-def make_policy(name: str, **params: float) -> PolicySpec:
+def make_policy(name: str, **params: float | None) -> PolicySpec:
     """Build and validate a policy from its name and parameters (CLI: ``--policy nucleus --p 0.9``)."""
-    required = {"top": ("k",), "sample": ("k",), "threshold": ("tau",), "nucleus": ("p_mass", "temperature"),
-                "tempered": ("temperature",), "posterior-top": ("k",)}
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy '{name}'; valid policies: {', '.join(POLICIES)}")
-    need = required.get(name, ())
+    if name not in REGISTRY:
+        raise ValueError(f"unknown policy '{name}'; valid policies: {', '.join(REGISTRY)}")
+    need = REGISTRY[name].params
     missing = [k for k in need if params.get(k) is None]
     if missing:
         raise ValueError(f"policy '{name}' needs {', '.join(missing)}")
@@ -225,13 +269,8 @@ def make_policy(name: str, **params: float) -> PolicySpec:
     if unexpected:
         takes = ", ".join(need) if need else "no parameters"
         raise ValueError(f"policy '{name}' does not take {', '.join(unexpected)} (it takes {takes})")
-    params = {k: float(v) for k, v in params.items() if k in need}
-    if "k" in params and (params["k"] < 1 or params["k"] != int(params["k"])):
-        raise ValueError(f"policy '{name}': k must be a positive integer, got {params['k']:g}")
-    if "tau" in params and not 0.0 <= params["tau"] <= 1.0:
-        raise ValueError(f"policy 'threshold': tau must be in [0, 1], got {params['tau']:g}")
-    if "p_mass" in params and not 0.0 < params["p_mass"] <= 1.0:
-        raise ValueError(f"policy 'nucleus': p must be in (0, 1], got {params['p_mass']:g}")
-    if "temperature" in params and not params["temperature"] > 0.0:
-        raise ValueError(f"policy '{name}': temperature must be > 0, got {params['temperature']:g}")
-    return PolicySpec(name, params)
+    values = {k: float(params[k]) for k in need}  # type: ignore[arg-type]
+    for key, value in values.items():
+        if not PARAMS[key].ok(value):
+            raise ValueError(f"policy '{name}': {PARAMS[key].option[2:]} must be {PARAMS[key].must}, got {value:g}")
+    return PolicySpec(name, values)
