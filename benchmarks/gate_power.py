@@ -12,7 +12,7 @@ Runs by hand or on a schedule, never in CI (one CI-profile run per mutation):
     python benchmarks/gate_power.py [--data-root data] [--only top-k-smallest] [--timeout-min 90] [--append]
     python benchmarks/gate_power.py --drift      # the float drift of 1 vs 2 threads on the profile
     python benchmarks/gate_power.py --drift-runs RUN_1T/metrics RUN_2T/metrics   # the same, from finished runs
-    python benchmarks/gate_power.py --false-alarms REFERENCE/metrics RUN... # clean runs judged as another machine
+    python benchmarks/gate_power.py --false-alarms REFERENCE/metrics RUN... [--out FILE]   # clean runs judged as another machine
 
 ``--false-alarms`` measures the other side of the gate: how often a clean run made on another machine fails.
 Each RUN (another training seed's metrics folder, or a committed baseline of another float path) is held out in
@@ -277,13 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--false-alarms", type=Path, nargs="+", metavar="RUN",
                     help="instead: REFERENCE then other runs (metrics folders or baseline files), each held out and "
                          "judged as another machine (false-alarms.json)")
+    ap.add_argument("--out", type=Path, default=Path("reports/baseline/false-alarms.json"),
+                    help="with --false-alarms: the JSON to write, under --repo")
     args = ap.parse_args(argv)
     if args.false_alarms:
         if len(args.false_alarms) < 3:
             ap.error("--false-alarms needs REFERENCE and at least 2 other runs")
         reference, *others = args.false_alarms
         result = false_alarms(reference, {str(p): p for p in others})
-        write_json(args.repo / "reports/baseline/false-alarms.json", result)
+        write_json(args.repo / args.out, result)
         print(json.dumps({k: result[k] for k in ("checked", "false_alarms")}), flush=True)
         for row in result["rows"]:
             print(f"{row['held_out']}: {len(row['failing'])} of {row['contrasts']} contrasts fail"
