@@ -168,30 +168,48 @@ def run_profile(copy: Path, profile: Path, data_root: Path, timeout_s: float,
 ANOTHER_MACHINE = {"vendor": "another vendor"}
 
 
-def judge(metrics: Path, baseline: dict[str, Any], mode: str) -> dict[str, Any]:
-    """``compare``'s findings for one mode: 'same path' (determinism and contrasts) or 'other machine'."""
+def judge(metrics: Path, baseline: dict[str, Any], mode: str, ranges: dict[str, float] | None = None) -> dict[str, Any]:
+    """``compare``'s findings for one mode: 'same path' (determinism and contrasts) or 'other machine'. With
+    ``ranges`` (each contrast's range over the cross-path spread): the contrasts the run moved by more than that
+    range, and those of them the gate let pass (``missed_beyond_spread``)."""
     try:
         result = regression.compare(metrics, baseline, **(ANOTHER_MACHINE if mode == "other machine" else {}))
     except ArtifactError as exc:  # e.g. a fault that changes the evaluator's weights: compare refuses the run
         return {"verdict": "refused", "caught": True, "failing_contrasts": [], "values_beyond_drift": None,
-                "largest_move": None, "detail": str(exc)}
+                "largest_move": None, "beyond_spread": [], "missed_beyond_spread": [], "detail": str(exc)}
     moves = [abs(r.current - r.baseline) / r.tolerance for r in result.contrasts if r.current is not None and r.tolerance]
+    beyond = [r for r in result.contrasts if ranges and r.name in ranges and r.current is not None
+              and abs(r.current - r.baseline) > ranges[r.name]]
     return {"verdict": result.verdict, "caught": result.verdict == "regression",
             "failing_contrasts": [f"{r.name} ({r.why})" for r in result.failed_contrasts],
             "values_beyond_drift": len(result.beyond) if result.values_gated else None,
-            "largest_move": round(max(moves), 3) if moves else None, "detail": result.summary()}
+            "largest_move": round(max(moves), 3) if moves else None,
+            "beyond_spread": [r.name for r in beyond], "missed_beyond_spread": [r.name for r in beyond if r.passed],
+            "detail": result.summary()}
 
 
-def row_for(m: Mutation | None, metrics: Path | None, baseline: dict[str, Any], failure: str = "") -> dict[str, Any]:
+def row_for(m: Mutation | None, metrics: Path | None, baseline: dict[str, Any], failure: str = "",
+            ranges: dict[str, float] | None = None) -> dict[str, Any]:
     """One table row: what the gate said about the run in both modes (or that the pipeline itself failed).
     ``largest_move``: the largest |Δ contrast| over its tolerance in that mode (above 1 a contrast fails)."""
     row: dict[str, Any] = {"mutation": m.name if m else "none (control)", "layer": m.layer if m else "",
                            "what": m.what if m else "HEAD as committed"}
     if metrics is None:
         failed = {"verdict": "pipeline failed", "caught": m is not None, "failing_contrasts": [],
-                  "values_beyond_drift": None, "largest_move": None, "detail": failure}
+                  "values_beyond_drift": None, "largest_move": None, "beyond_spread": [],
+                  "missed_beyond_spread": [], "detail": failure}
         return {**row, **failed, "other_machine": failed}
-    return {**row, **judge(metrics, baseline, "same path"), "other_machine": judge(metrics, baseline, "other machine")}
+    return {**row, **judge(metrics, baseline, "same path"),
+            "other_machine": judge(metrics, baseline, "other machine", ranges)}
+
+
+def spread_ranges(path: Path) -> dict[str, float] | None:
+    """{headline contrast: its range over the cross-path spread} of a `ddmbench spread` file, if there is one."""
+    if not path.is_file():
+        return None
+    doc = read_json(path, "ddmbench spread ... --out FILE")
+    return {name.removeprefix("contrast "): float(m["range"]) for name, m in doc["metrics"].items()
+            if m.get("kind") == "contrast"}
 
 
 def drift_stats(first: Path, second: Path) -> dict[str, Any]:
@@ -236,14 +254,16 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
     """The table written between the markers: mutation -> what caught it on the same float path (determinism and
     contrasts) and as another machine (contrasts alone, cross-path tolerances)."""
     lines = [header, "", "| mutation | layer | commit | same path: verdict | contrasts failing | values beyond drift | "
-             "other machine: verdict | contrasts failing | largest move / tolerance |", "|---|---|---|---|---|---|---|---|---|"]
+             "other machine: verdict | contrasts failing | largest move / tolerance | moved beyond the spread, "
+             "passed |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         other = r.get("other_machine") or {}
         beyond = "—" if r["values_beyond_drift"] is None else str(r["values_beyond_drift"])
         move = "—" if other.get("largest_move") is None else f"{other['largest_move']:g}"
+        missed = f"{len(other.get('missed_beyond_spread', []))} of {len(other.get('beyond_spread', []))}"
         lines.append(f"| `{r['mutation']}`: {r['what']} | {r['layer']} | {r.get('commit', '?')} | {r['verdict']} | "
                      f"{'; '.join(r['failing_contrasts']) or 'none'} | {beyond} | {other.get('verdict', 'not run')} | "
-                     f"{'; '.join(other.get('failing_contrasts', [])) or 'none'} | {move} |")
+                     f"{'; '.join(other.get('failing_contrasts', [])) or 'none'} | {move} | {missed} |")
     return "\n".join(lines)
 
 
@@ -265,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, default=None,
                     help="default reports/baseline/ci-<this CPU's vendor>-<vector ISA>.json (the control must reproduce it)")
     ap.add_argument("--data-root", type=Path, default=Path("data"), help="raw datasets (data.root of the copies)")
+    ap.add_argument("--spread", type=Path, default=Path("reports/baseline/spread-ci.json"),
+                    help="the cross-path spread the baseline's tolerances came from (for 'moved beyond the spread')")
     ap.add_argument("--only", action="append", choices=[m.name for m in MUTATIONS], help="run only these")
     ap.add_argument("--timeout-min", type=float, default=90.0, help="per CI-profile run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copies")
@@ -297,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         return measure_drift(args)
     args.baseline = args.baseline or Path("reports/baseline") / float_paths.baseline_name(float_paths.this_path())
     baseline = regression.check_baseline(read_json(args.baseline, "ddmbench baseline --why '...'"), args.baseline)
+    ranges = spread_ranges(args.repo / args.spread)
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
     archive, commit = head_archive(args.repo), head_commit(args.repo)
     rows = []
@@ -309,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 apply(copy, m)
             t0 = time.time()
             ok, tail = run_profile(copy, args.repo / args.profile, args.data_root, args.timeout_min * 60)
-            rows.append(row_for(m, copy / "metrics" if ok else None, baseline, tail))
+            rows.append(row_for(m, copy / "metrics" if ok else None, baseline, tail, ranges))
             rows[-1].update(minutes=round((time.time() - t0) / 60, 1), commit=commit)
             print(f"{rows[-1]['mutation']}: {rows[-1]['verdict']} ({rows[-1]['minutes']} min)", flush=True)
             if m is None and (rows[0]["verdict"] not in ("exact", "drift")

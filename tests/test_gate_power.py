@@ -68,7 +68,8 @@ def _rows() -> list[dict]:
             {"mutation": "top-k-smallest", "layer": "policy", "what": "top-k keeps the smallest", "verdict": "regression",
              "failing_contrasts": ["top-1 − full: fid (sign flipped)"], "values_beyond_drift": 120, "commit": "c0ffee1",
              "other_machine": {**other, "verdict": "regression", "caught": True, "largest_move": 2.5,
-                               "failing_contrasts": ["top-1 − full: fid (sign flipped)"]}},
+                               "failing_contrasts": ["top-1 − full: fid (sign flipped)"],
+                               "beyond_spread": ["top-1 − full: fid"], "missed_beyond_spread": []}},
             {"mutation": "ema-disabled", "layer": "training", "what": "no EMA", "verdict": "pipeline failed",
              "failing_contrasts": [], "values_beyond_drift": None,
              "other_machine": {**other, "verdict": "pipeline failed", "largest_move": None}}]
@@ -79,8 +80,8 @@ def test_table_goes_between_the_markers_and_is_replaced_on_rerun(tmp_path: Path)
     readme.write_text("# CI regression baseline\n\nintro\n\n## Power\n\ntext after\n")
     table = gate_power.markdown(_rows(), "Measured at abc.")
     assert ("| `top-k-smallest`: top-k keeps the smallest | policy | c0ffee1 | regression | "
-            "top-1 − full: fid (sign flipped) | 120 | regression | top-1 − full: fid (sign flipped) | 2.5 |") in table
-    assert "| `ema-disabled`: no EMA | training | ? | pipeline failed | none | — | pipeline failed | none | — |" in table
+            "top-1 − full: fid (sign flipped) | 120 | regression | top-1 − full: fid (sign flipped) | 2.5 | 0 of 1 |") in table
+    assert "| `ema-disabled`: no EMA | training | ? | pipeline failed | none | — | pipeline failed | none | — | 0 of 0 |" in table
     gate_power.write_table(readme, table)
     first = readme.read_text()
     assert first.startswith("# CI regression baseline\n\nintro") and first.count(gate_power.START) == 1
@@ -105,14 +106,17 @@ def test_row_for_a_run_uses_the_gate_in_both_modes(gate_run: Project, tmp_path: 
     name, entry = guarded(base)
     set_contrast(flipped, name.partition(" − ")[0], "lipschitz", -entry["value"], 0.0)
     m = gate_power.MUTATIONS[0]
-    caught = gate_power.row_for(m, flipped, base)
+    ranges = {n: 0.0 for n in base["contrasts"]}               # as if the cross-path spread were nil
+    caught = gate_power.row_for(m, flipped, base, ranges=ranges)
     assert caught["caught"] and caught["verdict"] == "regression" and caught["failing_contrasts"] == [f"{name} (sign flipped)"]
     assert caught["other_machine"]["caught"] and caught["other_machine"]["largest_move"] > 1
+    assert name in caught["other_machine"]["beyond_spread"] and name not in caught["other_machine"]["missed_beyond_spread"]
     moved = copy_run(gate_run, tmp_path / "moved")               # values move, contrasts keep: only (a) sees it
     scale_values(moved, 1.01)
-    values_only = gate_power.row_for(m, moved, base)
+    values_only = gate_power.row_for(m, moved, base, ranges=ranges)
     assert values_only["caught"] and values_only["values_beyond_drift"] > 0 and not values_only["failing_contrasts"]
-    assert not values_only["other_machine"]["caught"]
+    assert not values_only["other_machine"]["caught"]          # every contrast moved 1%: beyond a nil spread, passed
+    assert values_only["other_machine"]["missed_beyond_spread"] == values_only["other_machine"]["beyond_spread"] != []
     crashed = gate_power.row_for(m, None, base, "Traceback ...")
     assert crashed["caught"] and crashed["verdict"] == "pipeline failed" and crashed["other_machine"]["caught"]
 
