@@ -47,7 +47,9 @@ def test_kept_memory_gives_the_same_bits_with_a_fraction_of_the_page_faults() ->
     default, kept = probe("default"), probe("")
     assert not default["applied"] and kept["applied"]
     assert kept["digest"] == default["digest"]
-    assert kept["faults"] * 4 < default["faults"], (kept, default)  # measured: 58 k vs 652 k
+    # measured: 58 k vs 652 k (AMD EPYC AVX-512), 28 k vs 820-956 k alone and 158 k vs 612 k beside another
+    # pytest worker (AMD EPYC AVX2): the setting takes effect when it at least halves the faults
+    assert kept["faults"] * 2 < default["faults"], (kept, default)
 
 
 def test_opt_out_and_non_glibc_leave_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
