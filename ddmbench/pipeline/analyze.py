@@ -35,7 +35,6 @@ from ddmbench.pipeline.artifacts import load_clusters, oracle_clusters, sample_s
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.posterior_field import build_policy_field, empirical_posterior
 from ddmbench.pipeline.tracking import mirror
-from ddmbench.sampling.field import RoutedField
 from ddmbench.sampling.observers import States
 from ddmbench.sampling.policies import PolicySpec
 from ddmbench.sampling.sampler import generate
@@ -73,7 +72,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     field = build_policy_field(fp32, paths, spec, device)
     clusters = load_clusters(paths)
     cluster = oracle_clusters(cfg, paths, spec, seeds)
-    routed = isinstance(field, RoutedField)
+    routed = field.routed
     kw: dict[str, Any] = {"solver": cfg.sample.solver, "batch_size": cfg.sample.batch_size, "cluster": cluster,
                           "device": device}
     passes = 2 + len(a.eps) + a.ladder_rungs

@@ -32,7 +32,7 @@ def build_policy_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torc
                        ) -> ModelField | RoutedField:
     """``build_field``, with the trained router replaced by p* for the posterior* policies."""
     field = build_field(cfg, paths, spec, device)
-    if not (spec.uses_posterior and isinstance(field, RoutedField)):
+    if not (spec.uses_posterior and field.routed):
         return field
     router = PosteriorRouter(empirical_posterior(cfg, paths, device), field.image_shape)
     return RoutedField(field.experts, router, spec, cfg.sample.chunk_rows, image_shape=field.image_shape,

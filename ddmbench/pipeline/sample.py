@@ -15,7 +15,6 @@ from ddmbench.pipeline.artifacts import oracle_clusters, sample_seeds, sampling_
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.posterior_field import build_policy_field
 from ddmbench.pipeline.tracking import mirror
-from ddmbench.sampling.field import RoutedField
 from ddmbench.sampling.policies import PolicySpec
 from ddmbench.sampling.sampler import generate
 from ddmbench.sampling.traces import TraceRecorder
@@ -27,15 +26,14 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     device = sampling_device(cfg)
     field = build_policy_field(cfg, paths, spec, device)
     cluster = oracle_clusters(cfg, paths, spec, seeds)
-    recorder = TraceRecorder(field, cfg.sample.probe_n) if cfg.sample.trace and isinstance(field, RoutedField) else None
+    recorder = TraceRecorder(field, cfg.sample.probe_n) if cfg.sample.trace and field.routed else None
     with progress(f"sample {spec.label}", len(seeds)) as advance:
         result = generate(field, seeds, nfe_steps=cfg.sample.nfe_steps, solver=cfg.sample.solver,
                           batch_size=cfg.sample.batch_size, cluster=cluster,
                           observers=[recorder] if recorder is not None else [], progress=advance, device=device)
     n = len(seeds)
-    models = field.experts if isinstance(field, RoutedField) else [field.model]
-    model_flops = flops_per_image(models[0])  # experts share one architecture
-    router_flops = flops_per_image(field.router) if isinstance(field, RoutedField) and field.router is not None else 0.0
+    model_flops = flops_per_image(field.experts[0])  # experts share one architecture
+    router_flops = flops_per_image(field.router) if field.router is not None else 0.0
     images = to_uint8(result.images)
     save_tensors(paths.samples(spec.label), {
         "images": images, "seeds": torch.tensor(seeds),

@@ -91,12 +91,18 @@ class ModelField:
     ``image_shape`` (C, H, W) of the states it integrates: given, or the one the model was built for."""
 
     num_experts = 1
+    routed = False          # no router: one model, weight 1
+    router = None
 
     def __init__(self, model: Model, chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape | None = None
                  ) -> None:
         self.model = model
         self.image_shape: ImageShape = tuple(image_shape) if image_shape else image_shape_of(model)  # type: ignore[assignment]
         self.chunk_rows = chunk_rows
+
+    @property
+    def experts(self) -> list[Model]:
+        return [self.model]
 
     def combine(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         """The model's velocity (B, C, H, W); differentiable in x (for torch.func)."""
@@ -121,6 +127,8 @@ class RoutedField:
     ``image_shape`` (C, H, W): given, or the one the experts were built for (they and the router must agree).
     Everything here is fixed at construction; an evaluation's whole story is the :class:`Routing` it returns.
     """
+
+    routed = True
 
     def __init__(self, experts: Sequence[Model], router: Model | None, policy: PolicySpec,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape | None = None,

@@ -60,9 +60,8 @@ def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps
     solve = SOLVERS[solver]
     ts = time_grid(nfe_steps, device, t_range)
     start_scale, final_euler = t_range[1], t_range[0] > 0
-    routed = isinstance(field, RoutedField)
     counting, spread = Counting(field.num_experts), Spread()
-    watchers: list[Observer] = [counting, *([spread] if routed else []), *observers]
+    watchers: list[Observer] = [counting, spread, *observers]
     out = []
     start = time.perf_counter()
     for lo in range(0, len(seeds), batch_size):
@@ -81,4 +80,4 @@ def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps
     seconds = time.perf_counter() - start
     nfe = nfe_steps * EVALS_PER_STEP[solver] - (EVALS_PER_STEP[solver] - 1) * final_euler
     return SampleResult(torch.cat(out), seconds, nfe, counting.expert_evals,
-                        counting.router_evals, spread.result() if routed else None)
+                        counting.router_evals, spread.result() if field.routed else None)
