@@ -322,7 +322,21 @@ def main(argv: list[str] | None = None) -> int:
     ranges = spread_ranges(args.repo / args.spread)
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
     archive, commit = head_archive(args.repo), head_commit(args.repo)
-    rows = []
+    out = args.repo / "reports/baseline/gate-power.json"
+    previous = read_json(out, "python benchmarks/gate_power.py")["rows"] if args.append and out.exists() else []
+    header = (f"Measured with `python benchmarks/gate_power.py` ({args.profile}, baseline {args.baseline}); "
+              "each row names the commit it ran, after a control run of that commit; caught = `compare` says "
+              "regression.")
+
+    def save(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """gate-power.json and the docs' table, rewritten after every run (a stopped suite keeps its rows)."""
+        done = {r["mutation"] for r in rows}
+        merged = [r for r in previous if r["mutation"] not in done] + rows
+        write_json(out, {"commit": commit, "rows": merged})
+        write_table(args.repo / "docs/regression-gate.md", markdown(merged, header))
+        return merged
+
+    rows: list[dict[str, Any]] = []
     scratch = Path(tempfile.mkdtemp(prefix="gate-power-"))
     try:
         for m in [None, *chosen]:
@@ -340,22 +354,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"control run is '{rows[0]['verdict']}' ('{rows[0]['other_machine']['verdict']}' as another "
                       f"machine): refresh the baseline first ({rows[0]['detail']})")
                 return 1
+            save(rows)
             if not args.keep:
                 shutil.rmtree(copy, ignore_errors=True)
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
-    out = args.repo / "reports/baseline/gate-power.json"
-    if args.append and out.exists():
-        previous = read_json(out, "python benchmarks/gate_power.py")
-        rerun = {m.name for m in chosen}
-        rows = [{"commit": previous.get("commit", "?"), **r} for r in previous["rows"]
-                if r["mutation"] not in rerun] + rows
-    write_json(out, {"commit": commit, "rows": rows})
-    header = (f"Measured with `python benchmarks/gate_power.py` ({args.profile}, baseline {args.baseline}); "
-              "each row names the commit it ran, after a control run of that commit; caught = `compare` says "
-              "regression.")
-    write_table(args.repo / "docs/regression-gate.md", markdown(rows, header))
+    rows = save(rows)
     missed = [r["mutation"] for r in rows if r["mutation"] != "none (control)" and not r["caught"]]
     missed_other = [r["mutation"] for r in rows if r["mutation"] != "none (control)" and not r["other_machine"]["caught"]]
     if missed_other:
