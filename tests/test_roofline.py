@@ -24,7 +24,7 @@ def test_matmul_peak_is_flops_over_time(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.mark.slow
 def test_roofline_rows_on_tiny_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    result = rl.roofline(repeats=1, matmul_size=128, nets_to_time=("unet-xs",), chunk_rows=4, batch=4)
+    result = rl.roofline(repeats=1, matmul_size=128, nets_to_time=("unet-xs",), chunk_rows=4, batch=4, accuracy_rows=4)
     peak = result["peak_gflops_per_s"]
     assert peak["fp32"] > 0 and peak["bf16"] > 0
     names = {r["path"] for r in result["rows"]}

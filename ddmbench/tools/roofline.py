@@ -153,7 +153,7 @@ def hot_paths(*, nets_to_time: tuple[str, ...] = ("unet-xs", "unet-s", "dit-xs")
 
 def roofline(*, repeats: int = 3, matmul_size: int = 2048, device: str = "cpu", image_shape: ImageShape = MNIST_SHAPE,
              nets_to_time: tuple[str, ...] = ("unet-xs", "unet-s", "dit-xs"), chunk_rows: int = 64, batch: int = 128,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+             accuracy_rows: int = 500, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Peaks and hot-path rows, measured in one run (fp32 and bf16 of one path back to back)."""
     say = progress or (lambda _: None)
     say("matmul peak")
@@ -161,7 +161,7 @@ def roofline(*, repeats: int = 3, matmul_size: int = 2048, device: str = "cpu", 
                                      "bf16": matmul_peak("bf16", matmul_size, repeats + 2, device)}
     rows: list[Row] = []
     for name, n, fp32_call, bf16_call in hot_paths(nets_to_time=nets_to_time, chunk_rows=chunk_rows, batch=batch,
-                                                    device=device, image_shape=image_shape):
+                                                    accuracy_rows=accuracy_rows, device=device, image_shape=image_shape):
         for dtype, call in (("fp32", fp32_call), ("bf16", bf16_call)):
             say(f"{name} ({dtype})")
             flops = count_flops(call)
