@@ -41,6 +41,10 @@ class Seen:
     alpha: torch.Tensor
     sigma: torch.Tensor
 
+    def state(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The model's state x_s = c · x_t (B, ...)."""
+        return self.scale.view(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype) * x_t
+
 
 @dataclass(frozen=True)
 class Flow:

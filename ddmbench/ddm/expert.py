@@ -54,7 +54,7 @@ class HarnessVelocity(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         seen = self.spec.convention.at(t)
-        x_s = seen.scale.view(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype) * x_t
+        x_s = seen.state(x_t)
         y = self.call(self.model, x_s, seen.timestep, cond)
         if self.spec.out_channels is not None:
             y = y[:, :self.spec.out_channels]

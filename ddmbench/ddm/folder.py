@@ -16,7 +16,7 @@ from torch import nn
 
 from ddmbench.data.shapes import ImageShape
 from ddmbench.ddm.conventions import Convention
-from ddmbench.ddm.expert import Call, ExpertSpec, HarnessVelocity, shared_range
+from ddmbench.ddm.expert import Call, HarnessVelocity, shared_range
 from ddmbench.ddm.manifest import MANIFEST, ExpertEntry, FlowConvention, Manifest, RouterEntry, read_manifest, write_manifest
 from ddmbench.ddm.networks import load_network, save_network, sha256
 from ddmbench.errors import ArtifactError
@@ -34,8 +34,7 @@ class RouterAtHarnessTime(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         seen = self.convention.at(t)
-        x_s = seen.scale.view(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype) * x_t
-        return self.call(self.model, x_s, seen.timestep, cond)
+        return self.call(self.model, seen.state(x_t), seen.timestep, cond)
 
 
 @dataclass
@@ -110,6 +109,3 @@ def export_ddm(dest: Path, experts: list[tuple[nn.Module, dict[str, Any]]], rout
 def ddmbench_config(role: str, net: str, image_shape: ImageShape, **extra: Any) -> dict[str, Any]:
     """The config.json of one of ddmbench's own nets in a DDM folder."""
     return {"_class_name": "ddmbench", "role": role, "net": net, "image_shape": list(image_shape), **extra}
-
-
-__all__ = ["DDM", "ExpertSpec", "RouterAtHarnessTime", "ddmbench_config", "export_ddm", "load_ddm"]

@@ -3,6 +3,7 @@ which `load_ddm` (and so `import-ddm`) reads back: its samples are bit-identical
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ def run(cfg: Config, paths: Paths, dest: Path) -> dict[str, Any]:
     assignments = load_clusters(paths)["assignments"]
     clusters = {"dataset": cfg.data.dataset, "split": "train", "train_limit": cfg.data.train_limit,
                 "indices": [(assignments == k).nonzero().flatten().tolist() for k in range(cfg.cluster.k)]}
-    export_ddm(dest, experts, (router, config), shape, clusters, cfg.data.dataset)
+    partial = dest.with_name(f".{dest.name}.partial")     # the whole folder appears at once, or nothing
+    shutil.rmtree(partial, ignore_errors=True)
+    export_ddm(partial, experts, (router, config), shape, clusters, cfg.data.dataset)
+    if dest.exists():
+        dest.rmdir()
+    partial.rename(dest)
     console.print(f"wrote the DDM ({cfg.cluster.k} experts, router, clusters) to {dest}")
     return {"experts": cfg.cluster.k, "folder": str(dest)}
