@@ -5,7 +5,7 @@ The project is the real configuration shrunk to seconds: unet-xs experts, K = 2,
 a few dozen optimizer steps, 32 samples with 3 solver steps. The data are synthetic idx files in
 torchvision's layout (<root>/MNIST/raw) with a sha256sum-style checksum file, so
 nothing is ever downloaded. MLflow is off unless a test is about tracking; those copy one migrated
-template sqlite DB built once per pytest session (a fresh DB costs ~7 s to migrate).
+template sqlite DB built once per test run (a fresh DB costs ~7 s to migrate).
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def project(tmp_path: Path) -> Project:
 
 
 # ----------------------------------------------------------------------------------------------
-# MLflow: one migrated template DB per pytest session, copied per test
+# MLflow: one migrated template DB per test run, copied per test
 # ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
