@@ -61,7 +61,7 @@ def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps
     ts = time_grid(nfe_steps, device, t_range)
     start_scale, final_euler = t_range[1], t_range[0] > 0
     counting, spread = Counting(field.num_experts), Spread()
-    watchers: list[Observer] = [counting, spread, *observers]
+    watchers: list[Observer] = [counting, *([spread] if field.routed else []), *observers]
     out = []
     start = time.perf_counter()
     for lo in range(0, len(seeds), batch_size):
