@@ -25,3 +25,7 @@ class ArtifactError(DDMBenchError):
 
 class TrainingError(DDMBenchError):
     """Training diverged or could not run."""
+
+
+class NoClusters(ArtifactError):
+    """The imported DDM brings no cluster manifest: the analyses that need one are skipped, with this reason."""

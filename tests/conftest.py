@@ -125,6 +125,7 @@ def base_params() -> dict[str, Any]:
 
 TINY: dict[str, Any] = {
     "seed": 0,
+    "ddm": {"train": ["here"], "import": {}},
     "data": {"dataset": "mnist", "root": "data", "sources": ["local"], "checksums": "data/mnist.sha256",
              "train_limit": 0, "test_limit": 0},
     "cluster": {"k": 2, "pca_dim": 8, "n_init": 2, "max_iter": 100, "features": "pixel-pca", "method": "kmeans",

@@ -20,7 +20,7 @@ from ddmbench.pipeline.paths import Paths
 PACKAGE = REPO_ROOT / "ddmbench"
 HEAVY = ("lightning", "pytorch_lightning", "mlflow", "torchmetrics", "typer", "rich", "dvc")
 # the library: arrays and models in, arrays and models out; it never imports the pipeline, the tools or the CLI
-LIBRARY = ("data", "cluster", "models", "train", "sampling", "evaluation", "analysis", "report")
+LIBRARY = ("data", "cluster", "models", "train", "sampling", "evaluation", "analysis", "report", "ddm")
 SHARED = ("config", "errors", "io", "console", "hardware")  # top-level modules every layer may import
 # research-style cores: tensors in, tensors out; no training, tracking or stages
 CORE = ("sampling.flow", "sampling.policies", "sampling.solvers", "sampling.field", "sampling.sampler",

@@ -300,7 +300,7 @@ def test_checkpoints_record_and_check_the_image_shape(tmp_path: Path) -> None:
 
 
 def test_sampling_refuses_experts_trained_on_different_shapes(project: Project) -> None:
-    from ddmbench.pipeline.artifacts import build_field
+    from ddmbench.pipeline.fields import build_field
 
     cfg, paths = project.config(), project.paths
     for k, shape in enumerate((CIFAR_SHAPE, MNIST_SHAPE)):

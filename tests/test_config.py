@@ -204,3 +204,24 @@ def test_policy_lookup_checks_k() -> None:
     assert cfg.policy("top-2").label == "top-2"
     with pytest.raises(ValueError, match="k <= number of experts"):
         cfg.policy("top-3")
+
+
+IMPORTED = {"ddm": {"train": [], "import": {"mixed": "ddms/mixed"}}, "experts": []}
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"ddm": {"train": ["here"], "import": {"mixed": "ddms/mixed"}}}, "exactly one source"),
+    ({"ddm": {"train": [], "import": {}}}, "exactly one source"),
+    ({"ddm": {"train": [], "import": {"a b": "ddms/mixed"}}, "experts": []}, "names a DVC stage"),
+    ({**IMPORTED, "experts": [0, 1]}, "experts must be []"),
+    ({**IMPORTED, "policies": ["monolith", "full"]}, "'monolith' needs a monolith trained here"),
+])
+def test_the_ddm_source_is_one_of_two(over: dict[str, Any], message: str) -> None:
+    assert message in _error(_tiny(**over))
+
+
+def test_an_imported_ddm_profile_loads_and_keeps_the_import_key() -> None:
+    cfg = parse_config(_tiny(**IMPORTED))
+    assert cfg.ddm.folder == "ddms/mixed" and cfg.ddm.name == "mixed" and cfg.experts == []
+    assert config_to_dict(cfg)["ddm"] == {"train": [], "import": {"mixed": "ddms/mixed"}}   # the key DVC reads
+    assert parse_config(_tiny()).ddm.folder is None

@@ -32,7 +32,12 @@ def test_router_is_cheap_next_to_an_expert() -> None:
 
 
 def test_gflops_per_image_adds_experts_and_router() -> None:
-    assert gflops_per_image(20.0, 2e9, 10.0, 1e8) == pytest.approx(41.0)
+    assert gflops_per_image([12.0, 8.0], [2e9, 2e9], 10.0, 1e8) == pytest.approx(41.0)
+    assert gflops_per_image([120.0, 80.0], [2e9, 2e9], 100.0, 1e8, images=10) == pytest.approx(41.0)
+    # experts of different architectures: each evaluation costs its own expert's FLOPs
+    assert gflops_per_image([12.0, 8.0], [1e9, 3e9], 10.0, 1e8) == pytest.approx(12 + 24 + 1.0)
+    with pytest.raises(ValueError, match="2 experts"):
+        gflops_per_image([12.0, 8.0], [1e9], 10.0, 1e8)
 
 
 @pytest.mark.slow

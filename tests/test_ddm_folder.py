@@ -16,7 +16,8 @@ from ddmbench.ddm.folder import load_ddm
 from ddmbench.ddm.manifest import read_manifest
 from ddmbench.ddm.networks import load_network, save_network
 from ddmbench.errors import ArtifactError, ConfigError
-from ddmbench.pipeline.artifacts import build_field, sample_seeds
+from ddmbench.pipeline.artifacts import sample_seeds
+from ddmbench.pipeline.fields import build_field
 from ddmbench.sampling.field import RoutedField
 from ddmbench.sampling.policies import parse_policy
 from ddmbench.sampling.sampler import generate

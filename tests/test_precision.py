@@ -61,7 +61,7 @@ def test_sample_bf16_follows_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> N
 def test_bf16_field_wraps_every_network_and_samples_close_to_fp32(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     from ddmbench import hardware
     from ddmbench.models.checkpoints import save_weights
-    from ddmbench.pipeline.artifacts import build_field
+    from ddmbench.pipeline.fields import build_field
     from ddmbench.pipeline.paths import Paths
     from ddmbench.sampling.policies import parse_policy
     from ddmbench.sampling.sampler import generate

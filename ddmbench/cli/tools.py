@@ -318,8 +318,10 @@ def show_config(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate the params file and print the resolved configuration (defaults filled in)."""
     import yaml
 
+    from ddmbench.config import config_to_dict
+
     def body() -> None:
         cfg, _ = context(params)
-        console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False, markup=False)
+        console.print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), highlight=False, markup=False)
 
     guard(body)

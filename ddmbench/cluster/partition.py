@@ -163,6 +163,17 @@ def fit_clusters(x: np.ndarray, k: int, *, method: str = "kmeans", pca_dim: int,
                       pca_components=pca_components, inertia=inertia)
 
 
+def given_partition(x: np.ndarray, assignments: np.ndarray, k: int, *, pca_dim: int, seed: int) -> Clustering:
+    """A partition made elsewhere (an imported DDM's clusters) in the form :func:`fit_clusters` returns: the PCA of
+    x (N, D) or of uint8 images' pixels, and each cluster's mean feature as its centroid."""
+    if x.dtype == np.uint8:
+        x = pixel_features(x)
+    feats, pca_mean, pca_components = fit_pca(x, pca_dim, seed)
+    assignments, centroids, inertia = _with_centroids(feats, assignments.astype(np.int64), k)
+    return Clustering(assignments=assignments, centroids=centroids, pca_mean=pca_mean,
+                      pca_components=pca_components, inertia=inertia)
+
+
 def nearest_centroid(x: np.ndarray, c: Clustering) -> np.ndarray:
     """Raw features x (N, D) -> (N,) index of the nearest centroid in the clustering feature space."""
     return sq_distances(project(x, c.pca_mean, c.pca_components), c.centroids).argmin(1).astype(np.int64)

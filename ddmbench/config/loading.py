@@ -14,6 +14,7 @@ from ddmbench.config.sections import (
     AnalysisConfig,
     ClusterConfig,
     DataConfig,
+    DDMConfig,
     EvaluateConfig,
     EvaluatorConfig,
     ExpertConfig,
@@ -33,9 +34,10 @@ from ddmbench.sampling.policies import PolicySpec, parse_policy
 class Config(Section):
     seed: int = Field(0, ge=0, description="Global seed.")
     data: DataConfig = DataConfig()
+    ddm: DDMConfig = DDMConfig()
     cluster: ClusterConfig = ClusterConfig()
-    experts: list[int] = Field([0, 1, 2, 3], min_length=1,
-                               description="Expert ids for the DVC foreach; must be 0..K-1.")
+    experts: list[int] = Field([0, 1, 2, 3], description="Expert ids for the DVC foreach: 0..K-1 when the DDM is "
+                                                         "trained here, [] when it is imported.")
     expert: ExpertConfig = ExpertConfig()
     router: RouterConfig = RouterConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
@@ -69,8 +71,13 @@ class Config(Section):
         if self.cluster.balance and self.cluster.method == "random":
             raise ValueError("cluster.balance=true with cluster.method=random: the random partition is already "
                              "balanced; set balance: false")
-        if sorted(self.experts) != list(range(k)):
+        if self.ddm.folder is None and sorted(self.experts) != list(range(k)):
             raise ValueError(f"experts must list 0..{k - 1} to match cluster.k={k}, got {self.experts}")
+        if self.ddm.folder is not None:
+            if self.experts:
+                raise ValueError(f"experts must be [] when the DDM is imported (ddm.import), got {self.experts}")
+            if "monolith" in self.policies:
+                raise ValueError("policies: 'monolith' needs a monolith trained here; an imported DDM has none")
         for label in self.policies:
             try:
                 parse_policy(label).check(k)
@@ -191,7 +198,7 @@ def with_trainer(cfg: Config, **overrides: Any) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    return cfg.model_dump(mode="json")
+    return cfg.model_dump(mode="json", by_alias=True)
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

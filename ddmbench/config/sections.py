@@ -263,6 +263,41 @@ class PosteriorConfig(Section):
                                                "states x chunk float64).")
 
 
+class DDMConfig(Section):
+    """Where the DDM comes from: trained in this project, or imported from a folder in Paris's layout. DVC has no
+    conditional stages, so dvc.yaml's training stages iterate ``train`` and its import stage iterates ``import``;
+    exactly one of the two is non-empty."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    train: list[Literal["here"]] = Field(
+        ["here"], max_length=1, description="[here]: stages cluster@here, train-router@here, train-expert@k and "
+                                           "train-monolith@here train the DDM; []: the DDM is imported.")
+    imported: dict[str, str] = Field(
+        {}, alias="import", max_length=1,
+        description="{name: folder}: stage import-ddm@name reads that DDM folder (ddm.yaml + one network folder per "
+                    "expert and the router) in place of the training stages; {}: the DDM is trained here.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DDMConfig:
+        if bool(self.train) == bool(self.imported):
+            raise ValueError("give exactly one source: train: [here] with import: {}, or train: [] with "
+                             "import: {NAME: FOLDER}")
+        for name in self.imported:
+            if not name or not all(c.isalnum() or c in "-_" for c in name):
+                raise ValueError(f"import: name {name!r} must be letters, digits, '-' or '_' (it names a DVC stage)")
+        return self
+
+    @property
+    def folder(self) -> str | None:
+        """The imported DDM's folder; None when the DDM is trained here."""
+        return next(iter(self.imported.values()), None)
+
+    @property
+    def name(self) -> str:
+        return next(iter(self.imported), "here")
+
+
 class TrackingConfig(Section):
     enabled: bool = Field(True, description="Mirror params, metrics and artefacts to MLflow.")
     uri: str | None = Field(None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI or "

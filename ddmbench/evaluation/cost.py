@@ -3,7 +3,7 @@ McAllister et al. Table 1), turned into GFLOPs per generated image from the eval
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -25,6 +25,15 @@ def flops_per_image(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     return counter.get_total_flops() / batch
 
 
-def gflops_per_image(expert_evals_per_image: float, expert_flops: float, router_evals_per_image: float,
-                     router_flops: float) -> float:
-    return (expert_evals_per_image * expert_flops + router_evals_per_image * router_flops) / 1e9
+def gflops_per_image(expert_evals: Sequence[float], expert_flops: Sequence[float], router_evals: float,
+                     router_flops: float, images: int = 1) -> float:
+    """GFLOPs per image from the evaluation counts over ``images`` images: each expert's evaluations at its own
+    FLOPs (experts of one DDM may differ in architecture; those of equal cost are counted together), plus the
+    router's."""
+    if len(expert_evals) != len(expert_flops):
+        raise ValueError(f"{len(expert_evals)} experts' evaluation counts but {len(expert_flops)} FLOP counts")
+    evals_at: dict[float, float] = {}
+    for evals, flops in zip(expert_evals, expert_flops):
+        evals_at[flops] = evals_at.get(flops, 0) + evals
+    experts = sum(evals / images * flops for flops, evals in evals_at.items())
+    return (experts + router_evals / images * router_flops) / 1e9

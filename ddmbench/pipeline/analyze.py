@@ -26,7 +26,7 @@ from ddmbench.analysis.stats import summary
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import progress
 from ddmbench.data.datasets import to_model_space
-from ddmbench.errors import ArtifactError
+from ddmbench.errors import ArtifactError, NoClusters
 from ddmbench.evaluation.features import class_probabilities
 from ddmbench.evaluation.identity import check_same_evaluator, weights_sha256
 from ddmbench.io import ensure_writable, load_tensors, save_tensors, write_json
@@ -70,7 +70,10 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
     # routing jump 3.4 -> 17-22, docs/speed.md), and every measure of the stage is taken at one precision
     fp32 = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"precision": "32-true"})})
     field = build_policy_field(fp32, paths, spec, device)
-    clusters = load_clusters(paths)
+    try:
+        clusters: dict[str, torch.Tensor] | str = load_clusters(paths)
+    except NoClusters as exc:       # an imported DDM without a cluster manifest: no p*, so no alignment
+        clusters = str(exc)
     cluster = oracle_clusters(cfg, paths, spec, seeds)
     routed = field.routed
     kw: dict[str, Any] = {"solver": cfg.sample.solver, "batch_size": cfg.sample.batch_size, "cluster": cluster,
@@ -139,11 +142,12 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
 
 
 def _routing_analyses(cfg: Config, paths: Paths, spec: PolicySpec, trace: dict[str, torch.Tensor],
-                      clusters: dict[str, torch.Tensor], curves: dict[str, list[Any]]
+                      clusters: dict[str, torch.Tensor] | str, curves: dict[str, list[Any]]
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
     idx = trace["probe_index"]
     p, w = trace["p"][idx], trace["w"][idx]                                 # (n, S, K)
-    alignment = _posterior_alignment(cfg, paths, spec, trace, p, w, curves)
+    alignment = ({"skipped": clusters} if isinstance(clusters, str)
+                 else _posterior_alignment(cfg, paths, spec, trace, p, w, curves))
     router_spread = weighted_spread(trace["probe_v_experts"], p)           # (n, S)
     policy_spread = weighted_spread(trace["probe_v_experts"], w)
     curves["disagreement_router"] = _mean_over_samples(router_spread)

@@ -1,27 +1,29 @@
-"""The upstream artefacts a stage reads: clusters, the trained field of a policy, the sample seeds, the device.
+"""The upstream artefacts a stage reads: clusters, the sample seeds, the device.
 
 Shared by several stages, so it lives here and no stage imports another."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from ddmbench import streams
 from ddmbench.config import Config
-from ddmbench.data.shapes import ImageShape, image_shape_of
-from ddmbench.errors import ArtifactError, ConfigError
+from ddmbench.errors import ArtifactError, ConfigError, NoClusters
 from ddmbench.io import load_tensors
-from ddmbench.models.checkpoints import load_router, load_velocity_net
-from ddmbench.models.precision import at_precision
 from ddmbench.pipeline.paths import Paths
-from ddmbench.sampling.field import ModelField, RoutedField
 from ddmbench.sampling.policies import PolicySpec
 from ddmbench.sampling.sampler import draw_clusters
 
 
 def load_clusters(paths: Paths, ds: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The clustering outputs; with ``ds`` (the prepared dataset) also check they were made from it."""
+    """The clustering outputs; with ``ds`` (the prepared dataset) also check they were made from it.
+    :class:`NoClusters` (with the reason) when the DDM was imported without a cluster manifest."""
     clusters = load_tensors(paths.clusters, "ddmbench cluster")
+    if "absent" in clusters:
+        raise NoClusters(str(clusters["absent"]))
     for key in ("assignments", "test_assignments", "centroids", "sizes"):
         if key not in clusters:
             raise ArtifactError(f"{paths.clusters} has no '{key}'; re-run `ddmbench cluster`")
@@ -30,6 +32,20 @@ def load_clusters(paths: Paths, ds: dict[str, torch.Tensor] | None = None) -> di
         raise ArtifactError(f"{paths.clusters} was made from another dataset.pt (sizes differ); "
                             "re-run `ddmbench cluster`")
     return clusters
+
+
+def skipped(cfg: Config, paths: Paths, path: Path, stage: str, reason: str) -> dict[str, Any]:
+    """The metrics file of an analysis the DDM cannot support (an imported DDM without a cluster manifest): the
+    reason, for the report to print, instead of a number."""
+    from ddmbench.console import console
+    from ddmbench.io import write_json
+    from ddmbench.pipeline.tracking import mirror
+
+    data = {"skipped": reason}
+    write_json(path, data)
+    mirror(cfg, paths, stage, stage, {"seed": cfg.seed}, {}, [path])
+    console.print(f"{stage} skipped: {reason}", highlight=False)
+    return data
 
 
 def sample_seeds(cfg: Config) -> list[int]:
@@ -48,30 +64,6 @@ def oracle_clusters(cfg: Config, paths: Paths, spec: PolicySpec, seeds: list[int
         raise ArtifactError(f"{paths.clusters} has {len(sizes)} clusters but cluster.k={cfg.cluster.k}; "
                             "re-run `ddmbench cluster`")
     return draw_clusters(seeds, sizes.double())
-
-
-def build_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torch.device,
-                image_shape: ImageShape | None = None) -> ModelField | RoutedField:
-    """The policy's field from the trained checkpoints. Every network must have been trained on one image
-    shape (C, H, W): ``image_shape`` if given (the prepared dataset's), else that of the first expert; the
-    field's noise has that shape."""
-    precision = cfg.sample.precision
-    if not spec.uses_experts:
-        return ModelField(at_precision(load_velocity_net(paths.model("monolith"), "monolith", "ddmbench train-monolith",
-                                                         image_shape=image_shape).to(device), precision),
-                          cfg.sample.chunk_rows)
-    experts: list[torch.nn.Module] = []
-    for k in range(cfg.cluster.k):
-        net = load_velocity_net(paths.expert(k), "expert", f"ddmbench train-expert --expert {k}",
-                                expect={"k": k, "num_experts": cfg.cluster.k}, image_shape=image_shape)
-        image_shape = image_shape_of(net)
-        experts.append(at_precision(net.to(device), precision))
-    router = load_router(paths.model("router"), image_shape=image_shape).to(device) if spec.uses_router else None
-    if router is not None and router.head[-1].out_features != cfg.cluster.k:
-        raise ArtifactError(f"{paths.model('router')} routes to {router.head[-1].out_features} experts but "
-                            f"cluster.k={cfg.cluster.k}; re-run `ddmbench train-router`")
-    router = at_precision(router, precision) if router is not None else None
-    return RoutedField(experts, router, spec, cfg.sample.chunk_rows, clock=cfg.sample.routing_clock)
 
 
 def sampling_device(cfg: Config) -> torch.device:

@@ -12,8 +12,10 @@ from ddmbench.analysis.expert_accuracy import expert_accuracy
 from ddmbench.config import Config, config_to_dict
 from ddmbench.console import progress
 from ddmbench.data.datasets import load_prepared, shape_of_images, to_model_space
+from ddmbench.errors import NoClusters
 from ddmbench.io import ensure_writable, write_json
-from ddmbench.pipeline.artifacts import build_field, load_clusters
+from ddmbench.pipeline.artifacts import load_clusters, skipped
+from ddmbench.pipeline.fields import build_field
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.posterior_field import empirical_posterior
 from ddmbench.pipeline.tracking import mirror
@@ -23,7 +25,10 @@ from ddmbench.pipeline.tracking import mirror
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     ensure_writable(paths.expert_accuracy)
     ds = load_prepared(paths.dataset)
-    clusters = load_clusters(paths, ds)  # test images' clusters: nearest centroid in the saved PCA space
+    try:
+        clusters = load_clusters(paths, ds)  # test images' clusters: nearest centroid in the saved PCA space
+    except NoClusters as exc:
+        return skipped(cfg, paths, paths.expert_accuracy, "expert-accuracy", str(exc))
     n = min(cfg.analysis.accuracy_n, len(ds["test_x"]))
     pick = torch.randperm(len(ds["test_x"]), generator=streams.expert_accuracy_subset(cfg.seed))[:n]
     field = build_field(cfg, paths, cfg.policy("full"), torch.device("cpu"),  # checked experts + router

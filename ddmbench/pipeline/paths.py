@@ -29,18 +29,37 @@ class Paths:
         return self.root / "metrics" / "cluster.json"
 
     # training
+    @property
+    def ddm(self) -> Path:
+        """The DDM the sampling stages read: the models trained here, or the record of the imported one."""
+        return self.root / "outputs" / "ddm"
+
     def expert(self, k: int) -> Path:
-        return self.root / "outputs" / "experts" / f"expert-{k}.pt"
+        return self.ddm / "experts" / f"expert-{k}.pt"
+
+    @property
+    def ddm_metrics(self) -> Path:
+        """The metrics of the DDM's making: its training stages', or the import's."""
+        return self.root / "metrics" / "ddm"
 
     def expert_metrics(self, k: int) -> Path:
-        return self.root / "metrics" / "experts" / f"expert-{k}.json"
+        return self.ddm_metrics / "experts" / f"expert-{k}.json"
 
     def model(self, name: str) -> Path:
-        """name in {router, evaluator, monolith}."""
-        return self.root / "outputs" / f"{name}.pt"
+        """name in {router, monolith} (parts of the DDM, under ``ddm``) or evaluator (the measuring instrument)."""
+        return (self.root / "outputs" if name == "evaluator" else self.ddm) / f"{name}.pt"
+
+    @property
+    def imported(self) -> Path:
+        """What `import-ddm` read: the folder, its manifest's declarations and the SHA-256 of every file."""
+        return self.ddm / "imported.json"
+
+    @property
+    def import_metrics(self) -> Path:
+        return self.ddm_metrics / "import.json"
 
     def model_metrics(self, name: str) -> Path:
-        return self.root / "metrics" / f"{name}.json"
+        return (self.root / "metrics" if name == "evaluator" else self.ddm_metrics) / f"{name}.json"
 
     # the real set's evaluator features, extracted once (stage `features`)
     @property

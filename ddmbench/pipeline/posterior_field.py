@@ -11,7 +11,8 @@ from ddmbench import streams
 from ddmbench.analysis.posterior import EmpiricalPosterior, PosteriorRouter
 from ddmbench.config import Config
 from ddmbench.data.datasets import load_prepared, to_model_space
-from ddmbench.pipeline.artifacts import build_field, load_clusters
+from ddmbench.pipeline.artifacts import load_clusters
+from ddmbench.pipeline.fields import build_field
 from ddmbench.pipeline.paths import Paths
 from ddmbench.sampling.field import ModelField, RoutedField
 from ddmbench.sampling.policies import PolicySpec
@@ -36,4 +37,4 @@ def build_policy_field(cfg: Config, paths: Paths, spec: PolicySpec, device: torc
         return field
     router = PosteriorRouter(empirical_posterior(cfg, paths, device), field.image_shape)
     return RoutedField(field.experts, router, spec, cfg.sample.chunk_rows, image_shape=field.image_shape,
-                       clock=field.clock)
+                       clock=field.clock, time_range=field.time_range)

@@ -70,12 +70,24 @@ def clustering_row(cl: dict[str, Any]) -> str:
     return row
 
 
-def setup_rows(cfg: Config, paths: Paths, results: tables.Results) -> list[list[str]]:
+def ddm_rows(cfg: Config, paths: Paths) -> list[list[str]]:
+    """How the DDM was made: its training here, or what `import-ddm` read."""
     cl = read_json(paths.cluster_metrics, "ddmbench cluster")
+    if cfg.ddm.folder is not None:
+        imported = read_json(paths.imported, "ddmbench import-ddm")
+        kinds = [f"{e['path']}: {e['prediction']} ({e['convention']['kind']})" for e in imported["experts"]]
+        lo, hi = imported["time_range"]
+        rows = [["DDM", f"imported: {imported['name']} from {imported['folder']} ({len(imported['sha256'])} files, "
+                        f"SHA-256 in {paths.import_metrics.relative_to(paths.root).as_posix()})"],
+                ["experts K", str(cfg.cluster.k)], ["experts (prediction, convention)", "; ".join(kinds)],
+                ["times every expert serves (the solver grid's range)", f"[{lo:.4g}, {hi:.4g}]"]]
+        if "absent" in cl:
+            return [*rows, ["clusters", f"none: {cl['absent']}; p*, the oracle and the per-cluster analyses "
+                                        "are skipped"]]
+        return [*rows, ["cluster sizes", ", ".join(map(str, cl["sizes"]))], ["clustering", f"the DDM's own ({cl['source']})"],
+                ["cluster purity / NMI vs class labels", f"{cl['purity']:.3f} / {cl['nmi']:.3f}"]]
     router = read_json(paths.model_metrics("router"), "ddmbench train-router")
-    evaluator = read_json(paths.model_metrics("evaluator"), "ddmbench train-evaluator")
     experts = [read_json(paths.expert_metrics(k), f"ddmbench train-expert --expert {k}") for k in cfg.experts]
-    any_eval = next(iter(results.values()))["evaluate"]
     return [["experts K", str(cfg.cluster.k)], ["cluster sizes", ", ".join(map(str, cl["sizes"]))],
             ["clustering", clustering_row(cl)],
             ["cluster purity / NMI vs digit labels", f"{cl['purity']:.3f} / {cl['nmi']:.3f}"],
@@ -83,7 +95,13 @@ def setup_rows(cfg: Config, paths: Paths, results: tables.Results) -> list[list[
             ["monolith steps × batch", f"{cfg.monolith_steps} × {cfg.monolith.batch_size} ({cfg.monolith.net})"],
             ["expert held-out loss", ", ".join(fmt(e["heldout_loss"], 4) for e in experts)],
             ["router held-out accuracy at t = 0 / 0.5 / 0.9",
-             " / ".join(fmt(router["heldout"][f"acc_t{t}"], 3) for t in ("0", "0.5", "0.9"))],
+             " / ".join(fmt(router["heldout"][f"acc_t{t}"], 3) for t in ("0", "0.5", "0.9"))]]
+
+
+def setup_rows(cfg: Config, paths: Paths, results: tables.Results) -> list[list[str]]:
+    evaluator = read_json(paths.model_metrics("evaluator"), "ddmbench train-evaluator")
+    any_eval = next(iter(results.values()))["evaluate"]
+    return [*ddm_rows(cfg, paths),
             ["evaluator test accuracy", fmt(evaluator["test_acc"], 4)],
             ["samples per policy / real test images", f"{any_eval['n_fake']} / {any_eval['n_real']}"],
             ["solver, steps", f"{cfg.sample.solver}, {cfg.sample.nfe_steps}"],
@@ -117,9 +135,8 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     doc.paragraph(summary_text(contrast, cfg.report))
     doc.heading("Setup")
     doc.table(["quantity", "value"], setup_rows(cfg, paths, results),
-              caption="the resolved params; " + src(paths.cluster_metrics, paths.model_metrics("router"),
-                                                    paths.model_metrics("evaluator"), paths.expert_metrics("<k>"),
-                                                    each_eval))
+              caption="the resolved params; " + src(paths.cluster_metrics, paths.ddm_metrics,
+                                                    paths.model_metrics("evaluator"), each_eval))
 
     doc.heading("Table 1 — routing policy vs quality, stability and cost")
     doc.paragraph("FID and KID in the evaluator classifier's feature space (one evaluator, identified by the "
@@ -151,7 +168,12 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                   "hit rate: the top-weighted expert is argmax p* (– where the weights tie at the top); the same for "
                   "the router's p; KL(p* ‖ router). Effective training points 1/Σw_i²: where it is about 1 (on "
                   "MNIST below t ≈ 0.7), p* is the nearest training image's cluster, not a smooth density.")
-    doc.table(*tables.alignment(results), caption=src(each_analyze) + " (alignment)")
+    skipped = next((a["analyze"]["alignment"]["skipped"] for a in results.values()
+                    if isinstance(a["analyze"].get("alignment"), dict) and "skipped" in a["analyze"]["alignment"]), None)
+    if skipped is not None:
+        doc.paragraph(f"Skipped: {skipped}; p* needs each expert's training images.")
+    else:
+        doc.table(*tables.alignment(results), caption=src(each_analyze) + " (alignment)")
     for name in ("hit_rate", "posterior_weight"):
         if drawn[name].exists():
             doc.image(drawn[name], name.replace("_", " ") + " over t")
@@ -159,6 +181,8 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     doc.heading("Table 3 — per-expert accuracy by t")
     if accuracy is None:
         doc.paragraph("Not computed: run `ddmbench expert-accuracy` (the DVC pipeline does).")
+    elif "skipped" in accuracy:
+        doc.paragraph(f"Skipped: {accuracy['skipped']}; the oracle expert and p* need each expert's training images.")
     else:
         doc.paragraph(f"Velocity MSE against the true target ε − x₀ on {accuracy.get('n', '?')} held-out test images "
                       "noised to each t: experts the router selects vs those it does not, the full ensemble's "
@@ -175,6 +199,8 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
     doc.heading("Router calibration by t")
     if calibration is None:
         doc.paragraph("Not computed: run `ddmbench router-calibration` (the DVC pipeline does).")
+    elif "skipped" in calibration:
+        doc.paragraph(f"Skipped: {calibration['skipped']}; calibration scores the router against the clusters.")
     else:
         temp = calibration["temperature"]
         doc.paragraph(f"{calibration['n']} held-out test images noised to each t, scored against their cluster "
@@ -279,7 +305,7 @@ def run(cfg: Config, paths: Paths) -> tables.Results:
     for label, grid in images.items():
         save_grid(grid, paths.sample_grid(label))
     figures.fid_vs_amplification(results, paths.figure("fid_vs_amplification"))
-    if calibration is not None:
+    if calibration is not None and "skipped" not in calibration:
         reliability_diagram(calibration["rows"], paths.figure("router_reliability"), calibration["temperature"]["fitted"])
     for name, ylabel, log in CURVES:
         if not figures.curves_over_t(curves, name, ylabel, paths.figure(f"curve_{name}"), log=log):

@@ -22,9 +22,11 @@ from ddmbench.analysis.calibration import calibration
 from ddmbench.analysis.posterior import EmpiricalPosterior, PosteriorResult, compare_by_t, kl_divergence
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data.datasets import load_prepared, shape_of_images, to_model_space
+from ddmbench.errors import NoClusters
 from ddmbench.io import ensure_writable, write_json
 from ddmbench.models.checkpoints import TemperatureScaled, load_router
-from ddmbench.pipeline.artifacts import load_clusters
+from ddmbench.pipeline.artifacts import load_clusters, skipped
+from ddmbench.pipeline.fields import imported_field
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.posterior_field import empirical_posterior
 from ddmbench.pipeline.router_temperature import calibration_split, fit_router_temperature, router_logits
@@ -75,11 +77,17 @@ def _row(t_val: float, logits: torch.Tensor, temperature: float, labels: torch.T
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     ensure_writable(paths.router_calibration)
     ds = load_prepared(paths.dataset)
-    clusters = load_clusters(paths, ds)
+    try:
+        clusters = load_clusters(paths, ds)
+    except NoClusters as exc:
+        return skipped(cfg, paths, paths.router_calibration, "router-calibration", str(exc))
     shape = shape_of_images(ds["test_x"])
-    router = load_router(paths.model("router"), image_shape=shape, calibrated=False)
-    stored = load_router(paths.model("router"), image_shape=shape)
-    applied = stored.temperature if isinstance(stored, TemperatureScaled) else 1.0
+    if cfg.ddm.folder is not None:   # an imported router, as shipped (a temperature it carries is part of it)
+        router, applied = imported_field(cfg, paths, cfg.policy("full"), torch.device("cpu"), shape).router, 1.0
+    else:
+        router = load_router(paths.model("router"), image_shape=shape, calibrated=False)
+        stored = load_router(paths.model("router"), image_shape=shape)
+        applied = stored.temperature if isinstance(stored, TemperatureScaled) else 1.0
     test_x, labels = to_model_space(ds["test_x"]), clusters["test_assignments"].long()
     fitted, fit_n = fit_router_temperature(cfg, router, test_x, labels)
     _, score = calibration_split(cfg, len(test_x))

@@ -298,10 +298,13 @@ def reproduce_pipeline(cfg: Config, paths: Paths, targets: list[str] | None = No
 
 def upstream_targets(cfg: Config, spec: PolicySpec) -> list[str]:
     """The DVC stages whose outputs a policy outside `policies` reads: data, evaluator, clusters and its models."""
-    targets = ["prepare", "train-evaluator", "cluster", "features"]
+    targets = ["prepare", "train-evaluator", "features"]
+    if cfg.ddm.folder is not None:
+        return [*targets, f"import-ddm@{cfg.ddm.name}"]
+    targets.append("cluster@here")
     if spec.uses_router:
-        targets.append("train-router")
-    targets += [f"train-expert@{k}" for k in cfg.experts] if spec.uses_experts else ["train-monolith"]
+        targets.append("train-router@here")
+    targets += [f"train-expert@{k}" for k in cfg.experts] if spec.uses_experts else ["train-monolith@here"]
     return targets
 
 

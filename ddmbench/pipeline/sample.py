@@ -32,7 +32,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
                           batch_size=cfg.sample.batch_size, cluster=cluster,
                           observers=[recorder] if recorder is not None else [], progress=advance, device=device)
     n = len(seeds)
-    model_flops = flops_per_image(field.experts[0])  # experts share one architecture
+    expert_flops = [flops_per_image(e, image_shape=field.image_shape) for e in field.experts]  # each its own
     router_flops = flops_per_image(field.router) if field.router is not None else 0.0
     images = to_uint8(result.images)
     save_tensors(paths.samples(spec.label), {
@@ -47,9 +47,11 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         "expert_evals_per_image": sum(result.expert_evals) / n,
         "expert_evals_by_expert": result.expert_evals,
         "router_evals_per_image": result.router_evals / n,
-        "gflops_per_image": gflops_per_image(sum(result.expert_evals) / n, model_flops, result.router_evals / n,
-                                             router_flops),
-        "expert_gflops_per_eval": model_flops / 1e9, "router_gflops_per_eval": router_flops / 1e9,
+        "gflops_per_image": gflops_per_image(result.expert_evals, expert_flops, result.router_evals, router_flops,
+                                             images=n),
+        "expert_gflops_per_eval": max(expert_flops) / 1e9,   # the costliest expert's
+        "expert_gflops_per_eval_by_expert": [f / 1e9 for f in expert_flops],
+        "router_gflops_per_eval": router_flops / 1e9,
         "wall_time_s": result.seconds, "images_per_s": n / result.seconds,
     }
     write_json(paths.sample_metrics(spec.label), metrics)

@@ -218,7 +218,7 @@ def _dataset_input(paths: Paths, stage: str) -> Any | None:
     dataset = Dataset(name=str(manifest.get("dataset", "dataset")), digest=hashlib.sha256(raw).hexdigest()[:16],
                       source_type="local", source=json.dumps({"uri": str(paths.manifest.resolve())}),
                       profile=json.dumps(profile))
-    context = "train" if stage.split("@")[0] in ("prepare", "cluster", "train-evaluator", "train-router",
+    context = "train" if stage.split("@")[0] in ("prepare", "cluster", "import-ddm", "train-evaluator", "train-router",
                                                  "train-expert", "train-monolith") else "eval"
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 

@@ -88,11 +88,13 @@ def dispatch(experts: Sequence[Model], x: torch.Tensor, t: torch.Tensor, w: torc
 class ModelField:
     """One velocity model as a field (the monolith, or a single expert): a one-expert routing record.
 
-    ``image_shape`` (C, H, W) of the states it integrates: given, or the one the model was built for."""
+    ``image_shape`` (C, H, W) of the states it integrates: given, or the one the model was built for.
+    ``time_range``: the times the model serves (the sampler's grid stays inside it)."""
 
     num_experts = 1
     routed = False          # no router: one model, weight 1
     router = None
+    time_range: tuple[float, float] = (0.0, 1.0)
 
     def __init__(self, model: Model, chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape | None = None
                  ) -> None:
@@ -125,6 +127,7 @@ class RoutedField:
     experts: K velocity models. router: (x, t) -> logits (B, K), or None for policies that ignore it.
     clock: cells of the routing clock (``ddmbench.streams``): a policy's random draws are constant over a cell.
     ``image_shape`` (C, H, W): given, or the one the experts were built for (they and the router must agree).
+    ``time_range``: the times every expert serves (an imported DDM's shared range; the sampler's grid stays inside).
     Everything here is fixed at construction; an evaluation's whole story is the :class:`Routing` it returns.
     """
 
@@ -132,7 +135,7 @@ class RoutedField:
 
     def __init__(self, experts: Sequence[Model], router: Model | None, policy: PolicySpec,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, image_shape: ImageShape | None = None,
-                 clock: int = DEFAULT_ROUTING_CLOCK) -> None:
+                 clock: int = DEFAULT_ROUTING_CLOCK, time_range: tuple[float, float] = (0.0, 1.0)) -> None:
         if policy.uses_router and router is None:
             raise ValueError(f"policy '{policy.label}' needs a router")
         if clock < 1:
@@ -148,6 +151,7 @@ class RoutedField:
         self.router = router
         self.policy = policy
         self.clock = clock
+        self.time_range = time_range
 
     @property
     def num_experts(self) -> int:

@@ -44,7 +44,7 @@ class SampleResult:
 def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps: int, solver: str,
              batch_size: int, cluster: torch.Tensor | None = None, observers: Sequence[Observer] = (),
              progress: Callable[[int], None] | None = None, device: torch.device | str = "cpu",
-             noise: torch.Tensor | None = None, t_range: tuple[float, float] = (0.0, 1.0)) -> SampleResult:
+             noise: torch.Tensor | None = None, t_range: tuple[float, float] | None = None) -> SampleResult:
     """Integrate the field from noise (t = 1) to data (t = 0) for every seed, in batches.
 
     Every evaluation's :class:`~ddmbench.sampling.field.Routing` record goes to the cost counter, the
@@ -54,10 +54,12 @@ def generate(field: ModelField | RoutedField, seeds: Sequence[int], *, nfe_steps
     ``image_shape`` (that of the networks); the images are returned on the CPU. ``noise`` (N, C, H, W)
     replaces the seeds' initial noise; the routing draws still come from the seeds and the times, so a
     perturbed start, another step count or a second call replays the same routing randomness. ``t_range``: the
-    times every network of the field serves (:func:`~ddmbench.sampling.flow.time_grid`); below t = 1 the start
+    times every network of the field serves (:func:`~ddmbench.sampling.flow.time_grid`; default the field's
+    ``time_range``); below t = 1 the start
     is the noise scaled to the state's noise level there, and a grid ending below the range ends in an Euler step.
     """
     solve = SOLVERS[solver]
+    t_range = field.time_range if t_range is None else t_range
     ts = time_grid(nfe_steps, device, t_range)
     start_scale, final_euler = t_range[1], t_range[0] > 0
     counting, spread = Counting(field.num_experts), Spread()

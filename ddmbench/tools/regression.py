@@ -65,7 +65,7 @@ CONSTANTS = (
     "analyze/*:disagreement.by_quantile.*.quantile",
     "expert_accuracy.json:n", "expert_accuracy.json:seed", "expert_accuracy.json:t.*", "expert_accuracy.json:rows.*.t",
     "contrast.json:*.n", "contrast.json:*.bootstrap", "contrast.json:*.level", "contrast.json:*.jackknife_groups",
-    "*:expert_gflops_per_eval", "*:router_gflops_per_eval",
+    "*:expert_gflops_per_eval", "*:expert_gflops_per_eval_by_expert.*", "*:router_gflops_per_eval",
     "*:steps", "*:params", "*:k", "*:pca_dim", "*:num_features", "*:seed",
 )
 
