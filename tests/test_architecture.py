@@ -240,6 +240,7 @@ def test_dvc_outputs_are_where_paths_says() -> None:
         "train-router": {rel(p.model("router")), rel(p.model_metrics("router"))},
         "train-monolith": {rel(p.model("monolith")), rel(p.model_metrics("monolith"))},
         "train-expert": {rel(p.expert(7)), rel(p.expert_metrics(7))},
+        "import-ddm": {rel(p.imported), rel(p.import_metrics), rel(p.clusters), rel(p.cluster_metrics)},
         "sample": {rel(p.samples("top-2")), rel(p.sample_metrics("top-2"))},
         "evaluate": {rel(p.eval_metrics("top-2")), rel(p.quality("top-2"))},
     }
@@ -256,8 +257,8 @@ def test_no_stage_owns_the_mlflow_store() -> None:
         body = _body(stage)
         for out in _paths_in(body.get("outs")) + _paths_in(body.get("metrics")):
             assert not out.startswith(("mlflow.db", "mlruns")), name
-    assert set(STAGES) >= {"prepare", "cluster", "train-expert", "train-router", "train-evaluator", "train-monolith",
-                           "sample", "evaluate", "report"}
+    assert set(STAGES) >= {"prepare", "cluster", "import-ddm", "train-expert", "train-router", "train-evaluator",
+                           "train-monolith", "sample", "evaluate", "report"}
 
 
 def test_foreach_loops_over_params_lists() -> None:

@@ -89,7 +89,7 @@ def _retrained_evaluator(p: Project) -> None:
 
 
 def _plain_pickle_payload(p: Project) -> None:
-    (p.root / "outputs" / "experts" / "expert-0.pt").write_bytes(pickle.dumps(Payload(p.root / "PWNED")))
+    p.paths.expert(0).write_bytes(pickle.dumps(Payload(p.root / "PWNED")))
 
 
 def _wrong_kind(p: Project) -> None:
@@ -223,11 +223,11 @@ CASES = [
     Case("prepared-dataset-without-labels", ["train-router"], ("dataset.pt", "'train_y'"), setup=_dataset_without_labels),
     # checkpoints and samples
     Case("missing-checkpoint", ["sample", "--policy", "full"], ("expert-1.pt is missing", "train-expert --expert 1"),
-         setup=_delete("outputs/experts/expert-1.pt")),
+         setup=_delete("outputs/ddm/experts/expert-1.pt")),
     Case("garbage-checkpoint", ["sample", "--policy", "full"], ("router.pt", "cannot be loaded safely"),
-         setup=_garbage("outputs/router.pt")),
+         setup=_garbage("outputs/ddm/router.pt")),
     Case("truncated-checkpoint", ["sample", "--policy", "top-1"], ("expert-0.pt", "cannot be loaded safely"),
-         setup=_truncate("outputs/experts/expert-0.pt")),
+         setup=_truncate("outputs/ddm/experts/expert-0.pt")),
     Case("checkpoint-needing-arbitrary-unpickling", ["evaluate", "--policy", "full"],
          ("evaluator.pt", "cannot be loaded safely"), setup=_torch_pickle_payload),
     Case("plain-pickle-as-checkpoint", ["sample", "--policy", "full"], ("expert-0.pt", "cannot be loaded safely"),

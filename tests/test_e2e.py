@@ -51,7 +51,7 @@ def _json(path: Path) -> dict:
 def test_run_full_trains_everything_and_evaluates(trained: tuple[Project, str]) -> None:
     project, output = trained
     paths = project.paths
-    for stage in ("prepare", "cluster", "train-evaluator", "train-router", "train-expert@0", "train-expert@1"):
+    for stage in ("prepare", "cluster@here", "train-evaluator", "train-router@here", "train-expert@0", "train-expert@1"):
         assert f"{stage}:" in output, stage
     assert "sample@top-1" not in output and "report:" not in output  # only the stages `full` needs
     for path in (paths.dataset, paths.clusters, paths.model("evaluator"), paths.model("router"),
@@ -154,7 +154,7 @@ def test_report_after_all_policies(copy_of: Project) -> None:
 def test_run_again_trains_nothing(copy_of: Project) -> None:
     weights = {p: p.stat().st_mtime_ns for p in (copy_of.root / "outputs").rglob("*.pt") if "samples" not in p.parts}
     output = invoke(copy_of.root, "run", "--policy", "top-1")
-    for stage in ("prepare", "train-evaluator", "cluster", "train-router", "train-expert@0", "train-expert@1"):
+    for stage in ("prepare", "train-evaluator", "cluster@here", "train-router@here", "train-expert@0", "train-expert@1"):
         assert f"{stage}: up to date" in output, stage
     assert {p: p.stat().st_mtime_ns for p in weights} == weights
     assert math.isfinite(_json(copy_of.paths.eval_metrics("top-1"))["fid"])
@@ -164,7 +164,7 @@ def test_monolith_policy_needs_only_the_monolith(copy_of: Project) -> None:
     from ddmbench.pipeline.run import AdhocPaths
 
     output = invoke(copy_of.root, "run", "--policy", "monolith")  # not in `policies`: sampled outside DVC
-    assert "train-monolith: up to date" in output and "train-expert" not in output and "train-router" not in output
+    assert "train-monolith@here: up to date" in output and "train-expert" not in output and "train-router" not in output
     cost = _json(AdhocPaths(copy_of.root).sample_metrics("monolith"))
     assert cost["expert_evals_per_image"] == 3 and cost["router_evals_per_image"] == 0
     assert _json(copy_of.paths.model_metrics("monolith"))["steps"] == 20

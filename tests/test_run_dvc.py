@@ -53,8 +53,8 @@ def copy_of(ran: tuple[Project, str], tmp_path: Path) -> Project:
 @pytest.mark.slow
 def test_first_run_reproduces_the_dag_and_leaves_it_clean(ran: tuple[Project, str]) -> None:
     project, output = ran
-    for stage in ("prepare", "train-evaluator", "cluster", "train-router", "train-expert@0", "train-expert@1",
-                  "train-monolith", "sample@full", "evaluate@full", "analyze@full"):
+    for stage in ("prepare", "train-evaluator", "cluster@here", "train-router@here", "train-expert@0", "train-expert@1",
+                  "train-monolith@here", "sample@full", "evaluate@full", "analyze@full"):
         assert f"{stage}: not in dvc.lock yet; running" in output, stage
     assert "top-1" not in output and "report" not in output        # only what `full` needs
     assert _status(project.root, "analyze@full") == {}
@@ -100,11 +100,11 @@ def test_changed_expert_steps_retrains_the_experts(copy_of: Project) -> None:
         assert f"train-expert@{k}: params.yaml: expert modified; running" in output
         assert load_tensors(paths.expert(k), "expert")["meta"]["steps"] == 3
         assert json.loads(paths.expert_metrics(k).read_text())["steps"] == 3
-    assert "train-monolith: params.yaml: expert.steps modified" in output   # its default budget is K x expert.steps
-    for stage in ("prepare", "train-evaluator", "cluster", "train-router"):
+    assert "train-monolith@here: params.yaml: expert.steps modified" in output   # its default budget is K x expert.steps
+    for stage in ("prepare", "train-evaluator", "cluster@here", "train-router@here"):
         assert f"{stage}: up to date" in output
     assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
-    assert "sample@full: outputs/experts modified" in output
+    assert "sample@full: outputs/ddm modified" in output
     assert _status(copy_of.root, "analyze@full") == {}
 
 

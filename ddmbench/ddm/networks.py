@@ -78,6 +78,18 @@ def build(config: dict[str, Any], folder: Path) -> tuple[nn.Module, Call]:
     return cls.from_config(config), call_diffusers
 
 
+def _build_empty(config: dict[str, Any], folder: Path) -> tuple[nn.Module, Call]:
+    """The network built on the meta device (shapes, no storage), so that loading its weights holds them once;
+    built for real when a class cannot be built there."""
+    try:
+        with torch.device("meta"):
+            return build(config, folder)
+    except (ConfigError, ArtifactError):
+        raise
+    except Exception:     # noqa: BLE001  (a user's factory that computes with data at construction)
+        return build(config, folder)
+
+
 def load_network(folder: Path) -> tuple[nn.Module, Call, dict[str, str]]:
     """(network in eval mode with its trained weights, its call, {file: SHA-256}) of a network folder."""
     folder = Path(folder)
@@ -88,7 +100,7 @@ def load_network(folder: Path) -> tuple[nn.Module, Call, dict[str, str]]:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{config_path} is not valid JSON ({exc.msg})") from None
-    net, call = build(config, folder)
+    net, call = _build_empty(config, folder)
     path = weights_file(folder)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -109,7 +121,11 @@ def load_network(folder: Path) -> tuple[nn.Module, Call, dict[str, str]]:
     if missing:
         raise ArtifactError(f"{path} lacks tensor {missing[0]} ({len(missing)} missing) of the network its "
                             "config.json builds")
-    net.load_state_dict(state)
+    state = {k: v if v.dtype == expected[k].dtype else v.to(expected[k].dtype) for k, v in state.items()}
+    net.load_state_dict(state, assign=True)       # the file's tensors become the weights: held once, not copied
+    if any(t.is_meta for t in [*net.parameters(), *net.buffers()]):    # a buffer no file holds: build it for real
+        net, call = build(config, folder)
+        net.load_state_dict(state)
     if config["_class_name"] == "ddmbench" and float(config.get("temperature", 1.0)) != 1.0:
         from ddmbench.models.checkpoints import TemperatureScaled
 
