@@ -93,7 +93,7 @@ def _plain_pickle_payload(p: Project) -> None:
 
 
 def _wrong_kind(p: Project) -> None:
-    shutil.copy(p.root / "outputs" / "router.pt", p.root / "outputs" / "monolith.pt")
+    shutil.copy(p.paths.model("router"), p.paths.model("monolith"))
 
 
 def _prepare_one_image(p: Project) -> None:
