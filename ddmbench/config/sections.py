@@ -194,7 +194,7 @@ class WeightsDigests(Section):
     @classmethod
     def _hex(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
-            raise ValueError(f"must be 64 lowercase hex digits (a SHA-256), got {v!r}")
+            raise ValueError("must be 64 lowercase hex digits (a SHA-256)")
         return v
 
 
@@ -233,7 +233,7 @@ class EvaluateConfig(Section):
         if "classifier" not in v:
             raise ValueError("must list classifier: precision/recall, KID and the contrasts are measured there")
         if len(set(v)) != len(v):
-            raise ValueError(f"lists a space twice: {v}")
+            raise ValueError("lists a space twice")
         return v
 
     @model_validator(mode="after")

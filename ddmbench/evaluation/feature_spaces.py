@@ -72,9 +72,9 @@ class DinoV2Features(nn.Module):
 
 def load_inception(path: Path, sha256: str) -> InceptionFeatures:
     """torch-fidelity's Inception-v3 from a local file whose SHA-256 must be ``sha256`` (checked first)."""
+    data = read_verified(path, "inception", sha256)
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    data = read_verified(path, "inception", sha256)
     try:  # torch-fidelity torch.loads what it is given: the verified bytes, never the path again
         net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                           feature_extractor_weights_path=io.BytesIO(data))
@@ -115,13 +115,13 @@ def _state_dict(path: Path, data: bytes) -> dict[str, torch.Tensor]:
 def load_dinov2(path: Path, sha256: str, arch: str = "vit_large_patch14_dinov2") -> DinoV2Features:
     """A timm DINOv2 ViT (``arch``, 224 pixels, no head) with the weights of a local file whose SHA-256 must be
     ``sha256``: Meta's ``dinov2_*_pretrain.pth`` or timm's safetensors, never unpickled beyond tensors."""
-    import timm
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
     if arch not in DINOV2_ARCHS:
         raise ValueError(f"unknown DINOv2 architecture {arch!r}; use one of {', '.join(DINOV2_ARCHS)}")
     path = Path(path)
     state = _state_dict(path, read_verified(path, "dinov2", sha256))
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
     net = timm.create_model(arch, pretrained=False, img_size=DINOV2_SIZE, num_classes=0)
     try:
         if isinstance(state.get("pos_embed"), torch.Tensor):
