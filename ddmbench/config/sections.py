@@ -4,6 +4,7 @@ documentation (``ddmbench show-config`` prints them resolved)."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -181,6 +182,22 @@ class SampleConfig(Section):
         return self
 
 
+class WeightsDigests(Section):
+    """Expected SHA-256 of each feature space's weights file: overrides of the pinned digests."""
+
+    inception: str | None = Field(None, description="null = the pinned digest of torch-fidelity's file "
+                                                    "(6726825d0af5...); another accepts another file (e.g. a test's).")
+    dinov2: str | None = Field(None, description="The SHA-256 of your local DINOv2 weights file (none is pinned); "
+                                                 "required when feature_spaces lists dinov2.")
+
+    @field_validator("inception", "dinov2")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("must be 64 lowercase hex digits (a SHA-256)")
+        return v
+
+
 class EvaluateConfig(Section):
     n_real: int = Field(10000, ge=2, description="Test-split images used as the real set for FID/KID (capped at the split size).")
     kid_subset_size: int = Field(500, ge=2, description="KID subset size (must be <= number of samples).")
@@ -189,6 +206,42 @@ class EvaluateConfig(Section):
                                                        "and KID (G groups of generated and real rows left out together; "
                                                        "t with G-1 df). At most sample.n and n_real.")
     pr_k: int = Field(3, ge=1, description="k of the k-NN manifolds of precision/recall (Kynkaanniemi et al. 2019).")
+    feature_spaces: list[Literal["classifier", "inception", "dinov2"]] = Field(
+        ["classifier"], min_length=1, max_length=3,
+        description="Feature spaces the Fréchet distance is reported in (docs/feature-spaces.md): classifier (the "
+                    "trained evaluator's features: `fid`, not Inception FID; always listed), inception (FID proper: "
+                    "`fid_inception`), dinov2 (FD-DINOv2: `fd_dinov2`). A space whose weights file is absent is "
+                    "skipped with one line.")
+    inception_weights: str | None = Field(None, description="Inception-v3 weights file (torch-fidelity's "
+                                                            "2015-12-05 file); null = "
+                                                            "weights/weights-inception-2015-12-05-6726825d.pth. "
+                                                            "Relative to the project.")
+    dinov2_weights: str | None = Field(None, description="DINOv2 weights file (Meta's dinov2_vitl14_pretrain.pth or "
+                                                         "timm's safetensors); null = weights/<Meta's file name of "
+                                                         "dinov2_arch>. Relative to the project.")
+    dinov2_arch: Literal["vit_large_patch14_dinov2", "vit_base_patch14_dinov2", "vit_small_patch14_dinov2"] = Field(
+        "vit_large_patch14_dinov2", description="timm architecture of the DINOv2 space: ViT-L/14 is dgm-eval's "
+                                                "FD-DINOv2; the smaller ones are for tests and quick checks (the "
+                                                "metrics record which).")
+    weights_sha256: WeightsDigests = Field(default_factory=WeightsDigests,
+                                           description="Expected SHA-256 of the weights files; null = the pinned "
+                                                       "digest (none is pinned for dinov2).")
+
+    @field_validator("feature_spaces")
+    @classmethod
+    def _spaces(cls, v: list[str]) -> list[str]:
+        if "classifier" not in v:
+            raise ValueError("must list classifier: precision/recall, KID and the contrasts are measured there")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a space twice")
+        return v
+
+    @model_validator(mode="after")
+    def _dinov2_digest(self) -> EvaluateConfig:
+        if "dinov2" in self.feature_spaces and self.weights_sha256.dinov2 is None:
+            raise ValueError("feature_spaces lists dinov2 but weights_sha256.dinov2 is null: no DINOv2 digest is "
+                             "pinned; set it to the SHA-256 of your local file (`sha256sum <file>`)")
+        return self
 
 
 class AnalysisConfig(Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,10 +72,13 @@ def classifier_stats(classifier: Classifier, images: torch.Tensor, num_classes: 
 
 
 def save_real_features(path: Path, features: torch.Tensor, *, evaluator_sha256: str, dataset: str,
-                       split: str) -> None:
-    """Write the real set's (M, d) features with the digest of the evaluator that extracted them."""
-    save_tensors(path, {"features": features.float(), "evaluator_sha256": evaluator_sha256, "dataset": dataset,
-                        "split": split})
+                       split: str, spaces: dict[str, dict[str, Any]] | None = None) -> None:
+    """Write the real set's (M, d) features with the digest of the evaluator that extracted them, and those of
+    the other feature spaces ({space: {"features": (M, d_s), "weights_sha256": ..., ...}}), if any."""
+    blob = {"features": features.float(), "evaluator_sha256": evaluator_sha256, "dataset": dataset, "split": split}
+    if spaces:  # absent when there are none: a classifier-only file stays byte for byte what it was
+        blob["spaces"] = {name: {**entry, "features": entry["features"].float()} for name, entry in spaces.items()}
+    save_tensors(path, blob)
 
 
 def load_real_features(path: Path, *, evaluator_sha256: str | None = None, dataset: str | None = None,
@@ -91,3 +95,18 @@ def load_real_features(path: Path, *, evaluator_sha256: str | None = None, datas
     if dataset is not None and blob.get("dataset") != dataset:
         raise ArtifactError(f"{path} holds features of {blob.get('dataset')!r}, not of {dataset!r}; re-run `{what}`")
     return blob["features"], blob["evaluator_sha256"]
+
+
+def load_space_features(path: Path, space: str, *, weights_sha256: str, what: str = "ddmbench features"
+                        ) -> torch.Tensor:
+    """(M, d) real features of another feature space (``space``), extracted with the weights of ``weights_sha256``;
+    ArtifactError when the file holds none (the space was skipped or added since) or holds another weights'."""
+    blob = load_tensors(path, what)
+    entry = (blob.get("spaces") or {}).get(space) if isinstance(blob, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("features"), torch.Tensor):
+        raise ArtifactError(f"{path} holds no {space} features; re-run `{what}` now that the {space} weights are in "
+                            "place (`dvc repro --force features`: DVC does not track the weights files)")
+    if entry.get("weights_sha256") != weights_sha256:
+        raise ArtifactError(f"{path} holds {space} features of weights {str(entry.get('weights_sha256'))[:12]}, not of "
+                            f"{weights_sha256[:12]}; re-run `{what}`")
+    return entry["features"]

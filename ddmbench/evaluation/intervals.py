@@ -103,17 +103,30 @@ def quality_intervals(real: RealSet, fake: torch.Tensor, level: float = 0.95) ->
 def intervals_from(fid_v: torch.Tensor, kid_v: torch.Tensor, *, n: int, m: int, level: float = 0.95
                    ) -> dict[str, Any]:
     """:func:`quality_intervals` from the (G+1,) leave-one-group-out FID and KID values of ``RealSet.leave_out``."""
-    f, k, groups = jackknife(fid_v), jackknife(kid_v), len(fid_v) - 1
+    k, groups = jackknife(kid_v), len(fid_v) - 1
     return {
-        "fid": f.point, "fid_ci95": f.interval(f.point, level), "fid_se": f.se,
-        "fid_estimand": f"FID at N = {n} generated vs M = {m} real: the expected plug-in FID at these sizes",
-        "fid_inf": f.corrected, "fid_inf_ci95": f.interval(f.corrected, level), "fid_bias_at_n": f.point - f.corrected,
-        "fid_inf_estimand": "FID_inf: Fréchet distance between the Gaussians of the generated and the real feature "
-                            "distributions (bias removed by the jackknife, linear in 1/N)",
+        **frechet_intervals(fid_v, n=n, m=m, level=level),
         "kid_unbiased": k.point, "kid_ci95": k.interval(k.point, level), "kid_se": k.se,
         "kid_estimand": "KID: population MMD^2 of the generated and real feature distributions, kernel "
                         "(x.y/d + 1)^3",
         "interval_method": INTERVAL_METHOD, "jackknife_groups": groups,
+    }
+
+
+def frechet_intervals(values: torch.Tensor, *, n: int, m: int, name: str = "fid", label: str = "FID",
+                      level: float = 0.95) -> dict[str, Any]:
+    """The Fréchet distance at N and its bias-corrected value (``<name>``, ``<name>_inf``), each with its 95%
+    interval and estimand, from the (G+1,) leave-one-group-out values of ``RealGaussians.leave_out``. ``name``
+    and ``label`` say the feature space (fid_inception / FID, fd_dinov2 / FD_DINOv2); the classifier's is fid."""
+    f = jackknife(values)
+    return {
+        name: f.point, f"{name}_ci95": f.interval(f.point, level), f"{name}_se": f.se,
+        f"{name}_estimand": f"{label} at N = {n} generated vs M = {m} real: the expected plug-in {label} at these "
+                            "sizes",
+        f"{name}_inf": f.corrected, f"{name}_inf_ci95": f.interval(f.corrected, level),
+        f"{name}_bias_at_n": f.point - f.corrected,
+        f"{name}_inf_estimand": f"{label}_inf: Fréchet distance between the Gaussians of the generated and the real "
+                                "feature distributions (bias removed by the jackknife, linear in 1/N)",
     }
 
 

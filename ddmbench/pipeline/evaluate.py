@@ -4,6 +4,8 @@ FID (plug-in at N, and FID_inf) and KID (unbiased) with 95% jackknife intervals 
 the metrics (ddmbench/evaluation/intervals.py), k-NN precision/recall, confidence and class entropy. The real
 features come from the `features` stage; the evaluator's SHA-256 is recorded with every number. Per-sample
 confidence, distance to the nearest real feature and the features themselves go to outputs/quality/<label>.pt.
+Each other feature space the profile lists (evaluate.feature_spaces: inception, dinov2) adds its Fréchet
+distance with the same intervals, named by the space (fid_inception, fd_dinov2; docs/feature-spaces.md).
 """
 
 from __future__ import annotations
@@ -16,14 +18,21 @@ from ddmbench import streams
 from ddmbench.config import Config, config_to_dict
 from ddmbench.data.datasets import check_sample_images, load_prepared, shape_of_images, to_model_space
 from ddmbench.errors import ConfigError
-from ddmbench.evaluation.features import class_probabilities, classifier_stats, extract_features, load_real_features
-from ddmbench.evaluation.fid import fid
+from ddmbench.evaluation.features import (
+    class_probabilities,
+    classifier_stats,
+    extract_features,
+    load_real_features,
+    load_space_features,
+)
+from ddmbench.evaluation.fid import RealGaussians, fid
 from ddmbench.evaluation.identity import weights_sha256
-from ddmbench.evaluation.intervals import RealSet, quality_intervals
+from ddmbench.evaluation.intervals import RealSet, frechet_intervals, quality_intervals
 from ddmbench.evaluation.kid import kid_subsets
 from ddmbench.evaluation.precision_recall import nearest_distance, precision_recall
 from ddmbench.io import ensure_writable, load_tensors, read_json, save_tensors, write_json
 from ddmbench.models.checkpoints import load_classifier
+from ddmbench.pipeline.feature_spaces import extra_spaces, features_of, load_space
 from ddmbench.pipeline.paths import Paths
 from ddmbench.pipeline.tracking import mirror
 from ddmbench.sampling.policies import PolicySpec
@@ -63,6 +72,13 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         "fid_reference_train": fid(real_feats, extract_features(classifier, reference)),
         **classifier_stats(classifier, fake, probs=probs),
     }
+    space_feats = {}
+    for space in extra_spaces(cfg, paths):  # the same jackknife intervals, in each other feature space
+        real_s = load_space_features(paths.real_features, space.name, weights_sha256=space.sha256)
+        space_feats[space.name] = features_of(load_space(space), samples["images"])           # (N, d_s)
+        metrics.update(frechet_intervals(RealGaussians(real_s, cfg.evaluate.groups).leave_out(space_feats[space.name]),
+                                         n=len(fake), m=len(real_s), name=space.metric, label=space.label))
+        metrics.setdefault("feature_spaces", {})[space.name] = space.record(real_s.shape[1])
     cost = read_json(paths.sample_metrics(spec.label), what)
     cost_keys = ("expert_evals_per_image", "router_evals_per_image", "gflops_per_image", "nfe_per_sample",
                  "wall_time_s", "images_per_s")
@@ -73,6 +89,7 @@ def run(cfg: Config, paths: Paths, spec: PolicySpec) -> dict[str, Any]:
         "seeds": samples["seeds"].long(),                           # (N,) the sample's seed
         "features": fake_feats.float(),                             # (N, d) evaluator features (paired contrasts)
         "evaluator_sha256": digest,                                 # the feature space they live in
+        **({"spaces": space_feats} if space_feats else {}),         # {space: (N, d_s)} of the other spaces
     })
     write_json(paths.eval_metrics(spec.label), metrics)
     mirror(cfg, paths, f"evaluate@{spec.label}", "evaluate", {"evaluate": config_to_dict(cfg)["evaluate"],
