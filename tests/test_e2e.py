@@ -62,7 +62,7 @@ def test_run_full_trains_everything_and_evaluates(trained: tuple[Project, str]) 
     for key in ("fid", "kid", "kid_std", "fid_reference_train", "confidence", "class_entropy"):
         assert math.isfinite(m[key]), key
     assert m["fid"] >= 0 and m["fid_reference_train"] >= 0
-    assert "FID" in output and "policy full" in output  # the rich table
+    assert "FD, classifier features" in output and "policy full" in output  # the rich table
 
 
 def test_full_costs_K_expert_evaluations_per_step(trained: tuple[Project, str]) -> None:

@@ -60,7 +60,7 @@ def test_first_run_reproduces_the_dag_and_leaves_it_clean(ran: tuple[Project, st
     assert _status(project.root, "analyze@full") == {}
     lock = yaml.safe_load((project.root / "dvc.lock").read_text())["stages"]
     assert {"train-expert@0", "train-expert@1", "sample@full", "evaluate@full", "analyze@full"} <= set(lock)
-    assert "FID" in output and "policy full" in output
+    assert "FD, classifier features" in output and "policy full" in output
 
 
 @pytest.mark.slow

@@ -139,8 +139,10 @@ def build(cfg: Config, paths: Paths, results: tables.Results, curves: dict[str, 
                                                     paths.model_metrics("evaluator"), each_eval))
 
     doc.heading("Table 1 — routing policy vs quality, stability and cost")
-    doc.paragraph("FID and KID in the evaluator classifier's feature space (one evaluator, identified by the "
-                  "SHA-256 of its weights) against the test split, with 95% grouped-jackknife intervals: FID's "
+    doc.paragraph("FD classifier and KID classifier: the Fréchet distance and KID in the evaluator classifier's "
+                  "feature space (one evaluator, identified by the SHA-256 of its weights; not Inception's FID, which "
+                  "appears as FID Inception when evaluate.feature_spaces lists it) against the test split, with 95% "
+                  "grouped-jackknife intervals: the FD's "
                   "covers the expected FID at this N and number of real images, KID's (unbiased) the population "
                   "KID; FID∞ with its interval is in metrics/evaluate. Amplification: ‖x₀(z+εu) − x₀(z)‖/ε "
                   "over the traced seeds with the same routing draws replayed, mean with its interval. "

@@ -341,9 +341,12 @@ def print_result(spec: PolicySpec, m: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     kid = m.get("kid_unbiased", m["kid"])  # kid_ci95 is the interval of the unbiased all-pairs KID
     fid_ci, kid_ci = m.get("fid_ci95") or (m["fid"], m["fid"]), m.get("kid_ci95") or (kid, kid)
-    rows = [("FID [95% CI]", f"{m['fid']:.2f} [{fid_ci[0]:.2f}, {fid_ci[1]:.2f}]"),
-            ("KID (all pairs) [95% CI]", f"{kid:.4f} [{kid_ci[0]:.4f}, {kid_ci[1]:.4f}]"),
-            ("FID floor (real train images)", f"{m['fid_reference_train']:.2f}"),
+    rows = [("FD, classifier features [95% CI]", f"{m['fid']:.2f} [{fid_ci[0]:.2f}, {fid_ci[1]:.2f}]"),
+            ("KID, classifier features (all pairs) [95% CI]", f"{kid:.4f} [{kid_ci[0]:.4f}, {kid_ci[1]:.4f}]"),
+            ("FD floor, classifier features (real train images)", f"{m['fid_reference_train']:.2f}"),
+            *((f"{name} [95% CI]", f"{m[key]:.2f} [{m[key + '_ci95'][0]:.2f}, {m[key + '_ci95'][1]:.2f}]")
+              for key, name in (("fid_inception", "FID, Inception-v3 features"), ("fd_dinov2", "FD, DINOv2 features"))
+              if key in m),
             ("expert evals / image", f"{m['cost']['expert_evals_per_image']:.1f}"),
             ("router evals / image", f"{m['cost']['router_evals_per_image']:.1f}"),
             ("GFLOPs / image", f"{m['cost']['gflops_per_image']:.3f}"),

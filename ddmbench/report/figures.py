@@ -49,7 +49,7 @@ def fid_vs_amplification_figure(results: Results) -> Any:
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=st["marker"], color=st["color"], capsize=3, markersize=7,
                     alpha=0.9, label=label)
     ax.set_xlabel(f"mean amplification ‖Δx₀‖/‖Δz‖ at ε={eps_value(key)} (pixel L2 per unit noise L2)", fontsize=9)
-    ax.set_ylabel("FID, evaluator features (unitless)", fontsize=9)
+    ax.set_ylabel("FD, evaluator classifier features (unitless)", fontsize=9)
     ax.set_title("quality vs stability per policy (95% intervals; lower left = better and more stable)",
                  fontsize=10)
     ax.grid(alpha=0.3)

@@ -24,10 +24,16 @@ def eps_value(key: str) -> str:
     return key.removeprefix("eps_")
 
 
+# The standard feature spaces' distances, when evaluate computed them (metric key, column name).
+STANDARD_SPACES = (("fid_inception", "FID Inception"), ("fd_dinov2", "FD DINOv2"))
+
+
 def quality_stability_cost(results: Results) -> Table:
     """Table 1: policy vs FID/KID (95% jackknife CI), amplification, Lipschitz, convergence, cost."""
     key = headline_eps(results)
-    headers = ["policy", "FID ↓ [95% CI]", "KID ↓ [95% CI]", f"amplification ε={eps_value(key)} ↓ [95% CI]",
+    extra = [(m, name) for m, name in STANDARD_SPACES if any(m in r["evaluate"] for r in results.values())]
+    headers = ["policy", "FD classifier ↓ [95% CI]", "KID classifier ↓ [95% CI]",
+               *(f"{name} ↓ [95% CI]" for _, name in extra), f"amplification ε={eps_value(key)} ↓ [95% CI]",
                "Lipschitz (mean over t)", "conv. error (RMS) ↓", "conv. order", "expert evals/img", "GFLOPs/img",
                "img/s"]
     rows = []
@@ -37,6 +43,7 @@ def quality_stability_cost(results: Results) -> Table:
         amp = a["amplification"][key]
         kid = e.get("kid_unbiased", e["kid"])  # kid_ci95 is the interval of the unbiased all-pairs KID
         rows.append([label, fmt_ci(e["fid"], e.get("fid_ci95")), fmt_ci(kid, kid_ci, 3),
+                     *(fmt_ci(e[m], e.get(f"{m}_ci95")) if m in e else "–" for m, _ in extra),
                      fmt_ci(amp["mean"], amp["mean_ci95"]), fmt(a["lipschitz"]["mean"]),
                      fmt(a["convergence"]["error_at_nfe"]["mean"], 4), fmt(a["convergence"]["order"]),
                      fmt(c["expert_evals_per_image"], 1), fmt(c["gflops_per_image"], 3), fmt(c["images_per_s"], 1)])
@@ -118,7 +125,7 @@ def inference_strategies(results: Results) -> Table:
     order = sorted(results, key=lambda label: (label not in ("monolith", "oracle"), label != "monolith"))
     rows = [[label, fmt(results[label]["evaluate"]["cost"]["gflops_per_image"], 3), fmt(results[label]["evaluate"]["fid"])]
             for label in order]
-    return ["inference strategy", "GFLOPs/img", "FID ↓"], rows
+    return ["inference strategy", "GFLOPs/img", "FD classifier ↓"], rows
 
 
 def posterior_counterpart(label: str) -> str | None:
@@ -135,7 +142,7 @@ def decomposition(results: Results) -> Table:
     """Each routed policy's FID gap to the oracle split at its p*-routed counterpart (same experts, ideal
     router): router part = FID(policy) − FID(p*-routed), expert part = FID(p*-routed) − FID(oracle). Rows only
     for policies whose counterpart and the oracle were run."""
-    headers = ["policy", "p*-routed twin", "FID", "FID twin", "FID oracle", "gap to oracle", "router part",
+    headers = ["policy", "p*-routed twin", "FD cls.", "FD cls. twin", "FD cls. oracle", "gap to oracle", "router part",
                "expert part"]
     rows = []
     if "oracle" not in results:
@@ -154,7 +161,7 @@ def decomposition(results: Results) -> Table:
 def contrasts(data: dict[str, Any], eps_key: str) -> Table:
     """Every policy minus full, paired by seed (metrics/contrast.json, :mod:`ddmbench.evaluation.contrast_record`),
     as the contrast stage wrote it. The report's Table 6 is :func:`verdicts`."""
-    headers = ["policy − full", "ΔFID∞ [95% CI]", "FID", f"Δamplification ε={eps_value(eps_key)} [95% CI]",
+    headers = ["policy − full", "ΔFD∞ classifier [95% CI]", "FD classifier", f"Δamplification ε={eps_value(eps_key)} [95% CI]",
                "amplification", "seeds with lower amp.", "p (amp.)", "Δconv. error [95% CI]", "conv. error",
                "ΔLipschitz [95% CI]"]
     rows = []
