@@ -25,8 +25,10 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,16 @@ ROUTER = {"_class_name": "router:build", "in_channels": 1, "channels": [32, 64]}
 
 # ---------------------------------------------------------------------------------------------------- recipes
 
+Example = tuple[torch.Tensor, torch.Tensor, torch.Tensor]       # (the net's input, its timestep, the target)
+
+
+class Recipe(Protocol):
+    name: str
+
+    def example(self, x0: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> Example: ...
+
+    def entry(self) -> dict[str, Any]: ...
+
 
 class DDPMEpsilon:
     """ε-prediction on diffusers' DDPM schedule, at integer timesteps."""
@@ -52,11 +64,11 @@ class DDPMEpsilon:
 
         self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 
-    def example(self, x0: torch.Tensor, eps: torch.Tensor, gen: torch.Generator):
+    def example(self, x0: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> Example:
         n = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
         return self.scheduler.add_noise(x0, eps, n), n, eps
 
-    def entry(self) -> dict:
+    def entry(self) -> dict[str, Any]:
         keys = ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps")
         return {"prediction": "epsilon",
                 "convention": {"kind": "variance-preserving", **{k: self.scheduler.config[k] for k in keys}}}
@@ -73,7 +85,7 @@ class FlowVelocity:
     def name(self) -> str:
         return "flow velocity, data at τ = 1" if self.reversed else "flow velocity, SD3-style"
 
-    def example(self, x0: torch.Tensor, eps: torch.Tensor, gen: torch.Generator):
+    def example(self, x0: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> Example:
         sigma = torch.rand(len(x0), generator=gen)
         s = sigma.view(-1, 1, 1, 1)
         x = (1 - s) * x0 + s * eps
@@ -81,13 +93,13 @@ class FlowVelocity:
             return x, (1 - sigma) * self.scale, x0 - eps
         return x, sigma * self.scale, eps - x0
 
-    def entry(self) -> dict:
+    def entry(self) -> dict[str, Any]:
         return {"prediction": "velocity",
                 "convention": {"kind": "flow", "noise_at": 0 if self.reversed else 1, "timestep_scale": self.scale,
                                "velocity_sign": -1 if self.reversed else 1}}
 
 
-RECIPES = (DDPMEpsilon, FlowVelocity, lambda: FlowVelocity(reversed=True))
+RECIPES: tuple[Callable[[], Recipe], ...] = (DDPMEpsilon, FlowVelocity, lambda: FlowVelocity(reversed=True))
 ROUTER_CONVENTION = {"kind": "flow", "noise_at": 1, "timestep_scale": 1.0}
 
 
@@ -120,7 +132,7 @@ def cluster(images: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------- training
 
 
-def fit(net: nn.Module, loss_of, steps: int, what: str, lr: float = 2e-3) -> None:
+def fit(net: nn.Module, loss_of: Callable[[], torch.Tensor], steps: int, what: str, lr: float = 2e-3) -> None:
     """A plain loop: AdamW with warmup and cosine decay; the net ends holding an EMA of its weights."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
@@ -146,7 +158,7 @@ def fit(net: nn.Module, loss_of, steps: int, what: str, lr: float = 2e-3) -> Non
     net.eval()
 
 
-def train_expert(images: torch.Tensor, recipe, steps: int, batch: int, seed: int, what: str) -> nn.Module:
+def train_expert(images: torch.Tensor, recipe: Recipe, steps: int, batch: int, seed: int, what: str) -> nn.Module:
     from diffusers import UNet2DModel
 
     torch.manual_seed(seed)
@@ -182,8 +194,8 @@ def train_router(images: torch.Tensor, labels: torch.Tensor, k: int, steps: int,
 # ---------------------------------------------------------------------------------------------------- output
 
 
-def write_ddm(dest: Path, experts: list[tuple[nn.Module, dict]], router: nn.Module, k: int, clusters: dict,
-              ddpm_scheduler) -> None:
+def write_ddm(dest: Path, experts: list[tuple[nn.Module, dict[str, Any]]], router: nn.Module, k: int,
+              clusters: dict[str, Any], ddpm_scheduler: Any) -> None:
     """The DDM folder, written into a hidden partial folder and renamed: it appears whole or not at all."""
     import yaml
     from safetensors.torch import save_file
