@@ -382,6 +382,22 @@ def _states(b: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
         torch.full((b,), 0.4, dtype=torch.float64)
 
 
+class AttentionExpert:
+    """v = softmax(x x^T) x over the rows of the state, through torch's fused kernel, in float32 (as a diffusers
+    model calls it): the power iteration's second derivative must not reach a fused kernel that has none."""
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        rows = x.float().flatten(1, 2)
+        return torch.nn.functional.scaled_dot_product_attention(rows, rows, rows).view_as(x).to(x.dtype)
+
+
+def test_lipschitz_goes_through_fused_attention() -> None:
+    x, t = _states()
+    est = local_lipschitz(ModelField(AttentionExpert(), image_shape=LIP_SHAPE), x.float(), t.float(),
+                          torch.ones(len(x), 1), torch.arange(len(x)), iterations=5)
+    assert bool(torch.isfinite(est).all()) and bool((est > 0).all())
+
+
 def test_lipschitz_of_a_linear_field_is_its_spectral_norm() -> None:
     a = _matrix(0)
     sigma = float(torch.linalg.matrix_norm(a, 2))

@@ -26,6 +26,18 @@ def test_flops_of_a_known_layer() -> None:
     assert flops_per_image(_Linear()) == 2 * 784 * 784
 
 
+class _FusedAttention(nn.Module):
+    """Self-attention over the 28 rows of the image through torch's fused kernel (as diffusers' models call it)."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        rows = x.flatten(1, 2)                                                  # (B, 28, 28): T = 28, d = 28
+        return nn.functional.scaled_dot_product_attention(rows, rows, rows).view_as(x)
+
+
+def test_fused_attention_is_counted_as_its_two_matmuls() -> None:
+    assert flops_per_image(_FusedAttention()) == 2 * (2 * 28 * 28 * 28)        # Q K^T and (softmax) V
+
+
 def test_router_is_cheap_next_to_an_expert() -> None:
     # The router runs at every step of every routed policy: its cost is the floor under Top-1's.
     assert flops_per_image(build_router("router-s", 8)) < 0.15 * flops_per_image(build_velocity_net("unet-xs"))

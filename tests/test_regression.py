@@ -505,3 +505,17 @@ def test_a_baseline_file_is_a_run_of_the_spread(gate_run: Project) -> None:
     assert {k: v for k, v in recorded.items() if k.startswith("contrast ")} == contrasts
     out = spread_tool.spread({"folder": gate_run.root / "metrics", "baseline": gate_run.root / "baseline.json"})
     assert all(out["metrics"][k]["range"] == 0 for k in contrasts)
+
+
+def test_this_path_only_gates_only_a_baseline_of_this_float_path(gate_run: Project, run: Path, base: dict[str, Any],
+                                                                tmp_path: Path) -> None:
+    scale_values(run, 1.5)                                       # a run the gate fails on this float path
+    here = tmp_path / "here.json"
+    here.write_text(json.dumps(base))
+    failed = CliRunner().invoke(app, ["compare", str(run), str(here), "--this-path-only"])
+    assert failed.exit_code == 1 and "regression" in failed.output
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({**base, "machine": {**base["machine"], "isa": "aarch64", "cpu": "other"}}))
+    skipped = CliRunner().invoke(app, ["compare", str(run), str(elsewhere), "--this-path-only"])
+    assert skipped.exit_code == 0 and "not gated: no baseline" in skipped.output
+    assert CliRunner().invoke(app, ["compare", str(run), str(elsewhere)]).exit_code == 1   # without: (b) is gated

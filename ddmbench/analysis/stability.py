@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ddmbench import streams
 from ddmbench.sampling.field import ModelField, RoutedField, Routing
@@ -84,7 +85,8 @@ def local_lipschitz(field: Field, x: torch.Tensor, t: torch.Tensor, w: torch.Ten
     if iterations < 1:
         raise ValueError(f"the power iteration needs at least one iteration, got {iterations}")
     u = streams.unit_keyed_directions(streams.POWER_START, seeds, t, tuple(x.shape[1:])).to(x)
-    with torch.enable_grad():
+    # attention in its plain (math) form: the fused CPU kernels have no second derivative (a diffusers UNet's)
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
         x = x.detach().requires_grad_(True)
         v = field.combine(x, t, w)                                                   # (B, C, H, W)
         if not v.requires_grad:                                                      # v does not depend on x

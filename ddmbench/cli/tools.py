@@ -183,7 +183,10 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
                 help="Baseline JSON files, or folders of them (one per float path: the one made on this CPU's vendor, "
                      "vector ISA and thread count is used); default: reports/baseline/.")] = None,
             failures_only: Annotated[bool, typer.Option(
-                help="List only what fails: failing contrasts, and values beyond drift only where gated.")] = False
+                help="List only what fails: failing contrasts, and values beyond drift only where gated.")] = False,
+            this_path_only: Annotated[bool, typer.Option(
+                help="Gate only against a baseline made on this CPU's float path; without one, say so and pass (for "
+                     "a baseline whose other-path tolerances no spread over training seeds has measured).")] = False
             ) -> None:
     """Gate a run against the baseline: (a) same-seed determinism, exact or within float drift; (b) the headline
     paired contrasts keep their sign and tolerance. Ends in one line: exact / drift / other-machine (no baseline
@@ -204,6 +207,13 @@ def compare(current: Annotated[Path, typer.Argument(help="Metrics folder of the 
                     continue  # spread, drift and gate-power files live beside the baselines
                 found[str(path)] = regression.check_baseline(doc, path)
         baseline, base = float_paths.choose_baseline(found)
+        here = float_paths.this_path()
+        if this_path_only and not float_paths.same_path(base, here):
+            console.print(f"not gated: no baseline in {', '.join(map(str, baselines or ['reports/baseline']))} was made "
+                          f"on this float path ({here.vendor} {here.isa}, {here.threads} threads); make one here "
+                          "with `ddmbench baseline`",
+                          markup=False, highlight=False, soft_wrap=True)
+            return 0
         result = regression.compare(current, base)
         table = Table(title=f"headline contrasts: {current} vs {baseline}")
         for col in ("contrast", "baseline", "current", "tolerance", "sign guarded", "pass"):
