@@ -24,14 +24,14 @@ def test_built_empty_then_the_files_tensors_are_the_weights(config: dict, tmp_pa
     torch.manual_seed(0)
     trained, _ = networks.build(config, tmp_path)
     networks.save_network(tmp_path / "net", trained, config)
-    loaded, _, digests = networks.load_network(tmp_path / "net")
+    loaded, _, files = networks.load_network(tmp_path / "net")
     assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
     for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([0.3, 0.7])
     call = networks.call_diffusers if config["_class_name"] != "ddmbench" else networks.call_plain
     assert torch.equal(call(trained.eval(), x, t, None), call(loaded, x, t, None))
-    assert set(digests) == {"config.json", "diffusion_pytorch_model.safetensors"}
+    assert set(files) == {"config.json", "diffusion_pytorch_model.safetensors"}
 
 
 class WithTable(nn.Module):

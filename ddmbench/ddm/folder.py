@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +41,23 @@ class RouterAtHarnessTime(nn.Module):
 @dataclass
 class DDM:
     """Experts as harness velocity models (in routing order), the router at harness time (None: none shipped),
-    the experts' input shape, the harness times every expert serves, and {file: SHA-256} of what was loaded."""
+    the experts' input shape, the harness times every expert serves, and {file: path} of what was loaded."""
 
     experts: list[HarnessVelocity]
     router: RouterAtHarnessTime | None
     image_shape: ImageShape
     time_range: tuple[float, float]
-    files: dict[str, str]
+    paths: dict[str, Path]
     manifest: Manifest
 
     @property
     def num_experts(self) -> int:
         return len(self.experts)
+
+    @cached_property
+    def files(self) -> dict[str, str]:
+        """{file: SHA-256} of every file loaded, hashed on first use (a big DDM's weights take a while)."""
+        return {name: sha256(path) for name, path in self.paths.items()}
 
 
 def load_ddm(folder: Path) -> DDM:
@@ -59,18 +65,18 @@ def load_ddm(folder: Path) -> DDM:
     output on a probe batch and must equal the number of experts."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    files = {MANIFEST: sha256(folder / MANIFEST)}
+    files = {MANIFEST: folder / MANIFEST}
     experts = []
     for entry in manifest.experts:
-        net, call, digests = load_network(folder / entry.path)
-        files.update({f"{entry.path}/{name}": d for name, d in digests.items()})
+        net, call, loaded = load_network(folder / entry.path)
+        files.update({f"{entry.path}/{name}": d for name, d in loaded.items()})
         expert = HarnessVelocity(net, entry.spec(folder), call)
         expert.image_shape = manifest.image_shape
         experts.append(expert)
     router = None
     if manifest.router is not None:
-        net, call, digests = load_network(folder / manifest.router.path)
-        files.update({f"{manifest.router.path}/{name}": d for name, d in digests.items()})
+        net, call, loaded = load_network(folder / manifest.router.path)
+        files.update({f"{manifest.router.path}/{name}": d for name, d in loaded.items()})
         router = RouterAtHarnessTime(net, manifest.router.convention.build(folder), call)
         router.image_shape = manifest.image_shape
     time_range = shared_range([e.spec for e in experts])
@@ -82,7 +88,7 @@ def load_ddm(folder: Path) -> DDM:
             raise ArtifactError(f"{folder / manifest.router.path} scores {k} experts but {MANIFEST} lists "
                                 f"{len(experts)}; list one expert per router output, in the router's order")
     if manifest.clusters is not None:
-        files[manifest.clusters] = sha256(folder / manifest.clusters)
+        files[manifest.clusters] = folder / manifest.clusters
     return DDM(experts, router, manifest.image_shape, time_range, files, manifest)
 
 

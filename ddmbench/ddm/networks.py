@@ -5,7 +5,7 @@ weights. The class is one of diffusers' models (``UNet2DModel``, ``DiTTransforme
 (``_class_name: "package.module:factory"``, called with the config and returning an ``nn.Module``).
 
 Weights load only from safetensors; every tensor must match the network built from the config, and the first
-that does not is named in a one-line error. Each file's SHA-256 is returned for the import's record.
+that does not is named in a one-line error. Each file's path is returned for the import's record.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def _build_empty(config: dict[str, Any], folder: Path) -> tuple[nn.Module, Call]
         return build(config, folder)
 
 
-def load_network(folder: Path) -> tuple[nn.Module, Call, dict[str, str]]:
-    """(network in eval mode with its trained weights, its call, {file: SHA-256}) of a network folder."""
+def load_network(folder: Path) -> tuple[nn.Module, Call, dict[str, Path]]:
+    """(network in eval mode with its trained weights, its call, {file name: path}) of a network folder."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -130,7 +130,7 @@ def load_network(folder: Path) -> tuple[nn.Module, Call, dict[str, str]]:
         from ddmbench.models.checkpoints import TemperatureScaled
 
         net = TemperatureScaled(net, float(config["temperature"]))      # a calibrated router's fitted T
-    return net.eval().requires_grad_(False), call, {config_path.name: sha256(config_path), path.name: sha256(path)}
+    return net.eval().requires_grad_(False), call, {config_path.name: config_path, path.name: path}
 
 
 def save_network(folder: Path, net: nn.Module, config: dict[str, Any]) -> None:
